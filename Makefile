@@ -1,0 +1,34 @@
+# One virtualenv for the library, its tests, the example app and the benchmarks.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+APP := examples/roadmap_app
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo lint bench clean
+
+$(STAMP): pyproject.toml $(wildcard $(APP)/pyproject.toml)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[bench]' \
+		$(if $(wildcard $(APP)/pyproject.toml),-e '$(APP)[test]')
+	touch $@
+
+install: $(STAMP)
+
+test: install  ## the whole suite, on embedded servers unless LOOPSAFE_TEST_*_URL are set
+	$(BIN)/python -m pytest
+
+demo: install  ## the roadmap app end to end on embedded PostgreSQL + Redis
+	$(BIN)/python -m roadmap_app demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check src
+	$(BIN)/mypy
+
+bench: install
+	for bench in benchmarks/bench_*.py; do $(BIN)/python $$bench || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,44 @@
+"""Exception types, factored out so every module can raise them without import loops.
+
+Hierarchy::
+
+    LoopsafeError
+    ├── NoRunningLoopError   (also RuntimeError)  a loop-local resource was asked for outside a loop
+    ├── WrongLoopError       (also RuntimeError)  a resource made on one loop was used on another
+    └── PoolExhaustedError   (also TimeoutError)  a budgeted pool had no connection in time
+"""
+
+from __future__ import annotations
+
+__all__ = ("LoopsafeError", "NoRunningLoopError", "PoolExhaustedError", "WrongLoopError")
+
+
+class LoopsafeError(Exception):
+    """Base class of every error loopsafe raises.
+
+    Since 0.1.0.
+    """
+
+
+class NoRunningLoopError(LoopsafeError, RuntimeError):
+    """A loop-local resource was requested where no event loop is running.
+
+    Raised by `LoopLocal.get()` (and everything built on it) when called from synchronous code.
+    Since 0.1.0.
+    """
+
+
+class WrongLoopError(LoopsafeError, RuntimeError):
+    """A resource created on one event loop was used on another.
+
+    Raised instead of the driver's own cryptic failure ("attached to a different loop",
+    "another operation is in progress") or a hang. Since 0.1.0.
+    """
+
+
+class PoolExhaustedError(LoopsafeError, TimeoutError):
+    """A connection pool held to a `PoolBudget` had no free connection within `pool_timeout`.
+
+    Waiting is preferred to exceeding the budget; this is raised only once the wait is over.
+    Since 0.1.0.
+    """

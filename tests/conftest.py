@@ -1,0 +1,45 @@
+"""Suite-wide fixtures: loop factories for tests that must hold on asyncio and uvloop alike.
+
+Real-server fixtures (`postgres_url`, `redis_url`) come from the loopsafe.testing plugin, which
+installing loopsafe registers; this suite is its first user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+
+import pytest
+
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+
+def _factories() -> dict[str, LoopFactory]:
+    factories: dict[str, LoopFactory] = {"asyncio": asyncio.new_event_loop}
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is in the test extra on every CI platform
+        return factories
+    factories["uvloop"] = uvloop.new_event_loop
+    return factories
+
+
+LOOP_FACTORIES = _factories()
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, LoopFactory]:
+    """Run async tests marked ``both_loops`` once per loop implementation, the rest on asyncio."""
+    if item.get_closest_marker("both_loops"):
+        return LOOP_FACTORIES
+    return {"asyncio": asyncio.new_event_loop}
+
+
+@pytest.fixture(params=list(LOOP_FACTORIES))
+def loop_factory(request: pytest.FixtureRequest) -> LoopFactory:
+    """For sync tests that create their own loops: each loop implementation in turn."""
+    return LOOP_FACTORIES[request.param]
+
+
+pytest_plugins = ["pytester"]
