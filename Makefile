@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml $(wildcard $(APP)/pyproject.toml)
 install: $(STAMP)
 
 test: install  ## the whole suite, on embedded servers unless LOOPSAFE_TEST_*_URL are set
-	$(BIN)/python -m pytest
+	@# PYTEST_ARGS passes extra pytest options, e.g. PYTEST_ARGS='-k fork -x'
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install  ## the roadmap app end to end on embedded PostgreSQL + Redis
 	$(BIN)/python -m roadmap_app demo

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import json
 import multiprocessing
 import os
 import sys
@@ -15,6 +13,8 @@ import pytest
 
 import loopsafe
 from loopsafe import LoopLocal
+
+from .forking import in_child, libc_fork
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -39,7 +39,9 @@ def _make_local() -> LoopLocal[Conn]:
     return LoopLocal(Conn, aclose=Conn.aclose, drop=Conn.drop, name="conn")
 
 
-def _child_report(local: LoopLocal[Conn], inherited: Conn, loop: asyncio.AbstractEventLoop) -> str:
+def _child_report(
+    local: LoopLocal[Conn], inherited: Conn, loop: asyncio.AbstractEventLoop
+) -> dict[str, Any]:
     """What a child sees: a fresh instance on a new loop and on the inherited loop object."""
 
     async def fresh() -> dict[str, Any]:
@@ -48,47 +50,16 @@ def _child_report(local: LoopLocal[Conn], inherited: Conn, loop: asyncio.Abstrac
 
     on_new_loop = asyncio.run(fresh())
     inherited_loop_report = loop.run_until_complete(fresh())
-    return json.dumps(
-        {
-            "pid": os.getpid(),
-            "new_loop": on_new_loop,
-            "inherited_loop": inherited_loop_report,
-            "inherited_closed_by": inherited.closed_by,
-            "inherited_dropped_by": inherited.dropped_by,
-        }
-    )
+    return {
+        "pid": os.getpid(),
+        "new_loop": on_new_loop,
+        "inherited_loop": inherited_loop_report,
+        "inherited_closed_by": inherited.closed_by,
+        "inherited_dropped_by": inherited.dropped_by,
+    }
 
 
-def _run_in_fork(fork: Callable[[], int], body: Callable[[], str]) -> dict[str, Any]:
-    read_fd, write_fd = os.pipe()
-    pid = fork()
-    if pid == 0:  # the child: never return into pytest
-        code = 1
-        try:
-            os.close(read_fd)
-            os.write(write_fd, body().encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as reader:
-        payload = reader.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, payload
-    result: dict[str, Any] = json.loads(payload)
-    return result
-
-
-def _libc_fork() -> int:
-    """fork() straight from libc: Python's os.register_at_fork hooks do not run."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    pid = int(libc.fork())
-    if pid < 0:
-        raise OSError(ctypes.get_errno(), "fork failed")
-    return pid
-
-
-@pytest.mark.parametrize("fork", [os.fork, _libc_fork], ids=["os.fork", "fork-without-hooks"])
+@pytest.mark.parametrize("fork", [os.fork, libc_fork], ids=["os.fork", "fork-without-hooks"])
 def test_forked_child_drops_inherited_instances_and_parent_keeps_its_own(
     fork: Callable[[], int],
 ) -> None:
@@ -96,7 +67,7 @@ def test_forked_child_drops_inherited_instances_and_parent_keeps_its_own(
     loop = asyncio.new_event_loop()
     try:
         parent_conn = loop.run_until_complete(_get(local))
-        report = _run_in_fork(fork, lambda: _child_report(local, parent_conn, loop))
+        report = in_child(lambda: _child_report(local, parent_conn, loop), fork=fork)
 
         assert report["pid"] != os.getpid()
         assert report["new_loop"] == {"pid": report["pid"], "is_inherited": False}
@@ -134,7 +105,7 @@ def test_multiprocessing_fork_children_get_fresh_instances() -> None:
         queue = context.Queue()
         process = context.Process(target=_mp_child, args=(queue,))
         process.start()
-        report = json.loads(queue.get(timeout=30))
+        report = queue.get(timeout=30)
         process.join(30)
         assert process.exitcode == 0
         assert report["new_loop"]["is_inherited"] is False

@@ -4,6 +4,7 @@ from ._errors import LoopsafeError as LoopsafeError
 from ._errors import NoRunningLoopError as NoRunningLoopError
 from ._errors import PoolExhaustedError as PoolExhaustedError
 from ._errors import WrongLoopError as WrongLoopError
+from ._public import claim_public_names
 from ._registry import LoopLocal as LoopLocal
 from ._registry import aclose_all as aclose_all
 from ._registry import loop_local as loop_local
@@ -24,9 +25,5 @@ __all__ = (
     "stats",
 )
 
-# Reprs, tracebacks and docs name the public location (loopsafe.LoopLocal), not the private module.
-for _name in __all__:
-    _value = globals()[_name]
-    if getattr(_value, "__module__", "").startswith("loopsafe._"):
-        _value.__module__ = __name__
-del _name, _value
+claim_public_names(__name__, globals(), __all__)
+del claim_public_names

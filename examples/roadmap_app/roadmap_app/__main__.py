@@ -1,0 +1,144 @@
+"""`python -m roadmap_app demo|api|worker|migrate`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+__all__ = ("main",)
+
+
+async def _migrate(url: str) -> list[int]:
+    import loopsafe.db
+    from roadmap_app.migrations import migrate
+
+    # A pool of its own, without the app's budget: migrations run before anything else, once.
+    database = loopsafe.db.Database(url, name="migrations", poolclass="null")
+    try:
+        async with database.get_engine().begin() as connection:
+            return await migrate(connection)
+    finally:
+        await database.aclose()
+
+
+def migrate_database(url: str) -> list[int]:
+    """Bring the database at `url` to the current schema; return the versions applied now."""
+    return asyncio.run(_migrate(url))
+
+
+def _cmd_migrate(_: argparse.Namespace) -> int:
+    from loopsafe._log import redact_dsn
+    from roadmap_app.config import get_settings
+    from roadmap_app.migrations import SCHEMA_VERSION
+
+    url = get_settings().database_url
+    applied = migrate_database(url)
+    done = f"applied {', '.join(map(str, applied))}" if applied else "nothing to do"
+    print(f"schema version {SCHEMA_VERSION} on {redact_dsn(url)}: {done}")
+    return 0
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run(
+        "roadmap_app.main:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=3,
+    )
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from roadmap_app.worker import app
+
+    argv = [
+        "worker",
+        "--pool", args.pool,
+        "--queues", args.queues,
+        "--concurrency", str(args.concurrency),
+        "--loglevel", args.log_level.upper(),
+        # No broadcast chatter between workers: faster start-up, fewer Redis connections.
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+    if args.name:
+        argv += ["--hostname", args.name]
+    app.worker_main(argv)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from roadmap_app.demo import run_demo
+
+    return run_demo(
+        goal=args.goal,
+        level=args.level,
+        weekly_hours=args.weekly_hours,
+        serve=args.serve,
+        port=args.port,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m roadmap_app",
+        description="loopsafe's example app: learning roadmaps on FastAPI + Celery + PostgreSQL + Redis.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="run everything (embedded PostgreSQL and Redis unless DATABASE_URL/REDIS_URL are "
+        "set) and generate one roadmap",
+    )
+    demo.add_argument("--goal", default="Learn Python for data analysis")
+    demo.add_argument(
+        "--level", default="beginner", choices=("beginner", "intermediate", "advanced")
+    )
+    demo.add_argument("--weekly-hours", type=int, default=6)
+    demo.add_argument("--serve", action="store_true", help="keep everything running until Ctrl-C")
+    demo.add_argument("--port", type=int, default=None, help="HTTP port (default: 8000 if free)")
+    demo.set_defaults(run=_cmd_demo)
+
+    api = commands.add_parser("api", help="serve the HTTP API and web page with uvicorn")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--log-level", default="info")
+    api.set_defaults(run=_cmd_api)
+
+    worker = commands.add_parser("worker", help="run a Celery worker")
+    worker.add_argument("--queues", default="workflow,content,logs")
+    worker.add_argument("--concurrency", type=int, default=2)
+    worker.add_argument("--pool", default="prefork", choices=("prefork", "solo", "threads"))
+    worker.add_argument("--name", default=None, help="Celery node name, e.g. content@%%h")
+    worker.add_argument("--log-level", default="info")
+    worker.set_defaults(run=_cmd_worker)
+
+    migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
+    migrate.set_defaults(run=_cmd_migrate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from roadmap_app.config import SettingsError
+
+    try:
+        code: int = args.run(args)
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""`/api/v1/roadmaps`: submit a goal, read a roadmap, review it, resume it, stream its events."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+import loopsafe.db
+from roadmap_app import repositories
+from roadmap_app.api.deps import CeleryDep, EventsDep, SessionDep, SettingsDep, enqueue
+from roadmap_app.api.schemas import (
+    ConceptOut,
+    ContentOut,
+    ExecutionLogOut,
+    JobAccepted,
+    ModuleOut,
+    ProgressOut,
+    ReviewIn,
+    RoadmapCreate,
+    RoadmapOut,
+    RoadmapSummary,
+    StageOut,
+)
+from roadmap_app.events import EventPublisher, EventStream
+from roadmap_app.models import TERMINAL_STATUSES, Roadmap, RoadmapStatus, Stage
+
+__all__ = ("router",)
+
+router = APIRouter(prefix="/roadmaps", tags=["roadmaps"])
+S = RoadmapStatus
+
+# How often the event stream re-reads the database when no event arrived: the safety net for
+# events lost while Redis was unreachable.
+POLL_INTERVAL_S = 1.0
+
+
+_Out = TypeVar("_Out", bound=BaseModel)
+
+
+def _progress(done: int, total: int) -> ProgressOut:
+    return ProgressOut(done=done, total=total, percent=100 * done // total if total else 0)
+
+
+def _from_row(schema: type[_Out], row: object, **computed: Any) -> _Out:
+    """`schema` filled from `row`'s attributes of the same names, except the fields in `computed`."""
+    copied = {name: getattr(row, name) for name in schema.model_fields if name not in computed}
+    return schema(**copied, **computed)
+
+
+def _not_found(roadmap_id: uuid.UUID) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"roadmap {roadmap_id} not found")
+
+
+async def _queue_or_fail(
+    session: AsyncSession,
+    celery: Any,
+    events: EventPublisher,
+    roadmap_id: uuid.UUID,
+    job: str,
+    *args: Any,
+) -> None:
+    """Queue a job; if the broker is unreachable, record that on the roadmap and answer 503."""
+    try:
+        await enqueue(celery, job, str(roadmap_id), *args)
+    except Exception as exc:
+        reason = (
+            f"could not queue {job} ({type(exc).__name__}: {exc}); check that the broker "
+            f"(REDIS_URL) is reachable, then POST /api/v1/roadmaps/{roadmap_id}/resume"
+        )
+        await repositories.update_roadmap(session, roadmap_id, status=S.failed, error=reason)
+        await session.commit()
+        await events.emit(roadmap_id, "status", status=S.failed.value, error=reason)
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, reason) from exc
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED)
+async def create_roadmap(
+    body: RoadmapCreate, session: SessionDep, celery: CeleryDep, events: EventsDep
+) -> JobAccepted:
+    """Create a roadmap for a learning goal and start generating it; returns immediately."""
+    roadmap = await repositories.create_roadmap(
+        session,
+        goal=body.goal,
+        level=body.level,
+        weekly_hours=body.weekly_hours,
+        review=body.review,
+    )
+    roadmap_id = roadmap.id
+    await session.commit()
+    await _queue_or_fail(session, celery, events, roadmap_id, "generate_roadmap")
+    return JobAccepted(task_id=roadmap_id, status=S.pending.value)
+
+
+@router.get("")
+async def list_roadmaps(
+    session: SessionDep, limit: Annotated[int, Query(ge=1, le=100)] = 20
+) -> list[RoadmapSummary]:
+    """The most recent roadmaps, newest first."""
+    roadmaps = await repositories.list_roadmaps(session, limit=limit)
+    counts = await repositories.progress_by_roadmap(session, [r.id for r in roadmaps])
+    return [_summary(r, *counts.get(r.id, (0, 0))) for r in roadmaps]
+
+
+def _summary(roadmap: Roadmap, done: int, total: int) -> RoadmapSummary:
+    return _from_row(
+        RoadmapSummary, roadmap, status=roadmap.status.value, progress=_progress(done, total)
+    )
+
+
+@router.get("/{roadmap_id}")
+async def get_roadmap(
+    roadmap_id: uuid.UUID, session: SessionDep, content: bool = True
+) -> RoadmapOut:
+    """The roadmap with its curriculum and (unless `content=false`) every concept's content."""
+    roadmap = await repositories.get_roadmap_tree(session, roadmap_id)
+    if roadmap is None:
+        raise _not_found(roadmap_id)
+    logs = await repositories.list_execution_logs(session, roadmap_id)
+    stages: list[StageOut] = []
+    done_total = total_total = 0
+    for stage in roadmap.stages:
+        modules: list[ModuleOut] = []
+        done = total = 0
+        for module in stage.modules:
+            concepts: list[ConceptOut] = []
+            for concept in module.concepts:
+                saved = concept.content
+                total += 1
+                done += saved is not None
+                concepts.append(
+                    _from_row(
+                        ConceptOut,
+                        concept,
+                        has_content=saved is not None,
+                        content=_from_row(ContentOut, saved)
+                        if saved is not None and content
+                        else None,
+                    )
+                )
+            modules.append(_from_row(ModuleOut, module, concepts=concepts))
+        done_total += done
+        total_total += total
+        stages.append(_from_row(StageOut, stage, progress=_progress(done, total), modules=modules))
+    return _from_row(
+        RoadmapOut,
+        roadmap,
+        status=roadmap.status.value,
+        progress=_progress(done_total, total_total),
+        stages=stages,
+        logs=[_from_row(ExecutionLogOut, log) for log in logs],
+    )
+
+
+@router.post("/{roadmap_id}/review", status_code=status.HTTP_202_ACCEPTED)
+async def review_roadmap(
+    roadmap_id: uuid.UUID,
+    body: ReviewIn,
+    session: SessionDep,
+    celery: CeleryDep,
+    events: EventsDep,
+) -> JobAccepted:
+    """Approve the curriculum (content generation starts) or reject it with feedback (a new
+    curriculum is designed and comes back for review)."""
+    claimed = await repositories.update_roadmap(
+        session,
+        roadmap_id,
+        only_from={S.human_review_pending},
+        status=S.review_submitted,
+        review_approved=body.approve,
+        feedback=body.feedback,
+    )
+    if not claimed:
+        roadmap = await repositories.get_roadmap(session, roadmap_id)
+        if roadmap is None:
+            raise _not_found(roadmap_id)
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"roadmap {roadmap_id} is {roadmap.status.value!r}; only a roadmap in "
+            "'human_review_pending' can be reviewed",
+        )
+    await session.commit()
+    await events.emit(roadmap_id, "status", status=S.review_submitted.value, error=None)
+    await _queue_or_fail(
+        session, celery, events, roadmap_id, "resume_after_review", body.approve, body.feedback
+    )
+    return JobAccepted(task_id=roadmap_id, status=S.review_submitted.value)
+
+
+@router.post("/{roadmap_id}/resume", status_code=status.HTTP_202_ACCEPTED)
+async def resume_roadmap(
+    roadmap_id: uuid.UUID, session: SessionDep, celery: CeleryDep, events: EventsDep
+) -> JobAccepted:
+    """Continue an interrupted or failed roadmap from its checkpoint: only concepts without saved
+    content are generated (or the curriculum is redesigned if it never got that far)."""
+    roadmap = await repositories.get_roadmap(session, roadmap_id)
+    if roadmap is None:
+        raise _not_found(roadmap_id)
+    current = roadmap.status
+    if current is S.completed:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"roadmap {roadmap_id} is already completed; nothing to resume",
+        )
+    if current is S.human_review_pending:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"roadmap {roadmap_id} is waiting for a review: POST /api/v1/roadmaps/{roadmap_id}/review",
+        )
+    args: tuple[Any, ...] = ()
+    new_status: RoadmapStatus
+    if current is S.review_submitted:
+        job, new_status, claimed = "resume_after_review", current, True
+        args = (bool(roadmap.review_approved), roadmap.feedback)
+    elif roadmap.curriculum_ready:
+        job, new_status = "resume_from_checkpoint", S.generating_content
+        claimed = await repositories.update_roadmap(
+            session,
+            roadmap_id,
+            only_from={S.failed, S.generating_content},
+            status=new_status,
+            error=None,
+        )
+    else:
+        job, new_status = "generate_roadmap", S.pending
+        claimed = await repositories.update_roadmap(
+            session,
+            roadmap_id,
+            only_from={S.pending, S.analyzing, S.designing, S.failed},
+            status=new_status,
+            error=None,
+        )
+    if not claimed:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"roadmap {roadmap_id} changed state meanwhile; try again"
+        )
+    await session.commit()
+    await events.emit(roadmap_id, "status", status=new_status.value, error=None)
+    await _queue_or_fail(session, celery, events, roadmap_id, job, *args)
+    return JobAccepted(task_id=roadmap_id, status=new_status.value)
+
+
+async def _existing_roadmap(roadmap_id: uuid.UUID) -> uuid.UUID:
+    # A short session of its own: a request-scoped one would hold a pooled connection for as long
+    # as the event stream stays open.
+    async with loopsafe.db.session() as session:
+        if await repositories.get_roadmap(session, roadmap_id) is None:
+            raise _not_found(roadmap_id)
+    return roadmap_id
+
+
+async def snapshot(roadmap_id: uuid.UUID) -> dict[str, Any]:
+    """The roadmap's current state as an event: what a late subscriber needs to catch up."""
+    async with loopsafe.db.session() as session:
+        roadmap = await repositories.get_roadmap(session, roadmap_id)
+        if roadmap is None:
+            raise LookupError(f"roadmap {roadmap_id} was deleted")
+        stage_rows = (
+            await session.execute(
+                select(Stage.position, Stage.title)
+                .where(Stage.roadmap_id == roadmap_id)
+                .order_by(Stage.position)
+            )
+        ).all()
+        report = await repositories.progress(session, roadmap_id)
+        return {
+            "type": "snapshot",
+            "roadmap_id": str(roadmap_id),
+            "status": roadmap.status.value,
+            "error": roadmap.error,
+            "title": roadmap.title,
+            "curriculum_version": roadmap.curriculum_version,
+            "done": report.done,
+            "total": report.total,
+            "stages": [
+                {
+                    "position": position,
+                    "title": title,
+                    "done": report.stage_done.get(position, 0),
+                    "total": report.stage_total.get(position, 0),
+                }
+                for position, title in stage_rows
+            ],
+        }
+
+
+def _is_terminal(event: dict[str, Any]) -> bool:
+    return event.get("type") in ("status", "snapshot") and event.get("status") in {
+        s.value for s in TERMINAL_STATUSES
+    }
+
+
+@router.get("/{roadmap_id}/events", response_class=EventSourceResponse)
+async def roadmap_events(
+    roadmap_id: Annotated[uuid.UUID, Depends(_existing_roadmap)], settings: SettingsDep
+) -> AsyncIterator[ServerSentEvent]:
+    """Server-Sent Events: the current state first (`snapshot`), then every progress event as
+    it happens, until the roadmap is completed or failed.
+
+    Without Redis the stream still works, from the database, once a second.
+    """
+    stream = EventStream(settings, roadmap_id)
+    number = 0
+
+    def sse(event: dict[str, Any]) -> ServerSentEvent:
+        nonlocal number
+        number += 1
+        return ServerSentEvent(data=event, id=str(number))
+
+    try:
+        await stream.open()
+        state = await snapshot(roadmap_id)
+        yield sse(state)
+        seen = (state["status"], state["done"], state["curriculum_version"])
+        while not _is_terminal(state):
+            event: dict[str, Any] | None = None
+            if stream.connected:
+                event = await stream.next(POLL_INTERVAL_S)
+                if event is not None and event["type"] == "stream_lost":
+                    stream.connected = False
+                    event = None
+            else:
+                await asyncio.sleep(POLL_INTERVAL_S)
+            if event is None:
+                state = await snapshot(roadmap_id)
+                now = (state["status"], state["done"], state["curriculum_version"])
+                if now != seen:
+                    seen = now
+                    yield sse(state)
+                continue
+            status_now, done_now, version_now = seen
+            if event["type"] == "status":
+                status_now = event["status"]
+            elif event["type"] == "concept_saved":
+                done_now = max(done_now, int(event["done"]))
+            elif event["type"] == "curriculum":
+                version_now, done_now = int(event["version"]), 0
+            seen = (status_now, done_now, version_now)
+            yield sse(event)
+            if _is_terminal(event):
+                break
+    finally:
+        await stream.close()

@@ -1,0 +1,133 @@
+"""Settings read from the environment, validated once, with errors that name the variable."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ("Settings", "SettingsError", "get_settings")
+
+LLMProviderName = Literal["offline", "openai"]
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the app cannot use."""
+
+
+def _text(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip()
+    return value or default
+
+
+def _number(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    parse: Callable[[str], float],
+    *,
+    low: float,
+    high: float,
+) -> float:
+    """`env[name]` read with `parse` (`int` or `float`) within [low, high]; `default` when unset."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    # `:g` drops a float's ".0" (1.0 → "1") but would print a large int as "1e+06".
+    span = f"between {low:g} and {high:g}" if parse is float else f"between {low} and {high}"
+    try:
+        value = parse(raw)
+    except ValueError:
+        kind = "a number" if parse is float else "a whole number"
+        raise SettingsError(f"{name} must be {kind} {span}, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be {span}, got {raw!r}")
+    return value
+
+
+# The numeric settings: field → (variable, how to parse it, lowest, highest).
+_NUMBERS: dict[str, tuple[str, Callable[[str], float], float, float]] = {
+    "database_max_connections": ("DATABASE_MAX_CONNECTIONS", int, 2, 100_000),
+    "processes": ("LOOPSAFE_PROCESSES", int, 1, 10_000),
+    "loops_per_process": ("LOOPSAFE_LOOPS_PER_PROCESS", int, 1, 1_000),
+    "llm_latency_ms": ("LLM_LATENCY_MS", int, 0, 600_000),
+    "llm_jitter_ms": ("LLM_JITTER_MS", int, 0, 600_000),
+    "llm_failure_rate": ("LLM_FAILURE_RATE", float, 0.0, 1.0),
+    "llm_concurrency": ("LLM_CONCURRENCY", int, 1, 256),
+    "llm_retries": ("LLM_RETRIES", int, 0, 10),
+    "llm_timeout_s": ("LLM_TIMEOUT_S", float, 0.1, 3600.0),
+    "content_batch_size": ("CONTENT_BATCH_SIZE", int, 1, 1000),
+    "event_timeout_s": ("EVENT_TIMEOUT_S", float, 0.05, 60.0),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about the app; build it with `Settings.from_env()`."""
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/roadmap"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    # Prepended to Celery's Redis keys and to event channels, so several deployments (or test
+    # sessions) can share one Redis server without taking each other's jobs.
+    key_prefix: str = ""
+    database_max_connections: int = 40
+    processes: int = 6
+    loops_per_process: int = 1
+    llm_provider: LLMProviderName = "offline"
+    llm_base_url: str | None = None
+    llm_api_key: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_latency_ms: int = 300
+    llm_jitter_ms: int = 200
+    llm_failure_rate: float = 0.0
+    llm_concurrency: int = 6
+    llm_retries: int = 2
+    llm_timeout_s: float = 60.0
+    content_batch_size: int = 8
+    event_timeout_s: float = 1.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from `env` (default `os.environ`).
+
+        Raises `SettingsError` naming the variable when a value is out of range or unparsable.
+        """
+        env = os.environ if env is None else env
+        redis_url = _text(env, "REDIS_URL", cls.redis_url)
+        provider = _text(env, "LLM_PROVIDER", "openai" if env.get("LLM_BASE_URL") else "offline")
+        if provider not in ("offline", "openai"):
+            raise SettingsError(f"LLM_PROVIDER must be 'offline' or 'openai', got {provider!r}")
+        api_key = env.get("LLM_API_KEY") or env.get("OPENAI_API_KEY") or None
+        if provider == "openai" and not api_key:
+            raise SettingsError(
+                "LLM_PROVIDER=openai needs LLM_API_KEY (any non-empty value for local servers "
+                "such as Ollama or vLLM); unset LLM_BASE_URL to use the offline provider"
+            )
+        numbers: dict[str, Any] = {
+            field: _number(env, variable, getattr(cls, field), parse, low=low, high=high)
+            for field, (variable, parse, low, high) in _NUMBERS.items()
+        }
+        return cls(
+            database_url=_text(env, "DATABASE_URL", cls.database_url),
+            redis_url=redis_url,
+            broker_url=_text(env, "CELERY_BROKER_URL", redis_url),
+            key_prefix=env.get("ROADMAP_KEY_PREFIX", "").strip(),
+            llm_provider="openai" if provider == "openai" else "offline",
+            llm_base_url=env.get("LLM_BASE_URL") or None,
+            llm_api_key=api_key,
+            llm_model=_text(env, "LLM_MODEL", cls.llm_model),
+            **numbers,
+        )
+
+    def channel(self, roadmap_id: object) -> str:
+        """The Redis pub/sub channel carrying one roadmap's progress events."""
+        return f"{self.key_prefix}roadmap:{roadmap_id}:events"
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment on first use."""
+    return Settings.from_env()

@@ -1,0 +1,51 @@
+"""The FastAPI app: routers, the web page, and a lifespan that closes loopsafe's resources."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+import loopsafe
+import loopsafe.db
+from roadmap_app.api.routes import health, roadmaps, web
+from roadmap_app.config import Settings, get_settings
+from roadmap_app.events import EventPublisher
+from roadmap_app.jobs import create_celery_app
+from roadmap_app.resources import configure_resources
+
+__all__ = ("create_app",)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app (`uvicorn --factory roadmap_app.main:create_app`)."""
+    settings = settings or get_settings()
+    configure_resources(settings)
+    celery_app = create_celery_app(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            async with loopsafe.db.lifespan(app):
+                yield
+        finally:
+            # Close this loop's Redis client (and any LLM client) inside the loop too, so the
+            # servers see a clean goodbye instead of connections dropped at interpreter exit.
+            await loopsafe.aclose_all()
+            celery_app.close()
+
+    app = FastAPI(
+        title="Roadmap generator",
+        summary="loopsafe's example app: learning roadmaps on FastAPI + Celery + PostgreSQL + Redis.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.celery = celery_app
+    app.state.events = EventPublisher(settings)
+    app.include_router(roadmaps.router, prefix="/api/v1")
+    app.include_router(health.router)
+    app.include_router(web.router)
+    app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
+    return app

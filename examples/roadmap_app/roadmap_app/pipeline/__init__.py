@@ -1,0 +1,1 @@
+"""The roadmap pipeline as plain async functions: intent → curriculum → content, and the workflow."""

@@ -1,0 +1,303 @@
+"""Content generation: tutorial → resources → quiz per concept, concepts concurrently, batched writes."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydantic import BaseModel, Field, model_validator
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from loopsafe.db import Database
+from roadmap_app import repositories
+from roadmap_app.llm import LLMProvider, Prompt
+from roadmap_app.pipeline.calls import Brief, LLMOptions, ask
+from roadmap_app.repositories import ConceptRef, NewContent, Progress
+
+__all__ = (
+    "ContentReport",
+    "Material",
+    "Notifier",
+    "Quiz",
+    "Resources",
+    "Tutorial",
+    "generate_material",
+    "generate_missing_content",
+)
+
+
+class Notifier(Protocol):
+    async def emit(self, roadmap_id: uuid.UUID | str, type: str, **payload: Any) -> bool: ...
+
+
+class Tutorial(BaseModel):
+    markdown: str = Field(min_length=20)
+
+
+class Resource(BaseModel):
+    title: str = Field(min_length=1)
+    url: str = Field(pattern=r"^https?://")
+    kind: str = "article"
+
+
+class Resources(BaseModel):
+    resources: list[Resource] = Field(min_length=1, max_length=10)
+
+
+class QuizQuestion(BaseModel):
+    question: str = Field(min_length=1)
+    options: list[str] = Field(min_length=2, max_length=6)
+    answer: int
+    explanation: str = ""
+
+    @model_validator(mode="after")
+    def _answer_is_an_option(self) -> QuizQuestion:
+        if not 0 <= self.answer < len(self.options):
+            raise ValueError(f"answer {self.answer} is not an index into the options")
+        return self
+
+
+class Quiz(BaseModel):
+    questions: list[QuizQuestion] = Field(min_length=1, max_length=10)
+
+
+@dataclass(frozen=True)
+class Material:
+    tutorial: Tutorial
+    resources: Resources
+    quiz: Quiz
+
+    def to_row(self, concept_id: int) -> NewContent:
+        return NewContent(
+            concept_id=concept_id,
+            tutorial=self.tutorial.markdown,
+            resources=[r.model_dump() for r in self.resources.resources],
+            quiz=[q.model_dump() for q in self.quiz.questions],
+        )
+
+
+@dataclass
+class ContentReport:
+    generated: int
+    skipped: int
+    progress: Progress
+
+
+_SYSTEM = "You are a patient, precise tutor. Answer with one JSON object only: "
+
+
+async def generate_material(
+    llm: LLMProvider,
+    brief: Brief,
+    concept: ConceptRef,
+    options: LLMOptions,
+    *,
+    on_step: Notifier | None = None,
+    roadmap_id: uuid.UUID | None = None,
+) -> Material:
+    """Tutorial, then resources and quiz built on it, for one concept."""
+    context = {
+        "goal": brief.goal,
+        "level": brief.level,
+        "concept": concept.title,
+        "summary": concept.summary,
+        "module": concept.module_title,
+    }
+    about = f"Goal: {brief.goal} ({brief.level}).\nModule: {concept.module_title}.\n"
+
+    async def step(name: str) -> None:
+        if on_step is not None and roadmap_id is not None:
+            await on_step.emit(
+                roadmap_id,
+                "concept_step",
+                concept_id=concept.id,
+                stage=concept.stage_position,
+                step=name,
+            )
+
+    await step("tutorial")
+    tutorial = await ask(
+        llm,
+        Prompt(
+            kind="tutorial",
+            system=_SYSTEM + '{"markdown": str} — a tutorial of 300-600 words in Markdown.',
+            user=f"{about}Write the tutorial for the concept '{concept.title}': {concept.summary}",
+            context=context,
+        ),
+        Tutorial,
+        options,
+        what=f"tutorial for {concept.title!r}",
+    )
+    await step("resources")
+    resources = await ask(
+        llm,
+        Prompt(
+            kind="resources",
+            system=_SYSTEM + '{"resources": [{"title": str, "url": str, "kind": str}]} — 3-5 '
+            "well-known, real resources.",
+            user=f"{about}Recommend resources for '{concept.title}'.",
+            context=context,
+        ),
+        Resources,
+        options,
+        what=f"resources for {concept.title!r}",
+    )
+    await step("quiz")
+    quiz = await ask(
+        llm,
+        Prompt(
+            kind="quiz",
+            system=_SYSTEM + '{"questions": [{"question": str, "options": [str], "answer": '
+            'int (index of the right option), "explanation": str}]} — 3 questions.',
+            user=f"{about}Quiz the learner on this tutorial:\n{tutorial.markdown[:4000]}",
+            context=context,
+        ),
+        Quiz,
+        options,
+        what=f"quiz for {concept.title!r}",
+    )
+    return Material(tutorial, resources, quiz)
+
+
+_Item = tuple[ConceptRef, Material]
+
+
+async def _write_batches(
+    db: Database,
+    roadmap_id: uuid.UUID,
+    queue: asyncio.Queue[_Item | None],
+    batch_size: int,
+    progress: Progress,
+    notifier: Notifier,
+) -> int:
+    """The single writer: commit finished concepts in batches, then announce each one saved.
+
+    One writer per job bounds the job's database use to one connection however many LLM calls
+    run at once, and publishing only after commit means progress never runs ahead of the data.
+    """
+    written = 0
+    finished = False
+    while not finished:
+        first = await queue.get()
+        if first is None:
+            break
+        batch = [first]
+        while len(batch) < batch_size:
+            try:
+                item = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if item is None:
+                finished = True
+                break
+            batch.append(item)
+        rows = [material.to_row(concept.id) for concept, material in batch]
+
+        async def save(session: AsyncSession, rows: Sequence[NewContent] = rows) -> set[int]:
+            return await repositories.save_content(session, roadmap_id, rows)
+
+        inserted = await db.run_in_transaction(save)
+        for concept, _ in batch:
+            if concept.id not in inserted:
+                continue  # saved meanwhile by another run of this job: already counted
+            written += 1
+            progress.done += 1
+            stage = concept.stage_position
+            progress.stage_done[stage] = progress.stage_done.get(stage, 0) + 1
+            await notifier.emit(
+                roadmap_id,
+                "concept_saved",
+                concept_id=concept.id,
+                slug=concept.slug,
+                title=concept.title,
+                stage=stage,
+                done=progress.done,
+                total=progress.total,
+                stage_done=progress.stage_done[stage],
+                stage_total=progress.stage_total.get(stage, 0),
+            )
+    return written
+
+
+async def generate_missing_content(
+    db: Database,
+    llm: LLMProvider,
+    roadmap_id: uuid.UUID,
+    options: LLMOptions,
+    notifier: Notifier,
+    *,
+    batch_size: int = 8,
+) -> ContentReport:
+    """Generate and save content for every concept of the roadmap that has none yet.
+
+    At most `options.concurrency` concepts are in flight. When one concept fails for good, the
+    others are cancelled, whatever was finished is still saved (the checkpoint a resume starts
+    from), and the `LLMError` is raised.
+    """
+    async with db.session() as session:
+        roadmap = await repositories.get_roadmap(session, roadmap_id)
+        if roadmap is None:
+            raise LookupError(f"roadmap {roadmap_id} does not exist")
+        brief = Brief(roadmap.goal, roadmap.level, roadmap.weekly_hours)
+        missing = await repositories.concepts_without_content(session, roadmap_id)
+        progress = await repositories.progress(session, roadmap_id)
+    skipped = progress.done
+    if not missing:
+        return ContentReport(generated=0, skipped=skipped, progress=progress)
+
+    # Bounded, so finished concepts wait for the writer instead of piling up in memory.
+    queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=batch_size * 2)
+    todo = iter(missing)
+
+    async def produce() -> None:
+        for concept in todo:  # shared iterator: each concept is taken by exactly one producer
+            material = await generate_material(
+                llm, brief, concept, options, on_step=notifier, roadmap_id=roadmap_id
+            )
+            await queue.put((concept, material))
+
+    writer = asyncio.create_task(
+        _write_batches(db, roadmap_id, queue, batch_size, progress, notifier),
+        name=f"content-writer-{roadmap_id}",
+    )
+    producers = {
+        asyncio.create_task(produce(), name=f"content-producer-{i}")
+        for i in range(min(options.concurrency, len(missing)))
+    }
+    failure: BaseException | None = None
+    try:
+        running = set(producers)
+        while running and failure is None:
+            done, _ = await asyncio.wait(running | {writer}, return_when=asyncio.FIRST_COMPLETED)
+            if writer in done:
+                # The writer only returns after the sentinel, so finishing now means it failed.
+                failure = writer.exception() or RuntimeError("the content writer stopped early")
+                break
+            for task in done:
+                running.discard(task)
+                if task.exception() is not None and failure is None:
+                    failure = task.exception()
+    except BaseException:
+        # Cancelled (a soft time limit, a shutting-down worker): stop writing too.
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        raise
+    finally:
+        for task in producers:
+            task.cancel()
+        await asyncio.gather(*producers, return_exceptions=True)
+    if not writer.done():
+        # Let the writer save everything already generated, even when a concept failed.
+        await queue.put(None)
+    try:
+        generated = await writer
+    except Exception:
+        if failure is None:
+            raise
+        generated = 0
+    if failure is not None:
+        raise failure
+    return ContentReport(generated=generated, skipped=skipped, progress=progress)

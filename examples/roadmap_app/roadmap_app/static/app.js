@@ -1,0 +1,469 @@
+// The roadmap page: submit a goal, follow progress over Server-Sent Events, review, browse.
+"use strict";
+
+const API = "/api/v1/roadmaps";
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  id: null,        // roadmap shown
+  detail: null,    // last GET /roadmaps/{id}
+  source: null,    // EventSource of the shown roadmap
+  done: 0,
+  total: 0,
+  stages: {},      // position → {title, done, total}
+  saved: new Set(), // concept ids announced saved (the DOM may be re-rendered from older data)
+  refetchTimer: null,
+  recentTimer: null,
+};
+
+const STATUS_TEXT = {
+  pending: "Queued — waiting for a worker…",
+  analyzing: "Analysing your goal…",
+  designing: "Designing the curriculum…",
+  human_review_pending: "Waiting for your review",
+  review_submitted: "Review submitted…",
+  generating_content: "Writing tutorials, resources and quizzes…",
+  completed: "Completed",
+  failed: "Failed",
+};
+
+function escapeHtml(text) {
+  return String(text ?? "").replace(/[&<>"']/g, (c) => (
+    { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]
+  ));
+}
+
+// A small Markdown subset: headings, lists, code fences, inline code, bold, italics.
+function markdown(source) {
+  const inline = (text) => escapeHtml(text)
+    .replace(/`([^`]+)`/g, "<code>$1</code>")
+    .replace(/\*\*([^*]+)\*\*/g, "<strong>$1</strong>")
+    .replace(/\*([^*]+)\*/g, "<em>$1</em>");
+  const out = [];
+  let list = null;
+  let code = null;
+  const closeList = () => { if (list) { out.push(`</${list}>`); list = null; } };
+  for (const line of String(source).split("\n")) {
+    if (line.startsWith("```")) {
+      if (code === null) { closeList(); code = []; } else { out.push(`<pre><code>${escapeHtml(code.join("\n"))}</code></pre>`); code = null; }
+      continue;
+    }
+    if (code !== null) { code.push(line); continue; }
+    let m;
+    if ((m = line.match(/^(#{1,4})\s+(.*)$/))) {
+      closeList();
+      const level = Math.min(m[1].length + 1, 4);
+      out.push(`<h${level}>${inline(m[2])}</h${level}>`);
+    } else if ((m = line.match(/^\s*[-*]\s+(.*)$/))) {
+      if (list !== "ul") { closeList(); out.push("<ul>"); list = "ul"; }
+      out.push(`<li>${inline(m[1])}</li>`);
+    } else if ((m = line.match(/^\s*\d+[.)]\s+(.*)$/))) {
+      if (list !== "ol") { closeList(); out.push("<ol>"); list = "ol"; }
+      out.push(`<li>${inline(m[1])}</li>`);
+    } else if (line.trim() === "") {
+      closeList();
+    } else {
+      closeList();
+      out.push(`<p>${inline(line)}</p>`);
+    }
+  }
+  closeList();
+  if (code !== null) out.push(`<pre><code>${escapeHtml(code.join("\n"))}</code></pre>`);
+  return out.join("\n");
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, {
+    headers: { "Content-Type": "application/json" },
+    ...options,
+  });
+  let body = null;
+  try { body = await response.json(); } catch { body = null; }
+  if (!response.ok) {
+    const error = new Error(describeError(body) || `HTTP ${response.status}`);
+    error.status = response.status;
+    error.body = body;
+    throw error;
+  }
+  return body;
+}
+
+function describeError(body) {
+  if (!body) return "";
+  if (typeof body.detail === "string") return body.detail;
+  if (Array.isArray(body.detail)) return body.detail.map((d) => d.msg).join("; ");
+  return "";
+}
+
+/* ---------- health ---------- */
+
+async function refreshHealth() {
+  const dot = $("health-dot");
+  const text = $("health-text");
+  try {
+    const response = await fetch("/health");
+    const body = await response.json();
+    dot.className = "dot " + (body.status === "ok" ? "ok" : response.ok ? "degraded" : "down");
+    const pool = body.database.pool || {};
+    text.textContent = body.status === "ok"
+      ? `healthy · ${pool.checked_out ?? 0}/${pool.capacity ?? "?"} connections in use`
+      : (body.redis.ok ? "database unreachable" : "Redis unreachable — progress by polling");
+  } catch {
+    dot.className = "dot down";
+    text.textContent = "API unreachable";
+  }
+}
+
+/* ---------- create form ---------- */
+
+function clearFormErrors() {
+  for (const el of document.querySelectorAll("#create-form .field-error, #form-error")) el.textContent = "";
+  for (const el of document.querySelectorAll("#create-form .invalid")) el.classList.remove("invalid");
+}
+
+async function submitGoal(event) {
+  event.preventDefault();
+  clearFormErrors();
+  const button = $("submit");
+  const hours = $("weekly_hours").value.trim();
+  const payload = {
+    goal: $("goal").value,
+    level: $("level").value,
+    weekly_hours: hours === "" ? 5 : Number(hours),
+    review: $("review").checked,
+  };
+  button.disabled = true;
+  button.textContent = "Submitting…";
+  try {
+    const accepted = await api(API, { method: "POST", body: JSON.stringify(payload) });
+    $("goal").value = "";
+    await showRoadmap(accepted.task_id);
+    loadRecent();
+  } catch (error) {
+    if (error.status === 422 && Array.isArray(error.body?.detail)) {
+      for (const item of error.body.detail) {
+        const field = item.loc[item.loc.length - 1];
+        const slot = $(`error-${field}`);
+        if (slot) {
+          slot.textContent = item.msg;
+          $(field)?.classList.add("invalid");
+        } else {
+          $("form-error").textContent = item.msg;
+        }
+      }
+    } else {
+      $("form-error").textContent = error.message;
+    }
+  } finally {
+    button.disabled = false;
+    button.textContent = "Generate roadmap";
+  }
+}
+
+/* ---------- recent list ---------- */
+
+async function loadRecent() {
+  const list = $("recent");
+  try {
+    const items = await api(`${API}?limit=12`);
+    if (!items.length) { list.innerHTML = '<li class="muted">No roadmaps yet.</li>'; return; }
+    list.innerHTML = items.map((r) => `
+      <li><a href="?roadmap=${r.id}" data-id="${r.id}" class="${r.id === state.id ? "current" : ""}">
+        <span class="goal">${escapeHtml(r.title || r.goal)}</span>
+        <span class="meta"><span class="badge small ${r.status}">${escapeHtml(r.status.replace(/_/g, " "))}</span>
+        ${r.progress.total ? `${r.progress.done}/${r.progress.total} concepts` : escapeHtml(r.level)}</span>
+      </a></li>`).join("");
+  } catch (error) {
+    list.innerHTML = `<li class="muted">Could not load: ${escapeHtml(error.message)}</li>`;
+  }
+}
+
+/* ---------- roadmap view ---------- */
+
+async function showRoadmap(id) {
+  if (state.source) { state.source.close(); state.source = null; }
+  state.id = id;
+  state.detail = null;
+  state.saved = new Set();
+  history.replaceState(null, "", `?roadmap=${id}`);
+  $("empty").classList.add("hidden");
+  $("roadmap").classList.remove("hidden");
+  for (const a of document.querySelectorAll("#recent a")) a.classList.toggle("current", a.dataset.id === id);
+  await refetch();
+  follow(id);
+}
+
+async function refetch() {
+  const id = state.id;
+  if (!id) return;
+  try {
+    const detail = await api(`${API}/${id}`);
+    if (id !== state.id) return;
+    state.detail = detail;
+    state.done = detail.progress.done;
+    state.total = detail.progress.total;
+    state.stages = {};
+    for (const s of detail.stages) state.stages[s.position] = { title: s.title, done: s.progress.done, total: s.progress.total };
+    render();
+  } catch (error) {
+    $("rm-title").textContent = "Roadmap not available";
+    $("rm-goal").textContent = error.message;
+  }
+}
+
+function scheduleRefetch(delay = 150) {
+  clearTimeout(state.refetchTimer);
+  state.refetchTimer = setTimeout(refetch, delay);
+}
+
+function follow(id) {
+  const source = new EventSource(`${API}/${id}/events`);
+  state.source = source;
+  source.onmessage = (message) => {
+    if (id !== state.id) return;
+    let event;
+    try { event = JSON.parse(message.data); } catch { return; }
+    handleEvent(event);
+  };
+  source.onerror = () => {
+    // The server ends the stream when the roadmap is finished; don't reconnect then.
+    const status = state.detail?.status;
+    if (status === "completed" || status === "failed") source.close();
+  };
+}
+
+function handleEvent(event) {
+  switch (event.type) {
+    case "snapshot":
+      state.done = event.done;
+      state.total = event.total;
+      for (const s of event.stages) state.stages[s.position] = { title: s.title, done: s.done, total: s.total };
+      setStatus(event.status, event.error);
+      if (state.detail && event.curriculum_version !== state.detail.curriculum_version) scheduleRefetch();
+      renderProgress();
+      break;
+    case "status":
+      setStatus(event.status, event.error);
+      if (["human_review_pending", "completed", "failed", "generating_content"].includes(event.status)) scheduleRefetch();
+      if (event.status === "completed" || event.status === "failed") state.source?.close();
+      break;
+    case "curriculum":
+      scheduleRefetch(50);
+      break;
+    case "concept_step":
+      markConcept(event.concept_id, "working", event.step);
+      break;
+    case "concept_saved": {
+      state.done = Math.max(state.done, event.done);
+      state.total = event.total || state.total;
+      const stage = state.stages[event.stage];
+      if (stage) stage.done = Math.max(stage.done, event.stage_done);
+      state.saved.add(event.concept_id);
+      markConcept(event.concept_id, "done");
+      renderProgress();
+      break;
+    }
+    default:
+      break;
+  }
+}
+
+function setStatus(status, error) {
+  clearTimeout(state.recentTimer);
+  state.recentTimer = setTimeout(loadRecent, 400);
+  if (!state.detail) return;
+  state.detail.status = status;
+  if (error !== undefined) state.detail.error = error;
+  renderHeader();
+  renderProgress();
+}
+
+function render() {
+  renderHeader();
+  renderProgress();
+  renderCurriculum();
+}
+
+function renderHeader() {
+  const d = state.detail;
+  $("rm-title").textContent = d.title || d.goal;
+  $("rm-goal").textContent = `${d.goal} · ${d.level} · ${d.weekly_hours} h/week`;
+  $("rm-summary").textContent = d.summary || "";
+  const badge = $("rm-status");
+  badge.textContent = d.status.replace(/_/g, " ");
+  badge.className = `badge ${d.status}`;
+  $("review-panel").classList.toggle("hidden", d.status !== "human_review_pending");
+  $("failed-panel").classList.toggle("hidden", d.status !== "failed");
+  $("failed-reason").textContent = d.error || "";
+}
+
+function renderProgress() {
+  const d = state.detail;
+  if (!d) return;
+  const percent = state.total ? Math.floor((100 * state.done) / state.total) : (d.status === "completed" ? 100 : 0);
+  $("progress-percent").textContent = `${percent}%`;
+  const fill = $("progress-fill");
+  fill.style.width = `${percent}%`;
+  fill.classList.toggle("done", percent === 100);
+  const label = STATUS_TEXT[d.status] || d.status;
+  $("progress-text").textContent = state.total ? `${label} · ${state.done} of ${state.total} concepts` : label;
+  const stages = Object.entries(state.stages).sort((a, b) => a[0] - b[0]);
+  $("stage-bars").innerHTML = stages.map(([position, s]) => {
+    const p = s.total ? Math.floor((100 * s.done) / s.total) : 0;
+    return `<li data-stage="${position}"><div class="label"><b>${position}. ${escapeHtml(s.title)}</b><span>${s.done}/${s.total}</span></div>
+      <div class="bar"><div class="fill ${p === 100 ? "done" : ""}" style="width:${p}%"></div></div></li>`;
+  }).join("");
+}
+
+function renderCurriculum() {
+  const d = state.detail;
+  const container = $("curriculum");
+  if (!d.stages.length) { container.innerHTML = ""; return; }
+  container.innerHTML = d.stages.map((stage) => `
+    <section class="stage">
+      <h3><span class="num">${stage.position}</span>${escapeHtml(stage.title)}</h3>
+      <p class="desc">${escapeHtml(stage.description)}</p>
+      <div class="modules">${stage.modules.map((module) => `
+        <div class="module">
+          <h4>${escapeHtml(module.title)}</h4>
+          <ul class="concepts">${module.concepts.map((c) => `
+            <li class="concept ${c.has_content || state.saved.has(c.id) ? "done" : ""}" data-concept="${c.id}" title="${escapeHtml(c.summary)}">
+              <span class="state"></span><span class="name">${escapeHtml(c.title)}</span>
+              <span class="hours" data-hours="${c.estimated_hours}h">${c.estimated_hours}h</span>
+            </li>`).join("")}
+          </ul>
+        </div>`).join("")}
+      </div>
+    </section>`).join("");
+}
+
+function markConcept(conceptId, kind, step) {
+  const el = document.querySelector(`[data-concept="${conceptId}"]`);
+  if (!el || el.classList.contains("done")) return;
+  el.classList.add(kind);
+  const tag = el.querySelector(".hours, .step");
+  if (!tag) return;
+  if (kind === "working") { tag.className = "step"; tag.textContent = step; }
+  if (kind === "done") { el.classList.remove("working"); tag.className = "hours"; tag.textContent = tag.dataset.hours; }
+}
+
+/* ---------- review / resume ---------- */
+
+async function review(approve) {
+  const feedback = $("feedback").value.trim();
+  $("review-error").textContent = "";
+  $("feedback").classList.remove("invalid");
+  if (!approve && !feedback) {
+    $("review-error").textContent = "Say what should change before requesting changes.";
+    $("feedback").classList.add("invalid");
+    return;
+  }
+  try {
+    await api(`${API}/${state.id}/review`, {
+      method: "POST",
+      body: JSON.stringify({ approve, feedback: feedback || null }),
+    });
+    $("feedback").value = "";
+    setStatus("review_submitted");
+    if (!state.source || state.source.readyState === EventSource.CLOSED) follow(state.id);
+  } catch (error) {
+    $("review-error").textContent = error.message;
+  }
+}
+
+async function resume() {
+  try {
+    await api(`${API}/${state.id}/resume`, { method: "POST" });
+    setStatus("generating_content", null);
+    if (state.source) state.source.close();
+    follow(state.id);
+  } catch (error) {
+    $("failed-reason").textContent = error.message;
+  }
+}
+
+/* ---------- concept dialog ---------- */
+
+function findConcept(id) {
+  for (const stage of state.detail?.stages || []) {
+    for (const module of stage.modules) {
+      for (const concept of module.concepts) {
+        if (concept.id === id) return { stage, module, concept };
+      }
+    }
+  }
+  return null;
+}
+
+async function openConcept(id) {
+  let found = findConcept(id);
+  if (!found?.concept.content) { await refetch(); found = findConcept(id); }
+  if (!found?.concept.content) return;
+  const { stage, module, concept } = found;
+  $("dlg-where").textContent = `Stage ${stage.position} · ${stage.title} · ${module.title}`;
+  $("dlg-title").textContent = concept.title;
+  // The dialog already shows the title: drop the tutorial's own leading heading if it repeats it.
+  const tutorial = concept.content.tutorial.replace(/^#{1,3}\s+(.*)\n+/, (line, title) => (
+    title.trim() === concept.title ? "" : line));
+  $("tab-tutorial").innerHTML = `<div class="tutorial">${markdown(tutorial)}</div>`;
+  $("tab-resources").innerHTML = `<ul class="resources">${concept.content.resources.map((r) => `
+    <li><span class="badge small">${escapeHtml(r.kind)}</span>
+      <a href="${escapeHtml(r.url)}" target="_blank" rel="noopener noreferrer">${escapeHtml(r.title)}</a></li>`).join("")}</ul>`;
+  $("tab-quiz").innerHTML = concept.content.quiz.map((q, i) => `
+    <div class="question" data-answer="${q.answer}">
+      <p>${i + 1}. ${escapeHtml(q.question)}</p>
+      <div class="options">${q.options.map((o, j) => `<button type="button" class="option" data-index="${j}">${escapeHtml(o)}</button>`).join("")}</div>
+      <p class="explanation hidden">${escapeHtml(q.explanation)}</p>
+    </div>`).join("");
+  selectTab("tutorial");
+  $("concept-dialog").showModal();
+}
+
+function selectTab(name) {
+  for (const tab of document.querySelectorAll(".tab")) tab.classList.toggle("active", tab.dataset.tab === name);
+  for (const body of ["tutorial", "resources", "quiz"]) $(`tab-${body}`).classList.toggle("hidden", body !== name);
+}
+
+/* ---------- wiring ---------- */
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("create-form").addEventListener("submit", submitGoal);
+  $("refresh-list").addEventListener("click", loadRecent);
+  $("approve").addEventListener("click", () => review(true));
+  $("reject").addEventListener("click", () => review(false));
+  $("resume").addEventListener("click", resume);
+  $("dlg-close").addEventListener("click", () => $("concept-dialog").close());
+  $("concept-dialog").addEventListener("click", (event) => {
+    if (event.target === $("concept-dialog")) $("concept-dialog").close();
+  });
+  for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => selectTab(tab.dataset.tab));
+  $("recent").addEventListener("click", (event) => {
+    const link = event.target.closest("a[data-id]");
+    if (!link) return;
+    event.preventDefault();
+    showRoadmap(link.dataset.id);
+  });
+  $("curriculum").addEventListener("click", (event) => {
+    const item = event.target.closest(".concept.done");
+    if (item) openConcept(Number(item.dataset.concept));
+  });
+  $("tab-quiz").addEventListener("click", (event) => {
+    const option = event.target.closest(".option");
+    if (!option) return;
+    const question = option.closest(".question");
+    const answer = Number(question.dataset.answer);
+    for (const button of question.querySelectorAll(".option")) {
+      const index = Number(button.dataset.index);
+      button.disabled = true;
+      if (index === answer) button.classList.add("right");
+      else if (button === option) button.classList.add("wrong");
+    }
+    question.querySelector(".explanation").classList.remove("hidden");
+  });
+
+  refreshHealth();
+  setInterval(refreshHealth, 10000);
+  loadRecent();
+  const initial = new URLSearchParams(location.search).get("roadmap");
+  if (initial) showRoadmap(initial);
+});

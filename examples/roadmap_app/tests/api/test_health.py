@@ -1,0 +1,54 @@
+"""`/health`: database pool status and Redis reachability."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import httpx
+import pytest
+
+from roadmap_app.config import Settings
+from roadmap_app.main import create_app
+from roadmap_app.processes import free_port
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+
+async def _health(settings: Settings) -> httpx.Response:
+    app = create_app(settings)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as http:
+        response = await http.get("/health")
+    app.state.celery.close()
+    return response
+
+
+async def test_health_reports_pool_status_budget_and_redis(configured: Settings) -> None:
+    response = await _health(configured)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["database"]["ok"] is True
+    assert body["redis"]["ok"] is True
+    assert {"checked_out", "capacity", "pool_size"} <= set(body["database"]["pool"])
+    assert body["database"]["budget"]["max_connections"] == configured.database_max_connections
+    assert body["database"]["budget"]["processes"] == configured.processes
+
+
+async def test_health_is_degraded_but_200_without_redis(configured: Settings) -> None:
+    response = await _health(replace(configured, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "degraded"
+    assert body["redis"]["ok"] is False
+    assert "Error" in body["redis"]["error"]
+    assert body["database"]["ok"] is True
+
+
+async def test_health_is_503_without_the_database(configured: Settings) -> None:
+    response = await _health(
+        replace(configured, database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/nothing")
+    )
+    assert response.status_code == 503
+    assert response.json()["database"]["ok"] is False

@@ -1,0 +1,69 @@
+"""App-level fixtures: a private database, settings, and the app running as real processes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from roadmap_testkit import Stack, delete_keys, make_env
+from sqlalchemy.engine import make_url
+
+from roadmap_app.__main__ import migrate_database
+from roadmap_app.config import Settings
+from roadmap_app.resources import configure_resources
+
+
+def _with_database(url: str, name: str) -> str:
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_url: str) -> Iterator[str]:
+    """A fresh database for this test session on the `postgres_url` server, migrated; dropped
+    at the end."""
+    name = f"roadmap_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = _with_database(postgres_url, name)
+    try:
+        migrate_database(url)
+        yield url
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def app_env(database_url: str, redis_url: str) -> Iterator[dict[str, str]]:
+    # A key prefix of its own: other test sessions on the same Redis never take our jobs.
+    prefix = f"rmtest{uuid.uuid4().hex[:8]}:"
+    yield make_env(database_url, redis_url, prefix)
+    delete_keys(redis_url, prefix)
+
+
+@pytest.fixture(scope="session")
+def settings(app_env: dict[str, str]) -> Settings:
+    return Settings.from_env(app_env)
+
+
+@pytest.fixture
+def configured(settings: Settings) -> Settings:
+    """loopsafe's default database and Redis client pointed at the test servers (in-process)."""
+    configure_resources(settings)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def stack(app_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The app for the whole session: API, a `workflow`+`logs` worker and a `content` worker."""
+    running = Stack(app_env, tmp_path_factory.mktemp("stack-logs"), name="main")
+    try:
+        running.start_api()
+        running.start_worker("workflow", ["workflow", "logs"])
+        running.start_worker("content", ["content"])
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()

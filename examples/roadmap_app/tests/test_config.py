@@ -1,0 +1,67 @@
+"""Settings from the environment: defaults, and errors that name the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from roadmap_app.config import Settings, SettingsError
+
+
+def test_defaults_use_the_offline_provider_and_local_servers() -> None:
+    settings = Settings.from_env({})
+    assert settings.llm_provider == "offline"
+    assert settings.database_url.startswith("postgresql://")
+    assert settings.broker_url == settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.channel("abc") == "roadmap:abc:events"
+
+
+def test_values_are_read_and_the_broker_follows_redis() -> None:
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": "redis://cache:6379/2",
+            "ROADMAP_KEY_PREFIX": "staging:",
+            "LLM_LATENCY_MS": "25",
+            "LLM_FAILURE_RATE": "0.25",
+            "DATABASE_MAX_CONNECTIONS": "50",
+        }
+    )
+    assert settings.broker_url == "redis://cache:6379/2"
+    assert (settings.llm_latency_ms, settings.llm_failure_rate) == (25, 0.25)
+    assert settings.database_max_connections == 50
+    assert settings.channel("abc") == "staging:roadmap:abc:events"
+
+
+def test_an_llm_base_url_selects_the_openai_provider() -> None:
+    settings = Settings.from_env(
+        {"LLM_BASE_URL": "http://localhost:11434/v1", "LLM_API_KEY": "ollama"}
+    )
+    assert settings.llm_provider == "openai"
+    assert settings.llm_base_url == "http://localhost:11434/v1"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"LLM_FAILURE_RATE": "often"},
+            "LLM_FAILURE_RATE must be a number between 0 and 1, got 'often'",
+        ),
+        ({"LLM_FAILURE_RATE": "1.5"}, "LLM_FAILURE_RATE must be between 0 and 1, got '1.5'"),
+        ({"LLM_LATENCY_MS": "-5"}, "LLM_LATENCY_MS must be between 0 and 600000, got '-5'"),
+        (
+            {"LLM_CONCURRENCY": "two"},
+            "LLM_CONCURRENCY must be a whole number between 1 and 256, got 'two'",
+        ),
+        (
+            {"DATABASE_MAX_CONNECTIONS": "1"},
+            "DATABASE_MAX_CONNECTIONS must be between 2 and 100000",
+        ),
+        ({"LLM_PROVIDER": "claude"}, "LLM_PROVIDER must be 'offline' or 'openai', got 'claude'"),
+        ({"LLM_PROVIDER": "openai"}, "LLM_PROVIDER=openai needs LLM_API_KEY"),
+    ],
+)
+def test_bad_values_raise_settings_error_naming_the_variable(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Settings.from_env(env)

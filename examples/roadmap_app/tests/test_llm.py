@@ -1,0 +1,215 @@
+"""LLM providers: the deterministic offline one, the OpenAI-compatible one on loop-local clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from roadmap_app.config import get_settings
+from roadmap_app.llm import (
+    LLMError,
+    OfflineProvider,
+    OpenAIProvider,
+    Prompt,
+    openai_client,
+    topic_of,
+)
+from roadmap_app.pipeline.calls import Brief, LLMOptions, ask
+from roadmap_app.pipeline.curriculum import Curriculum, design_curriculum
+from roadmap_app.pipeline.intent import analyze_intent
+from roadmap_app.processes import ManagedProcess, free_port, wait_for_http
+
+OPTIONS = LLMOptions(retries=2, timeout_s=5.0)
+
+
+def _prompt(kind: Any, **context: Any) -> Prompt:
+    return Prompt(kind, f"kind={kind}", json.dumps(context), context)
+
+
+@pytest.mark.parametrize(
+    ("goal", "topic", "application"),
+    [
+        ("Learn Python for data analysis", "Python", "data analysis"),
+        ("learn to cook", "cook", ""),
+        ("I want to learn how to play guitar", "play guitar", ""),
+        ("Kubernetes", "Kubernetes", ""),
+        ("Learn machine learning", "machine learning", ""),
+        ("Master SQL for reporting.", "SQL", "reporting"),
+    ],
+)
+def test_topic_is_extracted_from_the_goal(goal: str, topic: str, application: str) -> None:
+    assert topic_of(goal) == (topic, application)
+
+
+async def test_offline_answers_are_deterministic_per_goal_and_concept() -> None:
+    llm = OfflineProvider()
+    a = await llm.complete_json(_prompt("tutorial", goal="Learn Go", concept="Goroutines"))
+    b = await llm.complete_json(_prompt("tutorial", goal="Learn Go", concept="Goroutines"))
+    c = await llm.complete_json(_prompt("tutorial", goal="Learn Go", concept="Channels"))
+    assert a == b != c
+    assert "Goroutines" in a["markdown"]
+
+
+@pytest.mark.parametrize("level", ["beginner", "intermediate", "advanced"])
+@pytest.mark.parametrize(
+    "goal",
+    ["Learn Python", "Learn machine learning", "Master Rust for embedded systems", "Learn to draw"],
+)
+async def test_typical_goals_get_20_to_40_concepts(goal: str, level: str) -> None:
+    llm = OfflineProvider()
+    brief = Brief(goal, level, 5)
+    curriculum = await design_curriculum(
+        llm, brief, await analyze_intent(llm, brief, OPTIONS), OPTIONS
+    )
+    assert 20 <= curriculum.concept_count <= 40
+    titles = [c.title for s in curriculum.stages for m in s.modules for c in m.concepts]
+    assert len(set(titles)) == len(titles)
+
+
+async def test_feedback_changes_the_curriculum() -> None:
+    llm = OfflineProvider()
+    brief = Brief("Learn Python", "beginner", 5)
+    intent = await analyze_intent(llm, brief, OPTIONS)
+    first = await design_curriculum(llm, brief, intent, OPTIONS)
+    second = await design_curriculum(
+        llm, brief, intent, OPTIONS, version=2, feedback="More projects"
+    )
+    assert first != second
+    assert any(m.title == "Reviewer focus: More projects" for s in second.stages for m in s.modules)
+
+
+async def test_failure_rate_one_always_fails_with_a_clear_reason() -> None:
+    llm = OfflineProvider(failure_rate=1.0)
+    with pytest.raises(LLMError, match=r"simulated failure for 'quiz' \(LLM_FAILURE_RATE=1\)"):
+        await llm.complete_json(_prompt("quiz", goal="x", concept="y"))
+    with pytest.raises(
+        LLMError, match=r"^intent analysis failed after 3 attempts: offline provider"
+    ):
+        await analyze_intent(llm, Brief("Learn Go", "beginner", 3), OPTIONS)
+    assert llm.calls == 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"failure_rate": 1.5}, "failure_rate must be between 0 and 1, got 1.5"),
+        ({"latency_ms": -1}, "latency_ms and jitter_ms must not be negative"),
+    ],
+)
+def test_offline_provider_rejects_bad_settings(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        OfflineProvider(**kwargs)
+
+
+class _Scripted:
+    """A provider that answers from a list (each answer once), for validation paths."""
+
+    name = "scripted"
+
+    def __init__(self, *answers: Any) -> None:
+        self.answers = list(answers)
+
+    async def complete_json(self, prompt: Prompt) -> dict[str, Any]:
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        if answer == "hang":
+            await asyncio.sleep(10)
+        return dict(answer)
+
+
+async def test_ask_retries_invalid_answers_then_reports_the_last_problem() -> None:
+    llm = _Scripted({"title": "x", "stages": []}, {"title": "x"}, {"title": "", "stages": [1]})
+    with pytest.raises(
+        LLMError,
+        match=r"curriculum failed after 3 attempts: invalid answer \(title: String should have at least 1 character\)",
+    ):
+        await ask(llm, _prompt("curriculum"), Curriculum, OPTIONS, what="curriculum")
+
+
+async def test_ask_recovers_from_one_bad_answer_and_times_out_hung_calls() -> None:
+    good = await OfflineProvider().complete_json(_prompt("curriculum", goal="Learn Go"))
+    recovered = await ask(
+        _Scripted(LLMError("flaky"), good), _prompt("curriculum"), Curriculum, OPTIONS, what="c"
+    )
+    assert recovered.concept_count >= 20
+    with pytest.raises(LLMError, match=r"no answer within 0.05 s \(LLM_TIMEOUT_S\)"):
+        await ask(
+            _Scripted("hang"),
+            _prompt("curriculum"),
+            Curriculum,
+            LLMOptions(retries=0, timeout_s=0.05),
+            what="c",
+        )
+
+
+@pytest.fixture(scope="module")
+def openai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    server = ManagedProcess(
+        "fake-openai",
+        [sys.executable, "-m", "uvicorn", "fake_openai_server:app", "--port", str(port),
+         "--app-dir", str(Path(__file__).parent), "--log-level", "warning"],
+        env=dict(os.environ),
+        log_path=tmp_path_factory.mktemp("openai") / "server.log",
+    ).start()  # fmt: skip
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/docs", timeout=30, process=server)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.stop(timeout=5)
+
+
+@pytest.fixture
+def openai_settings(openai_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("LLM_BASE_URL", openai_server)
+    monkeypatch.setenv("LLM_API_KEY", "test-key")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def test_openai_provider_gets_a_client_per_event_loop_closed_with_the_loop(
+    openai_settings: None,
+) -> None:
+    """Two `asyncio.run` calls (as two Celery tasks would make) each get, use and close their own
+    client: no "Event loop is closed" from a client that outlived its loop."""
+    provider = OpenAIProvider("test-model")
+    seen: list[int] = []
+
+    async def one_call(concept: str) -> dict[str, Any]:
+        seen.append(id(openai_client()))
+        return await provider.complete_json(_prompt("tutorial", goal="Learn Go", concept=concept))
+
+    first = asyncio.run(one_call("Goroutines"))
+    assert len(openai_client) == 0  # closed when its loop ended
+    second = asyncio.run(one_call("Channels"))
+    assert len(openai_client) == 0
+    assert "Goroutines" in first["markdown"]
+    assert "Channels" in second["markdown"]
+    assert len(seen) == 2
+
+
+async def test_openai_provider_reports_answers_that_are_not_json(openai_settings: None) -> None:
+    provider = OpenAIProvider("test-model")
+    with pytest.raises(LLMError, match=r"tutorial: the model did not answer with JSON: 'Sorry"):
+        await provider.complete_json(Prompt("tutorial", "kind=tutorial", "NOT JSON please", {}))
+
+
+async def test_openai_provider_reports_unreachable_servers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_BASE_URL", f"http://127.0.0.1:{free_port()}/v1")
+    monkeypatch.setenv("LLM_API_KEY", "k")
+    monkeypatch.setenv("LLM_TIMEOUT_S", "2")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(LLMError, match=r"^intent: APIConnectionError"):
+            await OpenAIProvider("m").complete_json(_prompt("intent", goal="x"))
+    finally:
+        get_settings.cache_clear()

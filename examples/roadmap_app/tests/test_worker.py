@@ -1,0 +1,342 @@
+"""The pipeline end to end through the HTTP API, with real Celery prefork workers and servers."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from roadmap_testkit import Stack, make_env, query, read_events, wait_for, wait_for_status
+
+from loopsafe.testing import EmbeddedRedis
+from roadmap_app.demo import iter_sse
+from roadmap_app.models import RoadmapStatus
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.celery, pytest.mark.slow]
+
+ORDER = [s.value for s in RoadmapStatus]
+
+
+def _submit(stack: Stack, goal: str, **extra: Any) -> str:
+    with stack.client() as client:
+        response = client.post("/api/v1/roadmaps", json={"goal": goal, **extra})
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "pending"
+    return str(body["task_id"])
+
+
+def _concepts(database_url: str, roadmap_id: str) -> dict[int, str]:
+    rows = query(
+        database_url, "SELECT id, title FROM concepts WHERE roadmap_id = %(r)s", {"r": roadmap_id}
+    )
+    return {row[0]: row[1] for row in rows}
+
+
+def _content_rows(database_url: str, roadmap_id: str) -> list[tuple[Any, ...]]:
+    return query(
+        database_url,
+        "SELECT concept_id, created_at FROM concept_content WHERE roadmap_id = %(r)s ORDER BY concept_id",
+        {"r": roadmap_id},
+    )
+
+
+def _log_steps(database_url: str, roadmap_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+    rows = query(
+        database_url,
+        "SELECT step, status, detail FROM execution_logs WHERE roadmap_id = %(r)s ORDER BY id",
+        {"r": roadmap_id},
+    )
+    return [(row[0], row[1], row[2]) for row in rows]
+
+
+def test_submit_runs_to_completed_with_content_for_every_concept_and_ordered_events(
+    stack: Stack, database_url: str
+) -> None:
+    roadmap_id = _submit(stack, "Learn Python for data analysis", level="beginner", weekly_hours=6)
+    with stack.client() as client:
+        events = read_events(client, roadmap_id)
+        roadmap = client.get(f"/api/v1/roadmaps/{roadmap_id}").json()
+
+    # The stream starts with the current state and ends with the final status.
+    first = events[0]
+    assert first["type"] == "snapshot"
+    assert events[-1]["type"] == "status"
+    assert events[-1]["status"] == "completed"
+    statuses = [e["status"] for e in events if e["type"] in ("snapshot", "status")]
+    assert [ORDER.index(s) for s in statuses] == sorted(ORDER.index(s) for s in statuses)
+
+    concepts = _concepts(database_url, roadmap_id)
+    assert 20 <= len(concepts) <= 40
+    saved = [e for e in events if e["type"] == "concept_saved"]
+    # Progress counts up one by one from where the snapshot was, each concept exactly once.
+    assert [e["done"] for e in saved] == list(range(first["done"] + 1, len(concepts) + 1))
+    assert len({e["concept_id"] for e in saved}) == len(saved)
+    assert {e["concept_id"] for e in saved} <= set(concepts)
+    for event in saved:  # per concept: tutorial → resources → quiz, then saved
+        steps = [
+            e["step"]
+            for e in events[: events.index(event)]
+            if e["type"] == "concept_step" and e["concept_id"] == event["concept_id"]
+        ]
+        # (A concept already under way when the snapshot was taken shows only its last steps.)
+        assert steps in (["tutorial", "resources", "quiz"], ["resources", "quiz"], ["quiz"], [])
+
+    # The API returns the whole roadmap with content for every concept.
+    assert roadmap["status"] == "completed"
+    assert roadmap["error"] is None
+    assert roadmap["progress"] == {"done": len(concepts), "total": len(concepts), "percent": 100}
+    api_concepts = [c for s in roadmap["stages"] for m in s["modules"] for c in m["concepts"]]
+    assert len(api_concepts) == len(concepts)
+    for concept in api_concepts:
+        content = concept["content"]
+        assert concept["has_content"]
+        assert content["tutorial"].startswith(f"## {concept['title']}")
+        assert content["resources"]
+        assert all(r["url"].startswith("https://") for r in content["resources"])
+        assert len(content["quiz"]) == 3
+    assert len(_content_rows(database_url, roadmap_id)) == len(concepts)
+    # Execution logs arrive through the `logs` queue (in any order), soon after their step.
+    wait_for(lambda: len(_log_steps(database_url, roadmap_id)) >= 3, timeout=15, what="3 logs")
+    steps = sorted((step, status) for step, status, _ in _log_steps(database_url, roadmap_id))
+    assert steps == [("content", "succeeded"), ("curriculum", "succeeded"), ("intent", "succeeded")]
+
+
+def test_a_late_subscriber_gets_the_current_state_first(stack: Stack) -> None:
+    roadmap_id = _submit(stack, "Learn SQL", weekly_hours=3)
+    with stack.client() as client:
+        wait_for_status(client, roadmap_id, "completed")
+        events = read_events(client, roadmap_id)
+    assert len(events) == 1
+    (snapshot,) = events
+    assert snapshot["type"] == "snapshot"
+    assert snapshot["status"] == "completed"
+    assert snapshot["done"] == snapshot["total"] > 0
+    assert sum(s["done"] for s in snapshot["stages"]) == snapshot["total"]
+
+
+def test_review_approve_generates_content_only_after_approval_with_every_event_in_order(
+    stack: Stack, database_url: str
+) -> None:
+    roadmap_id = _submit(stack, "Learn Rust", level="intermediate", review=True)
+    with stack.client() as client, stack.client() as reviewer:
+        pending = wait_for_status(client, roadmap_id, "human_review_pending", "failed")
+        assert pending["status"] == "human_review_pending"
+        total = pending["progress"]["total"]
+        assert total >= 20
+        assert _content_rows(database_url, roadmap_id) == []
+
+        # Subscribed while the roadmap waits, so every event of the content step is seen.
+        events: list[dict[str, Any]] = []
+        with client.stream("GET", f"/api/v1/roadmaps/{roadmap_id}/events") as stream:
+            lines = iter_sse(stream.iter_lines())
+            events.append(next(lines))
+            response = reviewer.post(
+                f"/api/v1/roadmaps/{roadmap_id}/review", json={"approve": True}
+            )
+            assert response.status_code == 202, response.text
+            assert response.json()["status"] == "review_submitted"
+            again = reviewer.post(f"/api/v1/roadmaps/{roadmap_id}/review", json={"approve": True})
+            assert again.status_code == 409
+            assert (
+                "only a roadmap in 'human_review_pending' can be reviewed" in again.json()["detail"]
+            )
+            events.extend(lines)
+        done = client.get(f"/api/v1/roadmaps/{roadmap_id}").json()
+
+    assert done["status"] == "completed"
+    assert done["curriculum_version"] == 1
+    assert len(_content_rows(database_url, roadmap_id)) == total
+    assert events[0]["type"] == "snapshot"
+    assert events[0]["status"] == "human_review_pending"
+    assert events[0]["done"] == 0
+    assert events[0]["total"] == total
+    statuses = [e["status"] for e in events if e["type"] == "status"]
+    assert statuses == ["review_submitted", "generating_content", "completed"]
+    saved = [e for e in events if e["type"] == "concept_saved"]
+    assert [e["done"] for e in saved] == list(range(1, total + 1))
+    assert sorted(e["concept_id"] for e in saved) == sorted(_concepts(database_url, roadmap_id))
+    for event in saved:
+        steps = [
+            e["step"]
+            for e in events[: events.index(event)]
+            if e["type"] == "concept_step" and e["concept_id"] == event["concept_id"]
+        ]
+        assert steps == ["tutorial", "resources", "quiz"]
+    stage_done: dict[int, int] = {}
+    for event in saved:  # per-stage counters also count up one by one
+        stage_done[event["stage"]] = stage_done.get(event["stage"], 0) + 1
+        assert event["stage_done"] == stage_done[event["stage"]] <= event["stage_total"]
+
+
+def test_review_reject_regenerates_the_curriculum_from_feedback(
+    stack: Stack, database_url: str
+) -> None:
+    roadmap_id = _submit(stack, "Learn machine learning", review=True)
+    with stack.client() as client:
+        first = wait_for_status(client, roadmap_id, "human_review_pending", "failed")
+        assert first["curriculum_version"] == 1
+        old_ids = set(_concepts(database_url, roadmap_id))
+
+        response = client.post(
+            f"/api/v1/roadmaps/{roadmap_id}/review",
+            json={"approve": False, "feedback": "More hands-on projects"},
+        )
+        assert response.status_code == 202, response.text
+        second = wait_for(
+            lambda: (
+                (body := client.get(f"/api/v1/roadmaps/{roadmap_id}").json())["curriculum_version"]
+                == 2
+                and body["status"] == "human_review_pending"
+                and body
+            ),
+            timeout=30,
+            what="a second curriculum awaiting review",
+        )
+        assert second["feedback"] == "More hands-on projects"
+        titles = [c["title"] for s in second["stages"] for m in s["modules"] for c in m["concepts"]]
+        assert any("More hands-on projects" in t for t in titles)
+        new_ids = set(_concepts(database_url, roadmap_id))
+        assert new_ids.isdisjoint(old_ids)  # the old curriculum is gone, not merged
+
+        assert (
+            client.post(f"/api/v1/roadmaps/{roadmap_id}/review", json={"approve": True}).status_code
+            == 202
+        )
+        done = wait_for_status(client, roadmap_id, "completed", "failed")
+    assert done["status"] == "completed"
+    saved = {row[0] for row in _content_rows(database_url, roadmap_id)}
+    assert saved == new_ids
+    steps = [(s, st) for s, st, _ in _log_steps(database_url, roadmap_id)]
+    assert ("review", "rejected") in steps
+    assert ("review", "approved") in steps
+
+
+def test_crash_of_the_content_worker_is_recovered_by_resume_without_duplicates(
+    stack: Stack, database_url: str
+) -> None:
+    # A slow LLM, so the worker is certainly killed in the middle of the content step.
+    slow = stack.start_worker(
+        "content", ["content"], LLM_LATENCY_MS="150", LLM_JITTER_MS="20", LLM_CONCURRENCY="3"
+    )
+    roadmap_id = _submit(stack, "Learn Kubernetes")
+    wait_for(
+        lambda: len(_content_rows(database_url, roadmap_id)) >= 4,
+        timeout=60,
+        what="4 saved concepts",
+    )
+    slow.kill()  # SIGKILL to the worker and its prefork children: no cleanup of any kind
+
+    before = _content_rows(database_url, roadmap_id)
+    concepts = _concepts(database_url, roadmap_id)
+    assert 0 < len(before) < len(concepts)
+    time.sleep(0.5)
+    assert _content_rows(database_url, roadmap_id) == before  # nothing is running any more
+    with stack.client() as client:
+        stuck = client.get(f"/api/v1/roadmaps/{roadmap_id}").json()
+        assert stuck["status"] == "generating_content"
+
+        stack.start_worker("content", ["content"])
+        response = client.post(f"/api/v1/roadmaps/{roadmap_id}/resume")
+        assert response.status_code == 202, response.text
+        assert response.json() == {"task_id": roadmap_id, "status": "generating_content"}
+        done = wait_for_status(client, roadmap_id, "completed", "failed")
+    assert done["status"] == "completed", done["error"]
+
+    after = _content_rows(database_url, roadmap_id)
+    assert [row[0] for row in after] == sorted(concepts)  # every concept, each exactly once
+    assert set(before) <= set(after)  # rows saved before the crash are the same rows
+    resume = [
+        d for s, st, d in _log_steps(database_url, roadmap_id) if (s, st) == ("resume", "succeeded")
+    ]
+    assert resume == [
+        {
+            "generated": len(concepts) - len(before),
+            "skipped": len(before),
+            "concepts": len(concepts),
+        }
+    ]
+
+
+def test_llm_failing_every_call_marks_the_roadmap_failed_with_the_reason_then_resume_recovers(
+    stack: Stack, database_url: str
+) -> None:
+    stack.start_worker("content", ["content"], LLM_FAILURE_RATE="1.0")
+    roadmap_id = _submit(stack, "Learn Go")
+    with stack.client() as client:
+        events = read_events(client, roadmap_id)
+        failed = client.get(f"/api/v1/roadmaps/{roadmap_id}").json()
+    assert failed["status"] == "failed"
+    assert "failed after 3 attempts" in failed["error"]
+    assert "simulated failure" in failed["error"]
+    assert "LLM_FAILURE_RATE=1" in failed["error"]
+    assert events[-1]["type"] == "status"
+    assert events[-1]["status"] == "failed"
+    assert events[-1]["error"] == failed["error"]
+    assert _content_rows(database_url, roadmap_id) == []
+    wait_for(
+        lambda: any(st == "failed" for s, st, _ in _log_steps(database_url, roadmap_id)),
+        timeout=15,
+        what="the failure's execution log",
+    )
+
+    stack.start_worker("content", ["content"])
+    with stack.client() as client:
+        assert client.post(f"/api/v1/roadmaps/{roadmap_id}/resume").status_code == 202
+        done = wait_for_status(client, roadmap_id, "completed", "failed")
+    assert done["status"] == "completed"
+    assert done["error"] is None
+
+
+def test_roadmap_completes_when_redis_stops_during_generation(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with EmbeddedRedis() as redis:
+        env = make_env(
+            database_url,
+            redis.url,
+            "redisdown:",
+            LLM_LATENCY_MS="100",
+            LLM_JITTER_MS="10",
+            LLM_CONCURRENCY="3",
+        )
+        private = Stack(env, tmp_path_factory.mktemp("redis-down"), name="redisdown")
+        try:
+            private.start_api()
+            private.start_worker("all", ["workflow", "content", "logs"])
+            private.wait_ready()
+            roadmap_id = _submit(private, "Learn Haskell")
+            wait_for(
+                lambda: len(_content_rows(database_url, roadmap_id)) >= 3,
+                timeout=60,
+                what="content",
+            )
+            redis.stop()  # broker and pub/sub gone mid-generation
+
+            with private.client() as client:
+                done = wait_for_status(client, roadmap_id, "completed", "failed", timeout=90)
+                assert done["status"] == "completed", done["error"]
+                concepts = _concepts(database_url, roadmap_id)
+                assert [r[0] for r in _content_rows(database_url, roadmap_id)] == sorted(concepts)
+                # Without the `logs` queue the execution log is written directly.
+                wait_for(
+                    lambda: (
+                        ("content", "succeeded")
+                        in [(s, st) for s, st, _ in _log_steps(database_url, roadmap_id)]
+                    ),
+                    timeout=30,
+                    what="the content step's execution log",
+                )
+
+                health = client.get("/health")
+                assert health.status_code == 200
+                assert health.json()["status"] == "degraded"
+                assert health.json()["redis"]["ok"] is False
+                assert health.json()["database"]["ok"] is True
+                # The event stream falls back to the database.
+                events = read_events(client, roadmap_id)
+                assert [e["type"] for e in events] == ["snapshot"]
+                assert events[0]["status"] == "completed"
+            redis.start()
+        finally:
+            private.stop()

@@ -1,0 +1,27 @@
+"""loopsafe.celery: run async code from Celery tasks on persistent, fork-safe worker loops.
+
+Importing it does not import Celery: `run_async` works in any synchronous code. `install` and
+`async_task` need the extra: ``pip install 'loopsafe[celery]'``.
+"""
+
+from .._public import claim_public_names
+from ._bridge import close_all_loops as close_all_loops
+from ._bridge import close_thread_loop as close_thread_loop
+from ._bridge import run_async as run_async
+from ._signals import UnsupportedPoolError as UnsupportedPoolError
+from ._signals import install as install
+from ._task import AsyncTask as AsyncTask
+from ._task import async_task as async_task
+
+__all__ = (
+    "AsyncTask",
+    "UnsupportedPoolError",
+    "async_task",
+    "close_all_loops",
+    "close_thread_loop",
+    "install",
+    "run_async",
+)
+
+claim_public_names(__name__, globals(), __all__)
+del claim_public_names

@@ -1,0 +1,157 @@
+"""async_task: turn an `async def` into an ordinary Celery task that runs through run_async."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Coroutine
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Literal,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    cast,
+    overload,
+)
+
+from ._bridge import run_async
+
+if TYPE_CHECKING:
+    import celery
+
+__all__ = ("AsyncTask", "async_task")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class AsyncTask(Protocol[P, R_co]):
+    """What `async_task` returns: a Celery task whose call signature is the coroutine's.
+
+    Calling it runs the task body synchronously (through `run_async`); ``delay``/``apply_async``
+    send it to a worker. All other Celery ``Task`` attributes are there too.
+    """
+
+    name: str
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Any: ...
+
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Any: ...
+
+    def apply(
+        self,
+        args: tuple[Any, ...] | list[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Any: ...
+
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Any: ...
+
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Any: ...
+
+
+AsyncFunction = Callable[P, Coroutine[Any, Any, R]]
+
+
+@overload
+def async_task(function: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...
+
+
+@overload
+def async_task(
+    app: celery.Celery | None = None,
+    /,
+    *,
+    bind: Literal[True],
+    timeout: float | None = None,
+    **task_options: Any,
+) -> Callable[[Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]], AsyncTask[P, R]]: ...
+
+
+@overload
+def async_task(
+    app: celery.Celery | None = None,
+    /,
+    *,
+    bind: Literal[False] = False,
+    timeout: float | None = None,
+    **task_options: Any,
+) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], AsyncTask[P, R]]: ...
+
+
+def async_task(app_or_function: Any = None, /, **task_options: Any) -> Any:
+    """Decorate an ``async def`` into a normal Celery task that runs through `run_async`.
+
+    Usable bare (``@async_task``, registered as a shared task with every app) or with an app and
+    Celery task options (``@async_task(app, bind=True, autoretry_for=(OSError,),
+    soft_time_limit=30)``). The task is a regular ``celery.Task``: ``delay``, ``apply_async``,
+    ``bind=True`` with ``self.retry``, ``autoretry_for``, request context, result backends and
+    Celery's argument checking all work, because only the body changes: it runs the coroutine on
+    the worker thread's persistent loop, where loop-local resources stay pooled across tasks.
+
+    One loopsafe option: ``timeout`` (seconds) is passed to `run_async` on every run; without it
+    the limits `install` derives from the task's time limits apply.
+
+    Raises:
+        TypeError: the decorated function is not an ``async def``, or the first argument is
+            neither a Celery app nor None.
+
+    Since 0.1.0.
+    """
+    if inspect.iscoroutinefunction(app_or_function):
+        return _register(None, app_or_function, task_options)
+    if app_or_function is not None and not callable(getattr(app_or_function, "task", None)):
+        raise TypeError(
+            "async_task() takes a Celery app (or nothing) and task options, got "
+            f"{app_or_function!r}: use @async_task, @async_task(app) or "
+            "@async_task(app, bind=True, ...)."
+        )
+
+    def decorate(function: AsyncFunction[P, R]) -> AsyncTask[P, R]:
+        return _register(app_or_function, function, task_options)
+
+    return decorate
+
+
+def _register(
+    app: celery.Celery | None, function: AsyncFunction[P, R], task_options: dict[str, Any]
+) -> AsyncTask[P, R]:
+    if not inspect.iscoroutinefunction(function):
+        raise TypeError(
+            f"async_task decorates `async def` functions, got {function!r}: use @app.task for a "
+            "plain function."
+        )
+    options = dict(task_options)
+    timeout = options.pop("timeout", None)
+    if timeout is not None and not (
+        isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0
+    ):
+        raise ValueError(
+            f"async_task timeout must be a positive number of seconds or None, got {timeout!r}"
+        )
+
+    @functools.wraps(function)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        return run_async(function(*args, **kwargs), timeout=timeout)
+
+    # Celery builds its argument check from the task body's own signature (not __wrapped__):
+    # give it the coroutine function's, so a wrong call fails at .delay(), not in the worker.
+    run.__signature__ = inspect.signature(function)  # type: ignore[attr-defined]
+    if app is None:
+        from celery import shared_task
+
+        task = shared_task(**options)(run)
+    else:
+        task = app.task(**options)(run)
+    return cast("AsyncTask[P, R]", task)

@@ -1,0 +1,495 @@
+"""Database: one AsyncEngine per event loop, sessions with retries, budgets, pool health."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Literal, TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import QueuePool
+from sqlalchemy.util import greenlet_spawn
+
+from .._errors import LoopsafeError
+from .._log import get_logger, redact_dsn
+from .._registry import LoopLocal
+from ._budget import PoolBudget
+from ._pool import LoopBoundNullPool, LoopBoundQueuePool, PoolContext, context_of
+from ._pooler import Pooler, driver_settings, normalize_url
+from ._quota import ConnectionQuota
+from ._retry import backoff, is_retryable_transaction_error, is_transient_connection_error
+
+__all__ = ("Database", "DatabaseNotConfiguredError", "live_databases")
+
+T = TypeVar("T")
+
+_log = get_logger("loopsafe.db")
+
+_DEFAULT_POOL_TIMEOUT = 30.0
+
+_databases: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+class DatabaseNotConfiguredError(LoopsafeError, RuntimeError):
+    """No database URL was given and ``$DATABASE_URL`` is not set.
+
+    Since 0.1.0.
+    """
+
+
+def live_databases() -> list[Database]:
+    """Every `Database` of this process that is still referenced."""
+    return list(_databases)
+
+
+class _Bound:
+    """One loop's engine, its session maker and its pool context."""
+
+    __slots__ = ("context", "engine", "maker")
+
+    def __init__(
+        self, engine: AsyncEngine, maker: async_sessionmaker[AsyncSession], context: PoolContext
+    ) -> None:
+        self.engine = engine
+        self.maker = maker
+        self.context = context
+
+
+class Database:
+    """A database whose engine, pool and sessions belong to the event loop that uses them.
+
+    ``url`` defaults to ``$DATABASE_URL``; a bare ``postgresql://`` or ``postgres://`` URL means
+    asyncpg, and any SQLAlchemy asyncio driver URL is used as given. Engines are created lazily,
+    one per running loop, and disposed inside that loop when it ends; in a forked child inherited
+    engines are dropped without touching the parent's connections.
+
+    ``budget`` caps this process's connections (see `PoolBudget`); ``pooler="transaction"``
+    configures the driver for PgBouncer/Supabase transaction pooling; ``poolclass="null"`` opens a
+    connection per checkout. ``engine_options`` go to `create_async_engine` (including
+    ``connect_args``; the default ``application_name`` is ``loopsafe:<name>``) and
+    ``session_options`` to `async_sessionmaker` (default ``expire_on_commit=False``).
+
+    Raises `DatabaseNotConfiguredError` without a URL, `ValueError`/`TypeError` for invalid
+    options. Since 0.1.0.
+    """
+
+    def __init__(
+        self,
+        url: str | URL | None = None,
+        *,
+        name: str = "default",
+        budget: PoolBudget | None = None,
+        pooler: Pooler | None = None,
+        poolclass: Literal["queue", "null"] = "queue",
+        connect_retries: int = 3,
+        engine_options: Mapping[str, Any] | None = None,
+        session_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"Database name must be a non-empty string, got {name!r}")
+        if url is None:
+            url = os.environ.get("DATABASE_URL") or None
+            if url is None:
+                raise DatabaseNotConfiguredError(
+                    f"Database {name!r} has no URL: pass one (Database('postgresql://user@host/db'))"
+                    " or set the DATABASE_URL environment variable."
+                )
+        if budget is not None and not isinstance(budget, PoolBudget):
+            raise TypeError(f"budget must be a loopsafe.db.PoolBudget, got {budget!r}")
+        if pooler not in (None, "transaction", "session"):
+            raise ValueError(f"pooler must be 'transaction', 'session' or None, got {pooler!r}")
+        if poolclass not in ("queue", "null"):
+            raise ValueError(f"poolclass must be 'queue' or 'null', got {poolclass!r}")
+        if isinstance(connect_retries, bool) or not isinstance(connect_retries, int):
+            raise TypeError(f"connect_retries must be an int, got {connect_retries!r}")
+        if connect_retries < 0:
+            raise ValueError(f"connect_retries must be >= 0, got {connect_retries}")
+        self._engine_options = _check_engine_options(engine_options, budget, poolclass)
+        self._session_options = _check_session_options(session_options)
+        self._pool_timeout = float(self._engine_options.get("pool_timeout", _DEFAULT_POOL_TIMEOUT))
+        if poolclass == "null":
+            # NullPool takes no timeout; the budget's quota wait still needs one.
+            self._engine_options.pop("pool_timeout", None)
+        self._url = normalize_url(url)
+        # Validate driver/pooler compatibility now rather than on the first loop that connects.
+        driver_settings(
+            self._url,
+            pooler=pooler,
+            application_name="",
+            connect_args=self._engine_options.get("connect_args", {}),
+        )
+        self.name = name
+        self.budget = budget
+        self.pooler = pooler
+        self.poolclass = poolclass
+        self.connect_retries = connect_retries
+        self._quota = (
+            ConnectionQuota(budget.per_process, on_pressure=self._relieve_pressure)
+            if budget is not None
+            else None
+        )
+        self._shedding: set[asyncio.Task[None]] = set()
+        self._live: set[_Bound] = set()
+        self._live_lock = threading.Lock()
+        self._bound: LoopLocal[_Bound] = LoopLocal(
+            self._create, aclose=self._dispose, drop=self._drop, name=f"loopsafe.db:{name}"
+        )
+        _databases.add(self)
+
+    @property
+    def url(self) -> URL:
+        """The normalised URL (its ``str()`` and ``repr()`` hide the password)."""
+        return self._url
+
+    def __repr__(self) -> str:
+        return (
+            f"<loopsafe.db.Database {self.name!r} "
+            f"{self._url.render_as_string(hide_password=True)} loops={len(self._live)}>"
+        )
+
+    # -- per-loop resources -------------------------------------------------------------------
+
+    def _create(self) -> _Bound:
+        loop = asyncio.get_running_loop()
+        options = dict(self._engine_options)
+        url, connect_args = driver_settings(
+            self._url,
+            pooler=self.pooler,
+            application_name=f"loopsafe:{self.name}",
+            connect_args=options.pop("connect_args", {}),
+        )
+        if self.poolclass == "queue":
+            poolclass: type[LoopBoundQueuePool | LoopBoundNullPool] = LoopBoundQueuePool
+            if self.budget is not None:
+                options["pool_size"] = self.budget.pool_size
+                options["max_overflow"] = self.budget.max_overflow
+        else:
+            poolclass = LoopBoundNullPool
+        engine = create_async_engine(url, poolclass=poolclass, connect_args=connect_args, **options)
+        context = PoolContext(
+            database=self.name,
+            loop=loop,
+            budget=self.budget,
+            quota=self._quota,
+            pool_timeout=self._pool_timeout,
+        )
+        pool = engine.sync_engine.pool
+        assert isinstance(pool, (LoopBoundQueuePool, LoopBoundNullPool))
+        pool.loopsafe = context
+        if self._quota is not None and isinstance(pool, LoopBoundQueuePool):
+            event.listen(engine.sync_engine, "checkin", self._on_checkin_under_budget)
+        maker = async_sessionmaker(engine, **self._session_options)
+        bound = _Bound(engine, maker, context)
+        with self._live_lock:
+            self._live.add(bound)
+        _log.info(
+            "loopsafe.db.engine_created",
+            database=self.name,
+            url=redact_dsn(self._url),
+            loop=context.loop_description,
+            pool=self.poolclass,
+            budget=repr(self.budget) if self.budget is not None else None,
+        )
+        return bound
+
+    async def _dispose(self, bound: _Bound) -> None:
+        try:
+            await bound.engine.dispose()
+        finally:
+            self._forget(bound)
+        _log.debug(
+            "loopsafe.db.engine_disposed", database=self.name, loop=bound.context.loop_description
+        )
+
+    def _drop(self, bound: _Bound) -> None:
+        # No I/O: this runs in a forked child (the sockets are the parent's) or after the loop
+        # closed without disposal (nothing can await any more).
+        try:
+            abandoned = bound.context.abandon_all()
+            bound.engine.sync_engine.dispose(close=False)
+        finally:
+            self._forget(bound)
+        _log.info(
+            "loopsafe.db.engine_dropped",
+            database=self.name,
+            loop=bound.context.loop_description,
+            connections=abandoned,
+            pid=os.getpid(),
+        )
+
+    def _forget(self, bound: _Bound) -> None:
+        with self._live_lock:
+            self._live.discard(bound)
+
+    # -- keeping a process-wide budget fair between loops ------------------------------------
+
+    def _on_checkin_under_budget(self, dbapi_connection: Any, record: Any) -> None:
+        # Another loop waits for a slot: this loop gives up an idle connection rather than keep
+        # a share it is not using. Scheduled, not done inline: check-in can run outside a
+        # greenlet (garbage collection), where the driver cannot be awaited.
+        if self._quota is None or not self._quota.waiting:
+            return
+        bound = self._bound.peek()
+        if bound is not None:
+            self._shed_soon(bound)
+
+    def _relieve_pressure(self) -> None:
+        """A loop waits for a slot: ask another loop that has idle connections to close one."""
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        with self._live_lock:
+            bounds = list(self._live)
+        for bound in bounds:
+            loop = bound.context.loop_ref()
+            pool = bound.engine.sync_engine.pool
+            if loop is None or loop is here or loop.is_closed():
+                continue
+            if isinstance(pool, LoopBoundQueuePool) and pool.checkedin() > 0:
+                try:
+                    loop.call_soon_threadsafe(self._shed_soon, bound)
+                except RuntimeError:  # closed meanwhile
+                    continue
+                return
+
+    def _shed_soon(self, bound: _Bound) -> None:
+        """On `bound`'s own loop: start closing one of its idle connections."""
+        loop = bound.context.loop_ref()
+        if loop is None or loop.is_closed():
+            return
+        task = loop.create_task(self._shed(bound))
+        self._shedding.add(task)
+        task.add_done_callback(self._shedding.discard)
+
+    async def _shed(self, bound: _Bound) -> None:
+        pool = bound.engine.sync_engine.pool
+        if not isinstance(pool, LoopBoundQueuePool):
+            return
+        try:
+            await greenlet_spawn(pool.close_one_idle)
+        except Exception as error:  # a failed close still released its slot
+            _log.debug("loopsafe.db.shed_failed", database=self.name, error=_brief(error))
+
+    def get_engine(self) -> AsyncEngine:
+        """This loop's `AsyncEngine`, created on first use.
+
+        Raises `loopsafe.NoRunningLoopError` outside a running loop. Since 0.1.0.
+        """
+        return self._bound.get().engine
+
+    def session_maker(self) -> async_sessionmaker[AsyncSession]:
+        """This loop's `async_sessionmaker`, bound to this loop's engine. Since 0.1.0."""
+        return self._bound.get().maker
+
+    def session(self, *, commit: bool = True) -> AbstractAsyncContextManager[AsyncSession]:
+        """A session on this loop's engine: commits on success, rolls back on error, always closes.
+
+        The connection is checked out on entry, retrying transient failures (server restarting,
+        backend killed) up to ``connect_retries`` times with exponential backoff. With
+        ``commit=False`` the transaction is rolled back at the end instead of committed.
+        Raises `PoolExhaustedError` when a budgeted pool has nothing free within ``pool_timeout``,
+        `WrongLoopError` never (the session is always this loop's). Since 0.1.0.
+        """
+        return self._session(commit)
+
+    @contextlib.asynccontextmanager
+    async def _session(self, commit: bool) -> AsyncIterator[AsyncSession]:
+        session = self.session_maker()()
+        try:
+            await self._connect(session)
+            yield session
+        except BaseException:
+            await greenlet_spawn(_roll_back_and_close, session.sync_session, self.name)
+            raise
+        # One trip into SQLAlchemy's greenlet for commit and close, not one each: a trip costs
+        # about as much as everything else loopsafe adds to a session.
+        if commit:
+            await greenlet_spawn(_commit_and_close, session.sync_session, self.name)
+        else:
+            await session.close()
+
+    async def _connect(self, session: AsyncSession) -> None:
+        attempt = 0
+        while True:
+            try:
+                # Not AsyncSession.connection(): it also builds an AsyncConnection proxy that we
+                # would throw away, adding about 60% to the cost of this call.
+                await greenlet_spawn(session.sync_session.connection)
+                return
+            except Exception as error:
+                attempt += 1
+                if attempt > self.connect_retries or not is_transient_connection_error(error):
+                    raise
+                delay = backoff(attempt)
+                _log.warning(
+                    "loopsafe.db.connect_retry",
+                    database=self.name,
+                    attempt=attempt,
+                    retries=self.connect_retries,
+                    delay=round(delay, 3),
+                    error=_brief(error),
+                )
+                await session.rollback()
+                await asyncio.sleep(delay)
+
+    async def run_in_transaction(
+        self, fn: Callable[[AsyncSession], Awaitable[T]], *, retries: int = 3
+    ) -> T:
+        """Run ``await fn(session)`` in a transaction and commit; re-run it when that can help.
+
+        A serialization failure (SQLSTATE 40001), a deadlock (40P01) or a lost connection rolls
+        back and runs `fn` again in a fresh transaction, up to `retries` more times with backoff;
+        any other error propagates at once. `fn` must therefore be safe to re-run (no side
+        effects outside the transaction). A connection lost *during commit* is ambiguous — the
+        commit may have happened — and is retried too, so make such writes idempotent.
+        Since 0.1.0.
+        """
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+        attempt = 0
+        while True:
+            try:
+                async with self.session() as session:
+                    return await fn(session)
+            except Exception as error:
+                if attempt >= retries or not is_retryable_transaction_error(error):
+                    raise
+                attempt += 1
+                delay = backoff(attempt)
+                _log.warning(
+                    "loopsafe.db.transaction_retry",
+                    database=self.name,
+                    attempt=attempt,
+                    retries=retries,
+                    delay=round(delay, 3),
+                    error=_brief(error),
+                )
+                await asyncio.sleep(delay)
+
+    def pool_status(self) -> dict[str, int]:
+        """Pool figures summed over this process's loops, for health endpoints.
+
+        Keys: ``loops`` (live engines), ``pool_size``, ``max_overflow``, ``checked_out``,
+        ``checked_in``, ``overflow`` (connections open beyond pool_size), ``capacity`` (the most
+        connections this process may open; with a budget, its per-process share; 0 means
+        unbounded, a NullPool without budget). Since 0.1.0.
+        """
+        with self._live_lock:
+            bounds = list(self._live)
+        status = dict.fromkeys(
+            ("loops", "pool_size", "max_overflow", "checked_out", "checked_in", "overflow"), 0
+        )
+        capacity = 0
+        for bound in bounds:
+            pool = bound.engine.sync_engine.pool
+            status["loops"] += 1
+            if isinstance(pool, QueuePool):
+                size = pool.size()
+                max_overflow = max(0, pool._max_overflow)
+                status["pool_size"] += size
+                status["max_overflow"] += max_overflow
+                status["checked_in"] += pool.checkedin()
+                status["checked_out"] += pool.checkedout()
+                status["overflow"] += max(0, pool.overflow())
+                capacity += size + max_overflow
+            else:
+                context = context_of(pool)
+                status["checked_out"] += context.checked_out if context is not None else 0
+        if self.budget is not None:
+            per_process = self.budget.per_process
+            capacity = per_process if self.poolclass == "null" else min(capacity, per_process)
+        status["capacity"] = capacity
+        return status
+
+    async def aclose(self) -> None:
+        """Dispose of this loop's engine (closing its pooled connections); the next use makes a
+        new one. Other loops' engines are closed when their loops end. Since 0.1.0."""
+        await self._bound.aclose()
+
+
+def _commit_and_close(session: Session, database: str) -> None:
+    try:
+        session.commit()
+    except BaseException:
+        _roll_back_and_close(session, database)
+        raise
+    session.close()
+
+
+def _roll_back_and_close(session: Session, database: str) -> None:
+    try:
+        session.rollback()
+    except Exception as error:  # the connection may be gone; the first error matters
+        _log.debug("loopsafe.db.rollback_failed", database=database, error=_brief(error))
+    finally:
+        session.close()
+
+
+def _brief(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return redact_dsn(f"{type(error).__name__}: {text}")
+
+
+def _check_engine_options(
+    options: Mapping[str, Any] | None, budget: PoolBudget | None, poolclass: str
+) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(f"engine_options must be a mapping, got {type(options).__name__}")
+    checked = dict(options)
+    for key in ("poolclass", "pool", "creator", "async_creator"):
+        if key in checked:
+            raise ValueError(
+                f"engine_options[{key!r}] is not supported: loopsafe creates one pool per loop "
+                "itself; choose Database(poolclass='queue' or 'null')."
+            )
+    for key in ("pool_size", "max_overflow"):
+        if key in checked and budget is not None:
+            raise ValueError(
+                f"engine_options[{key!r}] conflicts with budget={budget!r}, which sets pool_size="
+                f"{budget.pool_size} and max_overflow={budget.max_overflow}; pass one or the other."
+            )
+        if key in checked and poolclass == "null":
+            raise ValueError(
+                f"engine_options[{key!r}] has no meaning with poolclass='null' (no pooling); "
+                "drop it or use poolclass='queue'."
+            )
+    connect_args = checked.get("connect_args", {})
+    if not isinstance(connect_args, Mapping):
+        raise TypeError(
+            f"engine_options['connect_args'] must be a mapping, got {type(connect_args).__name__}"
+        )
+    timeout = checked.get("pool_timeout", _DEFAULT_POOL_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ValueError(f"engine_options['pool_timeout'] must be > 0 seconds, got {timeout!r}")
+    return checked
+
+
+def _check_session_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    if options is None:
+        options = {}
+    if not isinstance(options, Mapping):
+        raise TypeError(f"session_options must be a mapping, got {type(options).__name__}")
+    if "bind" in options or "binds" in options:
+        raise ValueError(
+            "session_options cannot bind sessions: each loop's sessions are bound to that loop's "
+            "engine by loopsafe."
+        )
+    checked = {"expire_on_commit": False}
+    checked.update(options)
+    return checked

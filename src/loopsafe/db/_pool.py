@@ -1,0 +1,325 @@
+"""Connection pools bound to one event loop: loop checks, budget caps, tracking, checkout health."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+import sqlalchemy.util as _sa_util
+from sqlalchemy import exc
+from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
+from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, Pool
+from sqlalchemy.pool.base import ConnectionPoolEntry, _ConnectionRecord, _CreatorWRecFnType
+from sqlalchemy.util import queue as sqla_queue
+
+from .._errors import PoolExhaustedError, WrongLoopError
+from .._registry import describe_loop
+from ._abandon import abandon_connection
+from ._budget import PoolBudget
+from ._quota import ConnectionQuota, QuotaTimeout
+
+# SQLAlchemy 2.1 renamed await_only (deprecated from 2.2) to await_; 2.0 has only the old name.
+_await: Callable[[Awaitable[Any]], Any] = getattr(_sa_util, "await_", None) or _sa_util.await_only
+
+__all__ = ("LoopBoundNullPool", "LoopBoundQueuePool", "PoolContext", "context_of")
+
+#: A pooled connection idle for longer than this is pinged at checkout. Connections used within
+#: the window skip the round trip, as HikariCP's aliveBypassWindowMs does (500 ms there too), and
+#: pay only a non-blocking poll() of their socket, which catches servers that closed them.
+PING_AFTER_IDLE = 0.5
+_CHECKED_IN_AT = "loopsafe_checked_in_at"
+
+
+class PoolContext:
+    """What one loop's pool knows about its `Database`; shared by the pools an engine recreates."""
+
+    def __init__(
+        self,
+        *,
+        database: str,
+        loop: asyncio.AbstractEventLoop,
+        budget: PoolBudget | None,
+        quota: ConnectionQuota | None,
+        pool_timeout: float,
+    ) -> None:
+        self.database = database
+        self.loop_ref = weakref.ref(loop)
+        self.loop_description = describe_loop(loop)
+        self.budget = budget
+        self.quota = quota
+        self.pool_timeout = pool_timeout
+        self.pid = os.getpid()
+        # Every driver connection this loop's engine opened and has not closed yet, keyed by id:
+        # the entries are strong references, so an id cannot be reused while it is listed.
+        self.connections: dict[int, Any] = {}
+        self.checked_out = 0
+        self._lock = threading.Lock()
+
+    def opened(self, connection: Any) -> None:
+        with self._lock:
+            self.connections[id(connection)] = connection
+
+    def closed(self, connection: Any) -> None:
+        with self._lock:
+            known = self.connections.pop(id(connection), None) is not None
+        if known and self.quota is not None:
+            self.quota.release()
+
+    def abandon_all(self) -> int:
+        """Release every open connection without I/O (see `abandon_connection`); returns how many."""
+        with self._lock:
+            connections = list(self.connections.values())
+            self.connections.clear()
+        for connection in connections:
+            abandon_connection(connection, owner_pid=self.pid)
+            if self.quota is not None and self.pid == os.getpid():
+                self.quota.release()
+        return len(connections)
+
+    def check_loop(self) -> None:
+        """Raise `WrongLoopError` unless this pool is used on the loop that created it."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # synchronous use; SQLAlchemy raises its own MissingGreenlet error
+        owner = self.loop_ref()
+        if running is owner:
+            return
+        state = "which has ended" if owner is None or owner.is_closed() else "still running"
+        here = describe_loop(running)
+        if "thread" not in here:  # a loop loopsafe has not seen yet; it runs in this thread
+            here += f" in thread {threading.current_thread().name!r}"
+        raise WrongLoopError(
+            f"The engine of loopsafe Database {self.database!r} was created on "
+            f"{self.loop_description} ({state}) but is being used on {here}. "
+            "An engine, session or session maker belongs to the loop it was obtained on; do not "
+            "keep one in a global or pass it to another loop or thread. Call "
+            "`db.session()` / `db.get_engine()` (or loopsafe.db.session()) inside the coroutine "
+            "that uses it, so each loop gets its own."
+        )
+
+    def exhausted(self, cause: str) -> PoolExhaustedError:
+        """The error for a checkout that waited `pool_timeout` in vain, naming the budget."""
+        if self.budget is not None:
+            budget = self.budget
+            share = (
+                f"{budget!r} gives this process {budget.per_process} connections "
+                f"({budget.loops_per_process} loop(s) × pool_size={budget.pool_size} + "
+                f"max_overflow={budget.max_overflow})"
+            )
+        else:
+            share = "the pool has no PoolBudget; its own pool_size + max_overflow is the limit"
+        return PoolExhaustedError(
+            f"No connection became free within pool_timeout={self.pool_timeout:g} s for loopsafe "
+            f"Database {self.database!r} on {self.loop_description} ({cause}): {share}. "
+            "Waiting beat exceeding the budget. Hold sessions for shorter times, bound the "
+            "concurrency that opens them, raise pool_timeout, or raise max_connections / lower "
+            "processes if the server allows it."
+        )
+
+
+def context_of(pool: Pool) -> PoolContext | None:
+    """The `PoolContext` of a loopsafe pool (None for any other pool)."""
+    context: PoolContext | None = getattr(pool, "loopsafe", None)
+    return context
+
+
+def _driver_closed(driver: Any) -> bool:
+    transport = getattr(driver, "_transport", None)
+    if transport is not None and transport.is_closing():
+        # uvloop may have read the server's goodbye and EOF but not yet told asyncpg (its
+        # connection_lost is still queued): the protocol is already unusable.
+        return True
+    is_closed = getattr(driver, "is_closed", None)
+    if callable(is_closed):  # asyncpg notices a server-side close while the connection idles
+        return bool(is_closed())
+    return getattr(driver, "closed", False) is True
+
+
+def _socket_fd(driver: Any) -> int | None:
+    transport = getattr(driver, "_transport", None)  # asyncpg
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        return int(sock.fileno()) if sock is not None else None
+    pgconn = getattr(driver, "pgconn", None)  # psycopg
+    if pgconn is not None:
+        try:
+            return int(pgconn.socket)
+        except Exception:  # a closed libpq connection has no socket
+            return None
+    return None
+
+
+def _has_pending_input(driver: Any) -> bool:
+    """True if the idle connection's socket has bytes or EOF waiting: one non-blocking syscall.
+
+    An idle connection has nothing to say, so input means the server closed it (a restart,
+    pg_terminate_backend) or sent a notice, and the loop has not processed that yet (it may not
+    have run since). Either way a ping settles it. A poll object per call, not a shared one:
+    it costs less than the syscall, and needs no lock (select() would fail on fds >= 1024).
+    """
+    fd = _socket_fd(driver)
+    if fd is None or fd < 0:
+        return False
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([fd], [], [], 0)  # pragma: no cover - Windows
+    return bool(readable)
+
+
+def _wrap_creator(pool: Pool, create: _CreatorWRecFnType) -> _CreatorWRecFnType:
+    def create_within_budget(rec: ConnectionPoolEntry) -> DBAPIConnection:
+        context = context_of(pool)
+        if context is None:
+            return create(rec)
+        quota = context.quota
+        if quota is not None:
+            try:
+                _await(quota.acquire(context.pool_timeout))
+            except QuotaTimeout:
+                raise context.exhausted(
+                    f"all {quota.limit} connections of this process are in use by its loops"
+                ) from None
+        try:
+            connection = create(rec)
+        except BaseException:
+            if quota is not None:
+                quota.release()
+            raise
+        context.opened(connection)
+        return connection
+
+    return create_within_budget
+
+
+_P = TypeVar("_P", bound="_LoopBound")
+
+
+class _LoopBound(Pool):
+    """What both pool classes add: the loop/budget context, kept across `recreate`, and
+    connection-close accounting."""
+
+    loopsafe: PoolContext | None = None
+
+    def __init__(self, creator: Any, **kw: Any) -> None:
+        super().__init__(creator, **kw)
+        self._invoke_creator = _wrap_creator(self, self._invoke_creator)
+
+    def recreate(self: _P) -> _P:
+        pool = super().recreate()
+        assert isinstance(pool, type(self))
+        pool.loopsafe = self.loopsafe
+        return pool
+
+    def _close_connection(self, connection: Any, *, terminate: bool = False) -> None:
+        try:
+            super()._close_connection(connection, terminate=terminate)
+        finally:
+            if self.loopsafe is not None:
+                self.loopsafe.closed(connection)
+
+
+class LoopBoundQueuePool(_LoopBound, AsyncAdaptedQueuePool):
+    """`AsyncAdaptedQueuePool` that refuses other loops and counts against a process budget."""
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        context = self.loopsafe
+        if context is None:
+            return super()._do_get()
+        # Before touching the queue: a wait on another loop's asyncio primitives would raise
+        # "attached to a different loop" or hang.
+        context.check_loop()
+        try:
+            record = super()._do_get()
+        except exc.TimeoutError:
+            raise context.exhausted(
+                f"all {self.size()} + {self._max_overflow} connections of this loop's pool are "
+                "checked out"
+            ) from None
+        try:
+            self._invalidate_if_dead(record)
+        except BaseException as error:  # a cancelled ping: nothing else would return the record
+            cast(_ConnectionRecord, record)._checkin_failed(error, _fairy_was_created=False)
+            raise
+        return record
+
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        record.info[_CHECKED_IN_AT] = time.monotonic()
+        super()._do_return_conn(record)
+
+    def _invalidate_if_dead(self, record: ConnectionPoolEntry) -> None:
+        """Invalidate a connection the server closed while it sat idle in the pool.
+
+        SQLAlchemy's checkout then opens a new one on the same record, as it does for a
+        `DisconnectionError` raised by a checkout listener. Done here rather than in such a
+        listener because pool event dispatch alone costs about as much as this whole check.
+        """
+        connection = record.dbapi_connection
+        if connection is None:
+            return  # invalidated or closed while idle: the checkout reconnects
+        driver = record.driver_connection
+        if _driver_closed(driver):
+            record.invalidate(
+                exc.DisconnectionError("connection closed by the server while idle in the pool")
+            )
+            return
+        # Popped, so a second look at this record within one checkout (QueuePool._do_get may
+        # call itself) does not ping again.
+        checked_in_at = record.info.pop(_CHECKED_IN_AT, None)
+        if checked_in_at is None:
+            return  # fresh from connect()
+        idle = time.monotonic() - checked_in_at
+        if idle > PING_AFTER_IDLE or _has_pending_input(driver):
+            try:
+                cast(Dialect, self._dialect).do_ping(connection)
+            except Exception as error:
+                record.invalidate(error)
+
+    def close_one_idle(self) -> bool:
+        """Close the connection of one checked-in record, freeing its budget slot.
+
+        The record itself goes back into the queue, empty, exactly like an invalidated one: a
+        checkout that waits on this pool's queue still gets it, and reconnects (taking a slot
+        again) only when it is used. Returns False if no idle record holds a connection.
+        Must run in a greenlet on this pool's loop (the close may await the driver).
+        """
+        idle: list[ConnectionPoolEntry] = []
+        try:
+            while True:
+                idle.append(self._pool.get(False))
+        except sqla_queue.Empty:
+            pass
+        victim = next((record for record in idle if record.dbapi_connection is not None), None)
+        try:
+            if victim is not None:
+                victim.close()
+        finally:
+            for record in idle:
+                self._pool.put(record, False)
+        return victim is not None
+
+
+class LoopBoundNullPool(_LoopBound, NullPool):
+    """`NullPool` (a new connection per checkout) with the same loop check and budget cap."""
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        context = self.loopsafe
+        if context is not None:
+            context.check_loop()
+        record = super()._do_get()
+        if context is not None:
+            context.checked_out += 1
+        return record
+
+    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
+        if self.loopsafe is not None:
+            self.loopsafe.checked_out -= 1
+        super()._do_return_conn(record)

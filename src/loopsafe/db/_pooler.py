@@ -1,0 +1,98 @@
+"""Driver settings: URL normalisation, application_name, and what PgBouncer's pool modes require."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from sqlalchemy.engine import URL, make_url
+
+__all__ = ("Pooler", "driver_settings", "normalize_url")
+
+Pooler = Literal["transaction", "session"]
+
+_DRIVER_HINT = (
+    "Use an asyncio driver, e.g. postgresql+asyncpg://… (what a bare postgresql:// means here) "
+    "or postgresql+psycopg://…"
+)
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse `url`; a bare ``postgresql://`` / ``postgres://`` means asyncpg.
+
+    Raises `ValueError` for text that is not a database URL or names a driver that is not async.
+    """
+    try:
+        parsed = make_url(url)
+    except Exception as error:  # SQLAlchemy's ArgumentError; never echo the URL (password)
+        raise ValueError(
+            f"Not a database URL ({type(error).__name__}); expected something like "
+            "postgresql://user:password@host:5432/dbname"
+        ) from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "postgres":  # Heroku/Supabase spelling, which SQLAlchemy no longer accepts
+        backend = "postgresql"
+    if backend == "postgresql" and not driver:
+        driver = "asyncpg"
+    parsed = parsed.set(drivername=f"{backend}+{driver}" if driver else backend)
+    try:
+        dialect = parsed.get_dialect(_is_async=True)
+    except Exception as error:
+        raise ValueError(
+            f"SQLAlchemy cannot load the driver of {parsed.drivername!r}: {error}. {_DRIVER_HINT}"
+        ) from None
+    if not getattr(dialect, "is_async", False):
+        raise ValueError(f"{parsed.drivername!r} is not an asyncio driver. {_DRIVER_HINT}")
+    return parsed
+
+
+def _unique_statement_name() -> str:
+    # Unique across every client of the pooler: asyncpg's default names (__asyncpg_stmt_1__ …)
+    # collide when PgBouncer hands two clients the same server connection.
+    return f"__loopsafe_{uuid.uuid4().hex}__"
+
+
+def driver_settings(
+    url: URL,
+    *,
+    pooler: Pooler | None,
+    application_name: str,
+    connect_args: Mapping[str, Any],
+) -> tuple[URL, dict[str, Any]]:
+    """The URL and connect arguments to create an engine with: the caller's, plus a default
+    application_name and what the pooler mode requires.
+
+    The caller's own values win, except that ``pooler="transaction"`` insists on the settings
+    without which the driver fails behind a transaction pooler.
+    Raises `ValueError` for a pooler mode the driver cannot honour.
+    """
+    args = dict(connect_args)
+    driver = url.get_driver_name()
+    query_has_name = "application_name" in url.query
+    if driver == "asyncpg":
+        settings = dict(args.get("server_settings") or {})
+        if query_has_name:
+            # asyncpg.connect() has no application_name argument: it is a server setting.
+            settings.setdefault("application_name", url.query["application_name"])
+            url = url.difference_update_query(["application_name"])
+        settings.setdefault("application_name", application_name)
+        args["server_settings"] = settings
+        if pooler == "transaction":
+            # asyncpg's own statement cache, SQLAlchemy's cache of prepared statements, and
+            # the statement names: all three must not assume one client owns a server session.
+            args["statement_cache_size"] = 0
+            args["prepared_statement_cache_size"] = 0
+            args["prepared_statement_name_func"] = _unique_statement_name
+    elif driver in ("psycopg", "psycopg_async"):
+        if not query_has_name:
+            args.setdefault("application_name", application_name)
+        if pooler == "transaction":
+            # psycopg prepares a statement after 5 executions; None never prepares.
+            args["prepare_threshold"] = None
+    elif pooler == "transaction":
+        raise ValueError(
+            f"pooler='transaction' knows how to configure asyncpg and psycopg, not {driver!r}; "
+            "use one of those drivers, or pooler=None and configure the driver yourself."
+        )
+    return url, args

@@ -1,0 +1,262 @@
+"""Per-loop `redis.asyncio.Redis` clients built from one process-wide configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import weakref
+from asyncio.events import _get_running_loop
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+
+from .. import _fork
+from .._errors import WrongLoopError
+from .._log import get_logger, redact_dsn
+from .._registry import LoopLocal, describe_loop
+from ._deadline import Deadlines
+from ._release import release_without_io
+
+__all__ = ("DEFAULT_URL", "LOOP_ATTR", "LoopClients", "configure", "get_redis", "loop_clients")
+
+#: Used when neither `configure(url)` nor ``$REDIS_URL`` says where Redis is (redis-py's default).
+DEFAULT_URL = "redis://localhost:6379/0"
+_SCHEMES = ("redis://", "rediss://", "unix://")
+
+_log = get_logger("loopsafe.redis")
+
+#: The loop attribute holding its `LoopClients`: a second way to find them, next to the registry
+#: (which creates, closes and drops them), for the lookups on every `publish` and `get_redis()`.
+LOOP_ATTR = "_loopsafe_redis"
+
+
+def _default_options() -> dict[str, Any]:
+    # redis-py's own default retries a refused connection ten times with up to 1 s between tries,
+    # so with Redis down every publish() would sit out its whole timeout before reporting. Three
+    # quick retries still ride out a dropped pooled connection (server restart, idle cut-off).
+    return {"retry": Retry(ExponentialWithJitterBackoff(base=0.02, cap=0.5), 3)}
+
+
+@dataclass(frozen=True)
+class _Settings:
+    url: str
+    options: Mapping[str, Any]
+    version: int
+
+
+_settings: _Settings | None = None
+_settings_lock = threading.Lock()
+_version = 0
+
+
+def configure(url: str | None = None, **client_options: Any) -> None:
+    """Set where and how every loop's Redis client connects; takes effect on the next `get_redis()`.
+
+    `url` defaults to ``$REDIS_URL`` (then ``redis://localhost:6379/0``); ``redis://``,
+    ``rediss://`` (TLS) and ``unix://`` URLs are accepted. `client_options` are keyword arguments
+    of `redis.asyncio.Redis` / its connection pool (``decode_responses``, ``max_connections``,
+    ``socket_timeout``, ``retry``, ``health_check_interval``, ``ssl_ca_certs``, …); loopsafe
+    changes one redis-py default: ``retry`` gives up after three quick retries. Nothing connects here, but the URL and options are
+    checked now, so a typo fails at start-up instead of on the first publish.
+
+    Clients that loops already made keep working with the old settings until their loop ends.
+
+    Raises `TypeError` for an option Redis does not accept and `ValueError` for a bad URL.
+    Since 0.1.0.
+    """
+    global _settings, _version
+    resolved = _resolve_url(url)
+    options = {**_default_options(), **client_options}
+    _validate(resolved, options)
+    with _settings_lock:
+        _version += 1
+        _settings = _Settings(resolved, MappingProxyType(options), _version)
+    _log.info("loopsafe.redis_configured", url=redact_dsn(resolved))
+
+
+def _resolve_url(url: str | None) -> str:
+    if url is None:
+        url = os.environ.get("REDIS_URL") or DEFAULT_URL
+    if not isinstance(url, str):
+        raise TypeError(f"Redis URL must be a string such as 'redis://host:6379/0', got {url!r}")
+    if not url.startswith(_SCHEMES):
+        raise ValueError(
+            f"Unsupported Redis URL {redact_dsn(url)!r}: use redis://host:port/db, "
+            "rediss://host:port/db (TLS) or unix:///path/to/redis.sock?db=0"
+        )
+    return url
+
+
+def _validate(url: str, options: Mapping[str, Any]) -> None:
+    """Build (without connecting) a pool and one connection, so bad settings fail right away."""
+    try:
+        pool = _OwnedPool.from_url(url, **options)
+        # Connection classes take their options only here; an unknown keyword fails now.
+        pool.make_connection()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+    except TypeError as exc:
+        raise TypeError(
+            f"loopsafe.redis.configure() got an option Redis does not accept ({exc}). Pass only "
+            "keyword arguments of redis.asyncio.Redis / ConnectionPool."
+        ) from exc
+    except ValueError as exc:
+        raise ValueError(f"Invalid Redis URL or option for {redact_dsn(url)!r}: {exc}") from exc
+
+
+def _current_settings() -> _Settings:
+    settings = _settings
+    if settings is None:
+        with _settings_lock:
+            settings = _settings
+        if settings is None:
+            configure()
+            settings = _settings
+    assert settings is not None
+    return settings
+
+
+class _OwnedPool(ConnectionPool):
+    """A connection pool that knows its event loop and process, and refuses to serve any other.
+
+    redis-py's own failures for a client used on a second loop are "attached to a different loop",
+    "Event loop is closed" or a hang; this turns them into a `WrongLoopError` that says what to do.
+    """
+
+    _loopsafe_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
+    _loopsafe_pid: int = 0
+    _loopsafe_generation: int = 0
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loopsafe_loop = weakref.ref(loop)
+        self._loopsafe_pid = os.getpid()
+        self._loopsafe_generation = _fork.generation()
+
+    def get_available_connection(self) -> AbstractConnection:
+        # Every checkout (commands, pipelines, pub/sub) passes here; a plain method rather than
+        # an override of the async get_connection() keeps the check off the await chain.
+        owner_ref = self._loopsafe_loop
+        if owner_ref is not None:
+            running = asyncio.get_running_loop()
+            # The fork generation, not os.getpid(): this runs on every command, and getpid() is
+            # a system call (get_running_loop() already makes one).
+            if running is not owner_ref() or self._loopsafe_generation != _fork.generation():
+                raise _wrong_loop(owner_ref(), running, self._loopsafe_pid)
+        # Not super(): its lookup costs as much as the whole check above.
+        return _checkout(self)
+
+
+_checkout: Callable[[ConnectionPool], AbstractConnection] = ConnectionPool.get_available_connection
+
+
+def _wrong_loop(
+    owner: asyncio.AbstractEventLoop | None, running: asyncio.AbstractEventLoop, pid: int
+) -> WrongLoopError:
+    if pid != os.getpid():
+        where = f"in process {pid} and used in its forked child {os.getpid()}"
+    elif owner is None:
+        where = f"on an event loop that has ended, and used on {describe_loop(running)}"
+    else:
+        where = f"on {describe_loop(owner)} and used on {describe_loop(running)}"
+    return WrongLoopError(
+        f"This Redis client was made by loopsafe.redis.get_redis() {where}. Call get_redis() "
+        "where you use the client (it returns the running loop's own client) instead of keeping "
+        "one in a variable, attribute or closure that outlives its loop."
+    )
+
+
+class LoopClients:
+    """The Redis clients one event loop has made, closed together when the loop ends.
+
+    ``current`` follows the latest `configure()`; clients made before it stay open (someone may
+    still use them) until the loop ends.
+    """
+
+    __slots__ = ("clients", "closed", "current", "deadlines", "version")
+
+    def __init__(self) -> None:
+        self.clients: list[Redis] = []
+        self.current: Redis | None = None
+        self.version = -1
+        self.closed = False
+        self.deadlines = Deadlines()
+        with contextlib.suppress(AttributeError):  # a loop class with __slots__: registry only
+            setattr(asyncio.get_running_loop(), LOOP_ATTR, self)
+
+    def client(self) -> Redis:
+        """The client for the current settings, made on first use."""
+        settings = _settings or _current_settings()
+        current = self.current
+        if current is not None and self.version == settings.version:
+            return current
+        return self.make(settings)
+
+    def make(self, settings: _Settings) -> Redis:
+        pool = _OwnedPool.from_url(settings.url, **settings.options)
+        pool.bind(asyncio.get_running_loop())
+        client = Redis.from_pool(pool)
+        self.clients.append(client)
+        self.current = client
+        self.version = settings.version
+        _log.debug("loopsafe.redis_client_created", url=redact_dsn(settings.url))
+        return client
+
+
+async def _aclose_clients(holder: LoopClients) -> None:
+    holder.closed = True
+    failure: Exception | None = None
+    for client in reversed(holder.clients):
+        try:
+            await client.aclose()
+        except Exception as exc:  # one bad client must not keep the others open
+            release_without_io(client)
+            failure = failure or exc
+    holder.clients.clear()
+    holder.current = None
+    if failure is not None:
+        raise failure
+
+
+def _drop_clients(holder: LoopClients) -> None:
+    holder.closed = True
+    for client in holder.clients:
+        release_without_io(client)
+    holder.clients.clear()
+    holder.current = None
+
+
+_loop_clients: LoopLocal[LoopClients] = LoopLocal(
+    LoopClients, aclose=_aclose_clients, drop=_drop_clients, name="loopsafe.redis"
+)
+
+
+def loop_clients() -> LoopClients:
+    """The running loop's `LoopClients` (made on first use).
+
+    Raises `NoRunningLoopError` outside a running event loop.
+    """
+    clients: LoopClients | None = getattr(_get_running_loop(), LOOP_ATTR, None)
+    # Closed means the registry has let these go (loop ending, aclose_all(), fork): ask it anew.
+    if clients is None or clients.closed:
+        return _loop_clients.get()
+    return clients
+
+
+def get_redis() -> Redis:
+    """Return the running loop's `redis.asyncio.Redis` client, creating it on first use.
+
+    Each event loop (thread, `asyncio.run` call, test) gets its own client and connection pool,
+    closed inside that loop when it ends; in a forked child inherited clients are dropped without
+    a byte sent, and the child gets fresh ones. Do not keep the result beyond the current loop:
+    call `get_redis()` where you need it (it is cheap). A client used on another loop raises
+    `WrongLoopError`.
+
+    Raises `NoRunningLoopError` outside a running event loop. Since 0.1.0.
+    """
+    return loop_clients().client()

@@ -1,0 +1,159 @@
+"""`publish`: a best-effort notification that reports failure as False and never breaks its caller."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from asyncio import AbstractEventLoop, CancelledError, Task
+from asyncio.events import _get_running_loop
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .._log import get_logger
+from ._client import LOOP_ATTR, LoopClients, loop_clients
+
+__all__ = ("encode_message", "publish")
+
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _timeout
+else:  # pragma: no cover - redis-py depends on async-timeout on these versions
+    from async_timeout import timeout as _timeout
+
+# The task whose deadline the loop's shared timer enforces, or None to fall back to a timer of
+# its own (`_timeout`): the shared timer needs Task.uncancel(), new in 3.11.
+_current_task: Callable[[AbstractEventLoop | None], Task[Any] | None]
+if sys.version_info >= (3, 11):
+    from asyncio import current_task as _current_task
+else:  # pragma: no cover
+
+    def _current_task(loop: AbstractEventLoop | None) -> None:
+        return None
+
+
+_log = get_logger("loopsafe.redis")
+_INF = math.inf
+
+
+class _Unpublishable(ValueError):
+    """The arguments can never be published; the message says why."""
+
+
+async def publish(
+    channel: str, message: str | bytes | Mapping[str, Any], *, timeout: float = 5.0
+) -> bool:
+    """Publish `message` on `channel` through the running loop's client; True once Redis took it.
+
+    `message` is sent as is (str, bytes) or as compact JSON (a mapping). True means the server
+    accepted the message, not that anyone was subscribed. Never raises: on a bad message or
+    argument, Redis down or refusing connections, a connection lost mid-way, or no answer within
+    `timeout` seconds (also when the server accepts the connection but never replies) it returns
+    False and logs a ``loopsafe.publish_failed`` warning with the reason. It is therefore safe in
+    an ``except`` block of a failing task: a notification never turns into a second failure. The
+    next call after Redis comes back succeeds; nothing needs restarting.
+
+    Only cancellation of the calling task propagates (as `asyncio.CancelledError`), as it must.
+    Since 0.1.0.
+    """
+    try:
+        # Fast paths first: this runs once per notification, often in a tight loop.
+        if type(message) is str or type(message) is bytes:
+            payload: str | bytes = message
+        else:
+            payload = encode_message(message)
+        # float literals: 3.11 specialises float-to-float comparisons only.
+        if type(channel) is not str or type(timeout) is not float or not 0.0 < timeout < _INF:
+            _check_arguments(channel, timeout)
+        loop = _get_running_loop()
+        # loop_clients(), inlined because the loop is needed below too.
+        clients: LoopClients | None = getattr(loop, LOOP_ATTR, None)
+        if clients is None or clients.closed:
+            clients = loop_clients()
+        client = clients.client()
+        task = _current_task(loop)
+        if task is None:  # pragma: no cover - Python 3.10, or awaited outside any task
+            async with _timeout(timeout):
+                await client.publish(channel, payload)
+            return True
+        deadlines = clients.deadlines
+        cancelling = deadlines.enter(task, timeout)
+        try:
+            await client.publish(channel, payload)
+        except CancelledError:
+            if deadlines.timed_out(task, cancelling):
+                raise TimeoutError from None
+            raise
+        finally:
+            deadlines.leave(task)
+    except Exception as exc:
+        _log.warning(
+            "loopsafe.publish_failed",
+            channel=channel if isinstance(channel, str | bytes) else repr(channel),
+            reason=_reason(exc, timeout),
+            error="ValueError" if isinstance(exc, _Unpublishable) else type(exc).__name__,
+        )
+        return False
+    return True
+
+
+def encode_message(message: object) -> str | bytes:
+    """What `publish` sends for `message`: str and bytes as they are, a mapping as compact JSON.
+
+    Raises `ValueError` (with the reason) for anything else or a mapping JSON cannot represent.
+    """
+    if isinstance(message, str | bytes):
+        return message
+    if isinstance(message, bytearray | memoryview):
+        return bytes(message)
+    if isinstance(message, Mapping):
+        try:
+            # allow_nan=False: NaN/Infinity are not JSON; a browser's JSON.parse would reject them.
+            return json.dumps(
+                message,
+                ensure_ascii=False,
+                separators=(",", ":"),
+                allow_nan=False,
+                default=_json_default,
+            )
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise _Unpublishable(f"message is not JSON-serialisable: {exc}") from exc
+    raise _Unpublishable(
+        f"message must be str, bytes or a JSON-serialisable mapping, got {type(message).__name__}"
+    )
+
+
+def _json_default(value: object) -> object:
+    # Nested mappings that are not dicts (MappingProxyType, custom Mapping classes) are still JSON.
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _check_arguments(channel: object, timeout: object) -> None:
+    if not isinstance(channel, str | bytes):
+        raise _Unpublishable(f"channel must be str or bytes, got {type(channel).__name__}")
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise _Unpublishable(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+
+
+def _reason(exc: Exception, timeout: float) -> str:
+    if isinstance(exc, _Unpublishable):
+        return str(exc)
+    if isinstance(exc, TimeoutError):  # ours (asyncio.timeout), not redis-py's socket timeout
+        return (
+            f"no answer from Redis within {timeout:g} s (server down, unreachable, overloaded "
+            "or not speaking Redis)"
+        )
+    if isinstance(exc, RedisTimeoutError):
+        return f"Redis timed out: {exc}"
+    if isinstance(exc, RedisConnectionError):
+        return f"cannot reach Redis: {exc}"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,146 @@
+"""async_task: an `async def` becomes an ordinary Celery task (in-process; workers: test_worker)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery, Task
+
+from loopsafe.celery import AsyncTask, async_task
+
+
+class JobFailed(Exception):
+    def __init__(self, job: str) -> None:
+        super().__init__(job)
+        self.job = job
+
+
+@pytest.fixture
+def app() -> Iterator[Celery]:
+    application = Celery("loopsafe_async_task_tests", broker="memory://", set_as_current=False)
+    yield application
+    application.close()
+
+
+def test_decorated_coroutine_is_a_celery_task_that_runs_synchronously(app: Celery) -> None:
+    @async_task(app, shared=False)
+    async def double(x: int) -> int:
+        await asyncio.sleep(0)
+        return 2 * x
+
+    assert isinstance(double, Task)
+    assert double.name == f"{__name__}.double"
+    assert app.tasks[double.name].run.__wrapped__.__name__ == "double"
+    value: int = double(21)  # the call signature is the coroutine's (checked by mypy)
+    assert value == 42
+    assert double.apply(args=(4,)).get() == 8
+
+
+def test_bare_decorator_registers_a_shared_task() -> None:
+    @async_task
+    async def shared_triple(x: int) -> int:
+        return 3 * x
+
+    assert shared_triple(2) == 6
+    application = Celery("loopsafe_shared_task_tests", broker="memory://", set_as_current=False)
+    try:
+        assert f"{__name__}.shared_triple" in application.tasks
+    finally:
+        application.close()
+
+
+def test_wrong_arguments_fail_when_sending_not_in_the_worker(app: Celery) -> None:
+    @async_task(app, shared=False)
+    async def needs_one(x: int) -> int:
+        return x
+
+    # Celery's argument check sees the coroutine's own signature (nothing is sent: no broker).
+    with pytest.raises(TypeError, match=r"needs_one\(\) takes 1 positional argument but 2"):
+        needs_one.delay(1, 2)  # type: ignore[call-arg]
+
+
+def test_bound_task_gets_its_request(app: Celery) -> None:
+    @async_task(app, bind=True, shared=False)
+    async def whoami(self: Task, tag: str) -> dict[str, Any]:
+        return {"id": self.request.id, "tag": tag, "name": self.name}
+
+    outcome = whoami.apply(args=("x",), task_id="fixed-id").get()
+    assert outcome == {"id": "fixed-id", "tag": "x", "name": whoami.name}
+
+
+def test_errors_keep_their_type_and_coroutine_traceback(app: Celery) -> None:
+    @async_task(app, shared=False)
+    async def fails(job: str) -> None:
+        raise JobFailed(job)
+
+    result = fails.apply(args=("nightly",))
+    assert isinstance(result.result, JobFailed)
+    assert result.result.job == "nightly"
+    assert result.state == "FAILURE"
+    frames = [f.name for f in traceback.extract_tb(result.result.__traceback__)]
+    assert "fails" in frames
+
+
+def test_timeout_option_cancels_a_slow_run(app: Celery) -> None:
+    cleanup: list[str] = []
+
+    @async_task(app, shared=False, timeout=0.1)
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            cleanup.append("cleaned up")
+
+    result = slow.apply()
+    assert isinstance(result.result, TimeoutError)
+    assert cleanup == ["cleaned up"]
+
+
+@pytest.mark.parametrize("timeout", [0, -2, "3", True], ids=repr)
+def test_bad_timeout_option_is_rejected(app: Celery, timeout: Any) -> None:
+    async def body() -> None:
+        return None
+
+    with pytest.raises(ValueError, match="timeout must be a positive number"):
+        async_task(app, timeout=timeout)(body)
+
+
+def test_only_async_functions_can_be_decorated(app: Celery) -> None:
+    def plain() -> int:
+        return 1
+
+    with pytest.raises(TypeError, match=r"decorates `async def` functions.*use @app\.task"):
+        async_task(app)(plain)
+
+
+def test_first_argument_must_be_an_app() -> None:
+    with pytest.raises(TypeError, match=r"takes a Celery app .*got 42"):
+        async_task(42)
+
+
+@pytest.mark.both_loops
+async def test_eager_task_called_from_async_code_does_not_deadlock(app: Celery) -> None:
+    """task_always_eager inside a running loop (a FastAPI handler, say): runs on a helper loop."""
+    app.conf.task_always_eager = True
+
+    @async_task(app, shared=False)
+    async def where() -> str:
+        await asyncio.sleep(0)
+        return threading.current_thread().name
+
+    ran_on = where.delay().get()
+    assert ran_on.startswith("loopsafe-run-async-helper")
+
+
+def test_typed_as_async_task(app: Celery) -> None:
+    @async_task(app, shared=False)
+    async def add(x: int, y: int) -> int:
+        return x + y
+
+    typed: AsyncTask[[int, int], int] = add
+    assert typed(1, 2) == 3

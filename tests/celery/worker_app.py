@@ -1,0 +1,143 @@
+"""The Celery app that the real-worker tests run (``celery -A tests.celery.worker_app worker``).
+
+Configured from ``LOOPSAFE_CELERY_*`` environment variables set by the tests' fixtures. Like many
+real apps it touches the database at import time, in the worker's main process, before the pool
+forks: the classic trap (children inherit a live pool bound to the parent's loop and sockets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from celery import Celery, Task
+from sqlalchemy import text
+
+import loopsafe.redis
+from loopsafe.celery import async_task, install, run_async
+from loopsafe.db import configure, session
+
+BROKER_URL = os.environ["LOOPSAFE_CELERY_BROKER"]
+BACKEND_URL = os.environ["LOOPSAFE_CELERY_BACKEND"]
+QUEUE = os.environ["LOOPSAFE_CELERY_QUEUE"]
+DATABASE_URL = os.environ["LOOPSAFE_CELERY_DATABASE_URL"]
+DATABASE_NAME = os.environ["LOOPSAFE_CELERY_DATABASE_NAME"]  # application_name loopsafe:<name>
+REDIS_URL = os.environ["LOOPSAFE_CELERY_REDIS_URL"]
+TABLE = os.environ["LOOPSAFE_CELERY_TABLE"]
+CHANNEL = f"{QUEUE}:events"
+
+# Celery ships no type information, so `app` is Any to mypy, and `@async_task(app)` cannot be told
+# from the bare `@async_task` form: with celery-types installed the decorated tasks are typed.
+app = Celery("loopsafe_worker_tests", broker=BROKER_URL, backend=BACKEND_URL)
+transport_options: dict[str, Any] = {}
+if BROKER_URL.startswith("redis"):
+    # Isolate every kombu key of this run (queues, unacked hash, bindings) from other runs that
+    # share the Redis server; the redelivery test shortens the visibility timeout.
+    transport_options["global_keyprefix"] = f"{QUEUE}:"
+    visibility = os.environ.get("LOOPSAFE_CELERY_VISIBILITY_TIMEOUT")
+    if visibility:
+        transport_options.update(
+            visibility_timeout=int(visibility),
+            unacked_restore_interval=1,
+            unacked_restore_throttle=1,
+        )
+app.conf.update(
+    task_default_queue=QUEUE,
+    broker_transport_options=transport_options,
+    broker_connection_retry_on_startup=True,
+    result_expires=3600,
+    worker_prefetch_multiplier=1,
+    worker_enable_remote_control=False,
+    worker_hijack_root_logger=True,
+    task_serializer="json",
+    result_serializer="json",
+    result_accept_content=["json"],
+)
+install(app)
+# The tests count loopsafe's debug events: every resource created must be closed in its loop.
+# Until the worker sets up logging (after this import), events go to stderr through this.
+logging.basicConfig(level=logging.INFO, format="[import] %(message)s")
+logging.getLogger("loopsafe").setLevel(logging.DEBUG)
+
+configure(DATABASE_URL, name=DATABASE_NAME)
+loopsafe.redis.configure(REDIS_URL)
+
+
+async def _touch_database() -> int:
+    async with session() as db:
+        value: int = (await db.execute(text("SELECT 1"))).scalar_one()
+    return value
+
+
+# The trap: a pooled connection opened in the main process at import, before the fork.
+assert run_async(_touch_database()) == 1
+
+
+@async_task(app)  # type: ignore[untyped-decorator]
+async def query_and_publish(n: int) -> dict[str, Any]:
+    """One database round trip and one publish, like a typical task's bookkeeping."""
+    async with session() as db:
+        row = (
+            await db.execute(text("SELECT CAST(:n AS int) * 2, pg_backend_pid()"), {"n": n})
+        ).one()
+    published = await loopsafe.redis.publish(CHANNEL, {"n": n})
+    return {"n": n, "double": row[0], "backend_pid": row[1], "pid": os.getpid(), "ok": published}
+
+
+@async_task(app, soft_time_limit=1)
+async def sleep_past_soft_limit(marker: str) -> None:
+    """Sleeps far beyond its soft limit; its cleanup records that it ran."""
+    try:
+        await asyncio.sleep(30)
+    finally:
+        async with session() as db:
+            await db.execute(
+                text(f"INSERT INTO {TABLE} (marker, note) VALUES (:marker, 'cleanup ran')"),
+                {"marker": marker},
+            )
+
+
+@async_task(app, acks_late=True)
+async def slow_the_first_time(key: str) -> dict[str, Any]:
+    """First delivery: marks `key` and sleeps (the worker gets killed). Redelivery: returns."""
+    client = loopsafe.redis.get_redis()
+    first = await client.set(key, os.getpid(), nx=True, ex=600)
+    if first:
+        await asyncio.sleep(120)
+    return {"redelivered": not first, "pid": os.getpid()}
+
+
+async def _count(key: str) -> int:
+    client = loopsafe.redis.get_redis()
+    attempts: int = await client.incr(key)
+    await client.expire(key, 600)
+    return attempts
+
+
+@async_task(app, bind=True, max_retries=3)
+async def retry_twice(self: Task, key: str) -> dict[str, Any]:
+    """A bound task that asks Celery to retry it twice through self.retry()."""
+    attempts = await _count(key)
+    if self.request.retries < 2:
+        raise self.retry(countdown=0)
+    return {"retries": self.request.retries, "attempts": attempts, "id": self.request.id}
+
+
+@async_task(app, autoretry_for=(ConnectionError,), retry_kwargs={"max_retries": 3, "countdown": 0})
+async def flaky(key: str) -> int:
+    """Fails with ConnectionError twice; autoretry_for retries it."""
+    attempts = await _count(key)
+    if attempts < 3:
+        raise ConnectionError(f"attempt {attempts} failed")
+    return attempts
+
+
+@async_task(app)  # type: ignore[untyped-decorator]
+async def missing_row(row_id: int) -> None:
+    """Fails with a built-in exception type that the result backend must keep."""
+    async with session() as db:
+        found = (await db.execute(text("SELECT 1 WHERE false"))).first()
+    if found is None:
+        raise LookupError(f"no row {row_id}")

@@ -1,0 +1,181 @@
+"""A budget is a promise: real processes and loops under load never hold more than their share."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import textwrap
+import threading
+
+import pytest
+from sqlalchemy import text
+
+from loopsafe import PoolExhaustedError
+from loopsafe.db import Database, PoolBudget
+
+from .conftest import PeakSampler
+
+# One worker process: 60 concurrent sessions, each holding its connection for a moment.
+WORKER = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from sqlalchemy import text
+    from loopsafe.db import Database, PoolBudget
+
+    url, name, processes, sessions = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    budget = PoolBudget(max_connections=20, processes=processes) if processes else None
+    options = {} if budget else {"pool_size": 12, "max_overflow": 0}
+    db = Database(url, name=name, budget=budget, engine_options=options)
+
+    async def one() -> None:
+        async with db.session() as session:
+            await session.execute(text("SELECT pg_sleep(0.03)"))
+
+    async def main() -> None:
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        for _ in range(2):
+            await asyncio.gather(*(one() for _ in range(sessions)))
+        print(json.dumps(db.pool_status()), flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def _run_workers(
+    postgres_url: str, name: str, *, processes: int, budgeted: bool, sessions: int = 60
+) -> tuple[int, list[dict[str, int]]]:
+    """Start `processes` workers, release them together, return the server-side peak."""
+    workers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            WORKER,
+            postgres_url,
+            name,
+            str(processes if budgeted else 0),
+            str(sessions),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for _ in range(processes)
+    ]
+    try:
+        for worker in workers:
+            assert worker.stdout is not None
+            assert (await asyncio.wait_for(worker.stdout.readline(), 60)).strip() == b"ready"
+        async with PeakSampler(postgres_url, f"loopsafe:{name}") as sampler:
+            for worker in workers:
+                assert worker.stdin is not None
+                worker.stdin.write(b"go\n")
+                await worker.stdin.drain()
+            outputs = [await asyncio.wait_for(worker.communicate(), 90) for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.returncode is None:
+                worker.kill()
+                await worker.wait()
+    assert all(worker.returncode == 0 for worker in workers)
+    statuses = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert sampler.samples > 3
+    return sampler.peak, statuses
+
+
+@pytest.mark.slow
+async def test_six_processes_stay_within_a_budget_of_twenty(
+    postgres_url: str, db_name: str
+) -> None:
+    """6 processes × 60 concurrent sessions, max_connections=20: at most 18 on the server."""
+    peak, statuses = await _run_workers(postgres_url, db_name, processes=6, budgeted=True)
+    assert peak <= 18
+    assert peak >= 6  # the sampler saw real load
+    for status in statuses:
+        assert status["capacity"] == 3  # 18 usable / 6 processes
+        assert status["checked_out"] == 0
+
+
+@pytest.mark.slow
+async def test_without_a_budget_the_same_load_exceeds_it(postgres_url: str, db_name: str) -> None:
+    """Control: the sampler does see more than 18 when nothing holds the processes back."""
+    peak, _ = await _run_workers(postgres_url, db_name, processes=2, budgeted=False)
+    assert peak > 18
+
+
+def _hammer(db: Database, sessions: int, start: threading.Barrier) -> None:
+    async def one() -> None:
+        async with db.session() as session:
+            await session.execute(text("SELECT pg_sleep(0.02)"))
+
+    async def main() -> None:
+        await asyncio.to_thread(start.wait)
+        await asyncio.gather(*(one() for _ in range(sessions)))
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("budgeted", [True, False])
+async def test_more_loops_than_budgeted_wait_instead_of_exceeding(
+    postgres_url: str, db_name: str, app_name: str, budgeted: bool
+) -> None:
+    """A process budgeted for 1 loop runs 3: the process-wide cap (4) still holds."""
+    budget = PoolBudget(max_connections=4, processes=1, reserve=0) if budgeted else None
+    options = {} if budgeted else {"pool_size": 2, "max_overflow": 2}
+    db = Database(postgres_url, name=db_name, budget=budget, engine_options=options)
+    start = threading.Barrier(3)
+    async with PeakSampler(postgres_url, app_name) as sampler:
+        threads = [threading.Thread(target=_hammer, args=(db, 12, start)) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            await asyncio.to_thread(thread.join)
+    if budgeted:
+        assert sampler.peak <= 4
+    else:  # control: each loop's pool alone allows 4, so 3 loops go past the process's share
+        assert sampler.peak > 4
+
+
+async def test_exhausted_pool_raises_naming_the_budget(postgres_url: str, db_name: str) -> None:
+    budget = PoolBudget(max_connections=1, processes=1, reserve=0)
+    db = Database(postgres_url, name=db_name, budget=budget, engine_options={"pool_timeout": 0.2})
+    async with db.session() as session:
+        await session.execute(text("SELECT 1"))
+        with pytest.raises(PoolExhaustedError, match=r"PoolBudget\(max_connections=1.*gives this"):
+            async with db.session():
+                pass
+        assert isinstance(PoolExhaustedError("x"), TimeoutError)
+    async with db.session() as session:  # and the pool is fine afterwards
+        await session.execute(text("SELECT 1"))
+
+
+async def test_exhausted_process_quota_raises_across_loops(postgres_url: str, db_name: str) -> None:
+    budget = PoolBudget(max_connections=1, processes=1, reserve=0)
+    db = Database(postgres_url, name=db_name, budget=budget, engine_options={"pool_timeout": 0.2})
+    async with db.session() as session:
+        await session.execute(text("SELECT 1"))
+
+        async def other_loop() -> None:
+            async with db.session():
+                pass
+
+        with pytest.raises(PoolExhaustedError, match="in use by its loops"):
+            await asyncio.to_thread(asyncio.run, other_loop())
+    # The slot came back: the other loop can have it now.
+    await asyncio.to_thread(asyncio.run, other_loop())
+
+
+async def test_null_pool_respects_the_budget(
+    postgres_url: str, db_name: str, app_name: str
+) -> None:
+    budget = PoolBudget(max_connections=3, processes=1, reserve=0)
+    db = Database(postgres_url, name=db_name, budget=budget, poolclass="null")
+
+    async def one() -> None:
+        async with db.session() as session:
+            await session.execute(text("SELECT pg_sleep(0.02)"))
+
+    async with PeakSampler(postgres_url, app_name) as sampler:
+        await asyncio.gather(*(one() for _ in range(15)))
+    assert 1 <= sampler.peak <= 3
+    assert db.pool_status()["capacity"] == 3

@@ -1,0 +1,108 @@
+"""FastAPI recipe: session_dependency per request, lifespan closing the engines, /health status."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import httpx
+import pytest
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+import loopsafe.db
+
+from .conftest import raw_connection, server_connections, wait_for_connections
+
+SessionDep = Annotated[AsyncSession, Depends(loopsafe.db.session_dependency)]
+
+
+def make_app(table: str) -> FastAPI:
+    app = FastAPI(lifespan=loopsafe.db.lifespan)
+
+    @app.post("/items/{value}")
+    async def add(value: int, session: SessionDep) -> dict[str, int]:
+        await session.execute(text(f"INSERT INTO {table} VALUES (:v)"), {"v": value})
+        if value < 0:
+            raise HTTPException(status_code=422, detail="negative")
+        return {"added": value}
+
+    @app.get("/items")
+    async def count(session: SessionDep) -> dict[str, int]:
+        rows = (await session.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()
+        return {"count": rows}
+
+    @app.get("/health")
+    async def health() -> dict[str, int]:
+        return loopsafe.db.pool_status()
+
+    return app
+
+
+@pytest.fixture
+async def table(postgres_url: str, db_name: str) -> AsyncIterator[str]:
+    name = f"items_{db_name}"
+    async with raw_connection(postgres_url) as raw:
+        await raw.execute(f"CREATE TABLE {name} (v int)")
+        try:
+            yield name
+        finally:
+            await raw.execute(f"DROP TABLE {name}")
+
+
+async def test_requests_commit_or_roll_back_and_lifespan_disposes(
+    postgres_url: str, db_name: str, app_name: str, table: str
+) -> None:
+    loopsafe.db.configure(postgres_url, name=db_name)
+    app = make_app(table)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        assert (await client.post("/items/1")).json() == {"added": 1}
+        assert (await client.post("/items/-1")).status_code == 422  # rolled back
+        assert (await client.get("/items")).json() == {"count": 1}
+        health = (await client.get("/health")).json()
+        assert health["loops"] == 1
+        assert health["checked_out"] == 0
+        assert health["checked_in"] == 1
+        assert await server_connections(postgres_url, app_name) == 1
+    # Shutdown disposed the engine on the app's loop: nothing left on the server.
+    assert await wait_for_connections(postgres_url, app_name, 0) == 0
+    assert loopsafe.db.pool_status()["loops"] == 0
+
+
+def test_app_served_from_its_own_loop_thread(
+    postgres_url: str, db_name: str, app_name: str
+) -> None:
+    """TestClient runs the app on a loop in another thread: the engine is that loop's own."""
+    loopsafe.db.configure(postgres_url, name=db_name)
+    app = FastAPI(lifespan=loopsafe.db.lifespan)
+
+    @app.get("/whoami")
+    async def whoami(session: SessionDep) -> dict[str, str]:
+        name = (await session.execute(text("SELECT current_setting('application_name')"))).scalar()
+        return {"application_name": str(name)}
+
+    with TestClient(app) as client:
+        for _ in range(3):
+            assert client.get("/whoami").json() == {"application_name": app_name}
+        assert client.get("/whoami").status_code == 200
+    assert loopsafe.db.pool_status()["loops"] == 0
+
+
+def test_session_dependency_without_configuration_says_what_to_do() -> None:
+    app = FastAPI()
+
+    @app.get("/")
+    async def index(session: SessionDep) -> dict[str, str]:
+        return {}
+
+    with (
+        TestClient(app) as client,
+        pytest.raises(loopsafe.db.DatabaseNotConfiguredError, match=r"configure\(url\)"),
+    ):
+        client.get("/")

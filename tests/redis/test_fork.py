@@ -1,0 +1,73 @@
+"""A forked child drops the inherited Redis client without a byte sent; the parent keeps its own."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import pytest
+
+from loopsafe import aclose_all
+from loopsafe.redis import get_redis, publish
+
+from ..conftest import LoopFactory
+from ..forking import in_child
+
+pytestmark = [
+    pytest.mark.redis,
+    pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork"),
+]
+
+T = TypeVar("T")
+
+
+def run_on_new_loop(factory: LoopFactory, coroutine: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run() with a chosen loop implementation (asyncio.Runner needs Python 3.11)."""
+    loop = factory()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def test_forked_child_gets_a_new_client_and_the_parents_connection_survives(
+    configured: str, loop_factory: LoopFactory
+) -> None:
+    loop = loop_factory()
+
+    async def identify() -> tuple[int, int]:
+        client = get_redis()
+        # Bounded: if the child had unregistered our socket from the (shared) epoll set, or
+        # consumed our replies, this would hang instead of answering.
+        async with asyncio.timeout(5):
+            return id(client), int(await client.client_id())
+
+    try:
+        parent_client, parent_connection = loop.run_until_complete(identify())
+
+        def child() -> dict[str, Any]:
+            async def work() -> dict[str, Any]:
+                client = get_redis()
+                gc.collect()  # inherited objects must not be collected into closing anything
+                return {
+                    "connection": int(await client.client_id()),
+                    "published": await publish("fork-test", "from the child"),
+                }
+
+            return run_on_new_loop(loop_factory, work())
+
+        report = in_child(child)
+        assert report["published"] is True
+        assert report["connection"] != parent_connection
+
+        # Same client object, same server-side connection (no reconnect): the child sent nothing
+        # on it (no QUIT), did not close it and did not read from it.
+        assert loop.run_until_complete(identify()) == (parent_client, parent_connection)
+        assert loop.run_until_complete(publish("fork-test", "from the parent")) is True
+    finally:
+        loop.run_until_complete(aclose_all())
+        loop.close()
