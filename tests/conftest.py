@@ -7,11 +7,13 @@ installing loopsafe registers; this suite is its first user.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, TypeVar
 
 import pytest
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+T = TypeVar("T")
 
 
 def _factories() -> dict[str, LoopFactory]:
@@ -43,3 +45,13 @@ def loop_factory(request: pytest.FixtureRequest) -> LoopFactory:
 
 
 pytest_plugins = ["pytester"]
+
+
+def run_on_new_loop(factory: LoopFactory, coroutine: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run() with a chosen loop implementation (asyncio.Runner needs Python 3.11)."""
+    loop = factory()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()

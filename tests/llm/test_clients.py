@@ -7,8 +7,7 @@ import asyncio
 import gc
 import os
 import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -16,10 +15,8 @@ from openai import AsyncOpenAI
 
 from loopsafe import LoopLocal, aclose_all, loop_local
 
-from ..conftest import LoopFactory
+from ..conftest import LoopFactory, run_on_new_loop
 from ..forking import in_child
-
-T = TypeVar("T")
 
 # --- the recipe (keep in step with docs/llm_clients.md) ---------------------------------------
 
@@ -53,15 +50,6 @@ async def ask(llm: LoopLocal[AsyncOpenAI], prompt: str) -> tuple[str, str]:
 
 
 # -------------------------------------------------------------------------------------------------
-
-
-def run_on_new_loop(factory: LoopFactory, coroutine: Coroutine[Any, Any, T]) -> T:
-    loop = factory()
-    try:
-        return loop.run_until_complete(coroutine)
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
 
 
 def test_httpx_client_one_per_loop_closed_inside_its_loop(

@@ -5,33 +5,20 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from loopsafe import aclose_all
 from loopsafe.redis import get_redis, publish
 
-from ..conftest import LoopFactory
+from ..conftest import LoopFactory, run_on_new_loop
 from ..forking import in_child
 
 pytestmark = [
     pytest.mark.redis,
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork"),
 ]
-
-T = TypeVar("T")
-
-
-def run_on_new_loop(factory: LoopFactory, coroutine: Coroutine[Any, Any, T]) -> T:
-    """asyncio.run() with a chosen loop implementation (asyncio.Runner needs Python 3.11)."""
-    loop = factory()
-    try:
-        return loop.run_until_complete(coroutine)
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
 
 
 def test_forked_child_gets_a_new_client_and_the_parents_connection_survives(
