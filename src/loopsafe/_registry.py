@@ -136,6 +136,8 @@ def describe_loop(loop: asyncio.AbstractEventLoop | None) -> str:
     state = _state_of(loop)
     if state is not None:
         return state.description
+    if loop is asyncio._get_running_loop():  # not seen by loopsafe yet, but it runs right here
+        return f"{type(loop).__name__} 0x{id(loop):x} in thread {threading.current_thread().name!r}"
     return f"{type(loop).__name__} 0x{id(loop):x}"
 
 

@@ -92,12 +92,9 @@ class PoolContext:
         if running is owner:
             return
         state = "which has ended" if owner is None or owner.is_closed() else "still running"
-        here = describe_loop(running)
-        if "thread" not in here:  # a loop loopsafe has not seen yet; it runs in this thread
-            here += f" in thread {threading.current_thread().name!r}"
         raise WrongLoopError(
             f"The engine of loopsafe Database {self.database!r} was created on "
-            f"{self.loop_description} ({state}) but is being used on {here}. "
+            f"{self.loop_description} ({state}) but is being used on {describe_loop(running)}. "
             "An engine, session or session maker belongs to the loop it was obtained on; do not "
             "keep one in a global or pass it to another loop or thread. Call "
             "`db.session()` / `db.get_engine()` (or loopsafe.db.session()) inside the coroutine "
