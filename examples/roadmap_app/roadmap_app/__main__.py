@@ -30,14 +30,16 @@ def migrate_database(url: str) -> list[int]:
 
 
 def _cmd_migrate(_: argparse.Namespace) -> int:
-    from loopsafe._log import redact_dsn
+    from sqlalchemy.engine import make_url
+
     from roadmap_app.config import get_settings
     from roadmap_app.migrations import SCHEMA_VERSION
 
     url = get_settings().database_url
     applied = migrate_database(url)
     done = f"applied {', '.join(map(str, applied))}" if applied else "nothing to do"
-    print(f"schema version {SCHEMA_VERSION} on {redact_dsn(url)}: {done}")
+    where = make_url(url).render_as_string(hide_password=True)
+    print(f"schema version {SCHEMA_VERSION} on {where}: {done}")
     return 0
 
 
