@@ -88,6 +88,18 @@ async def raw_connection(postgres_url: str) -> AsyncIterator[Raw]:
         await connection.close()
 
 
+@pytest.fixture
+async def table(postgres_url: str, db_name: str) -> AsyncIterator[str]:
+    """An empty table ``(v int)`` unique to this test, dropped after it."""
+    name = f"items_{db_name}"
+    async with raw_connection(postgres_url) as raw:
+        await raw.execute(f"CREATE TABLE {name} (v int)")
+        try:
+            yield name
+        finally:
+            await raw.execute(f"DROP TABLE {name}")
+
+
 async def server_connections(postgres_url: str, application_name: str) -> int:
     """How many connections the server holds for `application_name` right now."""
     async with raw_connection(postgres_url) as raw:

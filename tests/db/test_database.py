@@ -48,40 +48,32 @@ def test_get_engine_outside_a_loop_says_what_to_do(postgres_url: str, db_name: s
 
 
 @pytest.mark.both_loops
-async def test_session_commits_on_success(postgres_url: str, db_name: str) -> None:
+async def test_session_commits_on_success(postgres_url: str, db_name: str, table: str) -> None:
     db = Database(postgres_url, name=db_name)
-    table = f"commit_{db_name}"
+    async with db.session() as session:
+        assert isinstance(session, AsyncSession)
+        await session.execute(text(f"INSERT INTO {table} VALUES (1)"))
     async with raw_connection(postgres_url) as raw:
-        await raw.execute(f"CREATE TABLE {table} (v int)")
-        try:
-            async with db.session() as session:
-                assert isinstance(session, AsyncSession)
-                await session.execute(text(f"INSERT INTO {table} VALUES (1)"))
-            assert await raw.fetchval(f"SELECT count(*) FROM {table}") == 1
-        finally:
-            await raw.execute(f"DROP TABLE {table}")
+        assert await raw.fetchval(f"SELECT count(*) FROM {table}") == 1
 
 
 @pytest.mark.both_loops
-async def test_session_rolls_back_on_error_and_reraises(postgres_url: str, db_name: str) -> None:
+async def test_session_rolls_back_on_error_and_reraises(
+    postgres_url: str, db_name: str, table: str
+) -> None:
     db = Database(postgres_url, name=db_name)
-    table = f"rollback_{db_name}"
+
+    async def insert_then_fail() -> None:
+        async with db.session() as session:
+            await session.execute(text(f"INSERT INTO {table} VALUES (1)"))
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        await insert_then_fail()
+    async with db.session(commit=False) as session:
+        await session.execute(text(f"INSERT INTO {table} VALUES (2)"))
     async with raw_connection(postgres_url) as raw:
-        await raw.execute(f"CREATE TABLE {table} (v int)")
-
-        async def insert_then_fail() -> None:
-            async with db.session() as session:
-                await session.execute(text(f"INSERT INTO {table} VALUES (1)"))
-                raise RuntimeError("boom")
-
-        try:
-            with pytest.raises(RuntimeError, match="boom"):
-                await insert_then_fail()
-            async with db.session(commit=False) as session:
-                await session.execute(text(f"INSERT INTO {table} VALUES (2)"))
-            assert await raw.fetchval(f"SELECT count(*) FROM {table}") == 0
-        finally:
-            await raw.execute(f"DROP TABLE {table}")
+        assert await raw.fetchval(f"SELECT count(*) FROM {table}") == 0
     # Both sessions gave their connection back.
     assert db.pool_status()["checked_out"] == 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 import httpx
@@ -14,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 import loopsafe.db
 
-from .conftest import raw_connection, server_connections, wait_for_connections
+from .conftest import server_connections, wait_for_connections
 
 SessionDep = Annotated[AsyncSession, Depends(loopsafe.db.session_dependency)]
 
@@ -39,17 +38,6 @@ def make_app(table: str) -> FastAPI:
         return loopsafe.db.pool_status()
 
     return app
-
-
-@pytest.fixture
-async def table(postgres_url: str, db_name: str) -> AsyncIterator[str]:
-    name = f"items_{db_name}"
-    async with raw_connection(postgres_url) as raw:
-        await raw.execute(f"CREATE TABLE {name} (v int)")
-        try:
-            yield name
-        finally:
-            await raw.execute(f"DROP TABLE {name}")
 
 
 async def test_requests_commit_or_roll_back_and_lifespan_disposes(
