@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import traceback
 from collections.abc import Iterator
@@ -101,7 +102,7 @@ def test_timeout_option_cancels_a_slow_run(app: Celery) -> None:
     assert cleanup == ["cleaned up"]
 
 
-@pytest.mark.parametrize("timeout", [0, -2, "3", True], ids=repr)
+@pytest.mark.parametrize("timeout", [0, -2, math.nan, "3", True], ids=repr)
 def test_bad_timeout_option_is_rejected(app: Celery, timeout: Any) -> None:
     async def body() -> None:
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -96,7 +97,7 @@ def test_install_twice_adds_one_bootstep(app: Celery) -> None:
     assert len(steps) == 1
 
 
-@pytest.mark.parametrize("timeout", [0, -1, "5", True], ids=repr)
+@pytest.mark.parametrize("timeout", [0, -1, math.nan, "5", True], ids=repr)
 def test_install_rejects_bad_default_timeouts(app: Celery, timeout: Any) -> None:
     with pytest.raises(ValueError, match="default_timeout must be a positive number"):
         install(app, default_timeout=timeout)

@@ -41,6 +41,7 @@ __all__ = (
     "MAX_NESTING",
     "close_all_loops",
     "close_thread_loop",
+    "positive_seconds",
     "register_interrupt",
     "run_async",
     "set_thread_deadline",
@@ -150,7 +151,8 @@ def register_interrupt(exc_type: type[BaseException]) -> None:
         _interrupt_types = (*_interrupt_types, exc_type)
 
 
-def _positive_seconds(value: object) -> bool:
+def positive_seconds(value: object) -> bool:
+    """Whether `value` is a usable number of seconds: a real, positive int or float (not NaN)."""
     return (
         isinstance(value, (int, float))
         and not isinstance(value, bool)
@@ -205,7 +207,7 @@ def run_async(coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> 
         raise _not_a_coroutine(coro)
     make_error: TimeoutFactory = _default_timeout_error
     if timeout is not None:
-        if not _positive_seconds(timeout):
+        if not positive_seconds(timeout):
             coro.close()
             raise ValueError(
                 f"run_async timeout must be a positive number of seconds or None, got {timeout!r}"

@@ -106,7 +106,6 @@ class _WorkerSettings:
 _settings = _WorkerSettings()
 _installed: weakref.WeakSet[Any] = weakref.WeakSet()
 _install_lock = threading.Lock()
-_signals_connected = False
 
 
 def install(app: celery.Celery, *, default_timeout: float | None = None) -> None:
@@ -136,11 +135,7 @@ def install(app: celery.Celery, *, default_timeout: float | None = None) -> None
     from celery import bootsteps
     from celery.exceptions import SoftTimeLimitExceeded
 
-    if default_timeout is not None and not (
-        isinstance(default_timeout, (int, float))
-        and not isinstance(default_timeout, bool)
-        and default_timeout > 0
-    ):
+    if default_timeout is not None and not _bridge.positive_seconds(default_timeout):
         raise ValueError(
             f"install() default_timeout must be a positive number of seconds or None, "
             f"got {default_timeout!r}"
@@ -225,12 +220,10 @@ def _check_budget(kind: str, concurrency: int) -> None:
 
 
 def _connect_signals() -> None:
-    global _signals_connected
-    if _signals_connected:
-        return
     from celery import signals
 
-    # weak=False: these are module functions, but say it anyway; dispatch_uid guards re-imports.
+    # weak=False: these are module functions, but say it anyway. dispatch_uid makes a second
+    # install() (or a re-import) connect nothing twice.
     signals.worker_process_init.connect(
         _on_worker_process_init, weak=False, dispatch_uid="loopsafe.process_init"
     )
@@ -242,7 +235,6 @@ def _connect_signals() -> None:
     )
     signals.task_prerun.connect(_on_task_prerun, weak=False, dispatch_uid="loopsafe.task_prerun")
     signals.task_postrun.connect(_on_task_postrun, weak=False, dispatch_uid="loopsafe.task_postrun")
-    _signals_connected = True
 
 
 def _on_worker_process_init(**_: Any) -> None:
@@ -282,15 +274,19 @@ def _time_limit_error(kind: str) -> Callable[[str, float], BaseException]:
     return make
 
 
+_soft_time_limit_error = _time_limit_error("soft_time_limit")
+_hard_time_limit_error = _time_limit_error("time_limit")
+
+
 def _on_task_prerun(task: Any = None, **_: Any) -> None:
     kind = _settings.kind
     if kind is None or kind in _ENFORCES_TIME_LIMITS or task is None:
         return
     hard, soft = _time_limits(task)
     if soft is not None and (hard is None or soft <= hard):
-        _bridge.set_thread_deadline(soft, _time_limit_error("soft_time_limit"))
+        _bridge.set_thread_deadline(soft, _soft_time_limit_error)
     elif hard is not None:
-        _bridge.set_thread_deadline(hard, _time_limit_error("time_limit"))
+        _bridge.set_thread_deadline(hard, _hard_time_limit_error)
     elif _settings.default_timeout is not None:
         _bridge.set_thread_deadline(_settings.default_timeout)
 

@@ -17,7 +17,7 @@ from typing import (
     overload,
 )
 
-from ._bridge import run_async
+from ._bridge import positive_seconds, run_async
 
 if TYPE_CHECKING:
     import celery
@@ -134,9 +134,7 @@ def _register(
         )
     options = dict(task_options)
     timeout = options.pop("timeout", None)
-    if timeout is not None and not (
-        isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0
-    ):
+    if timeout is not None and not positive_seconds(timeout):
         raise ValueError(
             f"async_task timeout must be a positive number of seconds or None, got {timeout!r}"
         )
