@@ -156,7 +156,7 @@ def main() -> None:
             f"Goal: loopsafe publish throughput ≥ 0.95× a plain client on one loop; measured "
             f"{seq:.2f}× sequential and {conc:.2f}× with {IN_FLIGHT} in flight ({met}). "
             "Per call loopsafe's publish adds argument checks, finding the running loop's client "
-            "(an attribute of the loop), the wrong-loop check on each connection checkout, and a "
+            "(the per-loop registry lookup), the wrong-loop check on each connection checkout, and a "
             "deadline in the loop's one shared timer (a dict insert and delete, where "
             "`asyncio.timeout` would schedule and cancel a timer handle). Per task, one publish "
             "through `run_async` on the "

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import threading
 import weakref
-from asyncio.events import _get_running_loop
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -25,17 +23,13 @@ from .._registry import LoopLocal, describe_loop
 from ._deadline import Deadlines
 from ._release import release_without_io
 
-__all__ = ("DEFAULT_URL", "LOOP_ATTR", "LoopClients", "configure", "get_redis", "loop_clients")
+__all__ = ("DEFAULT_URL", "LoopClients", "configure", "get_redis", "loop_clients")
 
 #: Used when neither `configure(url)` nor ``$REDIS_URL`` says where Redis is (redis-py's default).
 DEFAULT_URL = "redis://localhost:6379/0"
 _SCHEMES = ("redis://", "rediss://", "unix://")
 
 _log = get_logger("loopsafe.redis")
-
-#: The loop attribute holding its `LoopClients`: a second way to find them, next to the registry
-#: (which creates, closes and drops them), for the lookups on every `publish` and `get_redis()`.
-LOOP_ATTR = "_loopsafe_redis"
 
 
 def _default_options() -> dict[str, Any]:
@@ -111,15 +105,10 @@ def _validate(url: str, options: Mapping[str, Any]) -> None:
 
 
 def _current_settings() -> _Settings:
-    settings = _settings
-    if settings is None:
-        with _settings_lock:
-            settings = _settings
-        if settings is None:
-            configure()
-            settings = _settings
-    assert settings is not None
-    return settings
+    if _settings is None:
+        configure()
+    assert _settings is not None
+    return _settings
 
 
 class _OwnedPool(ConnectionPool):
@@ -186,8 +175,6 @@ class LoopClients:
         self.version = -1
         self.closed = False
         self.deadlines = Deadlines()
-        with contextlib.suppress(AttributeError):  # a loop class with __slots__: registry only
-            setattr(asyncio.get_running_loop(), LOOP_ATTR, self)
 
     def client(self) -> Redis:
         """The client for the current settings, made on first use."""
@@ -241,11 +228,7 @@ def loop_clients() -> LoopClients:
 
     Raises `NoRunningLoopError` outside a running event loop.
     """
-    clients: LoopClients | None = getattr(_get_running_loop(), LOOP_ATTR, None)
-    # Closed means the registry has let these go (loop ending, aclose_all(), fork): ask it anew.
-    if clients is None or clients.closed:
-        return _loop_clients.get()
-    return clients
+    return _loop_clients.get()
 
 
 def get_redis() -> Redis:

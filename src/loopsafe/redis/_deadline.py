@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 from collections.abc import Awaitable
 from time import monotonic
 from typing import Any, TypeVar
@@ -18,6 +19,14 @@ from typing import Any, TypeVar
 __all__ = ("Deadlines",)
 
 T = TypeVar("T")
+
+# The shared timer tells its own cancellations from others' with Task.uncancel(), new in 3.11;
+# before that each operation gets a timer of its own.
+_UNCANCEL = sys.version_info >= (3, 11)
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as _timeout
+else:  # pragma: no cover - redis-py depends on async-timeout on these versions
+    from async_timeout import timeout as _timeout
 
 #: Never re-arm the timer sooner than this: bounds the timer's own cost under heavy load.
 _MIN_TICK = 0.005
@@ -43,8 +52,9 @@ class Deadlines:
     async def run(self, awaitable: Awaitable[T], timeout: float) -> T:
         """Await `awaitable` in the current task; `TimeoutError` if it takes over `timeout` s."""
         task = asyncio.current_task()
-        if task is None:  # pragma: no cover - awaiting always happens inside a task on asyncio
-            return await asyncio.wait_for(awaitable, timeout)
+        if task is None or not _UNCANCEL:  # pragma: no cover - Python 3.10, or outside a task
+            async with _timeout(timeout):
+                return await awaitable
         cancelling = self.enter(task, timeout)
         try:
             return await awaitable
@@ -54,12 +64,6 @@ class Deadlines:
             raise
         finally:
             self.leave(task)
-
-    # The three steps of `run`, for hot paths that cannot afford its extra coroutine frame:
-    #     cancelling = deadlines.enter(task, timeout)
-    #     try: await ...
-    #     except CancelledError: if deadlines.timed_out(task, cancelling): raise TimeoutError
-    #     finally: deadlines.leave(task)
 
     def enter(self, task: asyncio.Task[Any], timeout: float) -> int:
         """Start `task`'s deadline; returns the token for `timed_out`."""

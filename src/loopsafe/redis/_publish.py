@@ -4,35 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from asyncio import AbstractEventLoop, CancelledError, Task
-from asyncio.events import _get_running_loop
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._log import get_logger
-from ._client import LOOP_ATTR, LoopClients, loop_clients
+from ._client import loop_clients
 
 __all__ = ("encode_message", "publish")
-
-if sys.version_info >= (3, 11):
-    from asyncio import timeout as _timeout
-else:  # pragma: no cover - redis-py depends on async-timeout on these versions
-    from async_timeout import timeout as _timeout
-
-# The task whose deadline the loop's shared timer enforces, or None to fall back to a timer of
-# its own (`_timeout`): the shared timer needs Task.uncancel(), new in 3.11.
-_current_task: Callable[[AbstractEventLoop | None], Task[Any] | None]
-if sys.version_info >= (3, 11):
-    from asyncio import current_task as _current_task
-else:  # pragma: no cover
-
-    def _current_task(loop: AbstractEventLoop | None) -> None:
-        return None
-
 
 _log = get_logger("loopsafe.redis")
 _INF = math.inf
@@ -67,27 +48,8 @@ async def publish(
         # float literals: 3.11 specialises float-to-float comparisons only.
         if type(channel) is not str or type(timeout) is not float or not 0.0 < timeout < _INF:
             _check_arguments(channel, timeout)
-        loop = _get_running_loop()
-        # loop_clients(), inlined because the loop is needed below too.
-        clients: LoopClients | None = getattr(loop, LOOP_ATTR, None)
-        if clients is None or clients.closed:
-            clients = loop_clients()
-        client = clients.client()
-        task = _current_task(loop)
-        if task is None:  # pragma: no cover - Python 3.10, or awaited outside any task
-            async with _timeout(timeout):
-                await client.publish(channel, payload)
-            return True
-        deadlines = clients.deadlines
-        cancelling = deadlines.enter(task, timeout)
-        try:
-            await client.publish(channel, payload)
-        except CancelledError:
-            if deadlines.timed_out(task, cancelling):
-                raise TimeoutError from None
-            raise
-        finally:
-            deadlines.leave(task)
+        clients = loop_clients()
+        await clients.deadlines.run(clients.client().publish(channel, payload), timeout)
     except Exception as exc:
         _log.warning(
             "loopsafe.publish_failed",

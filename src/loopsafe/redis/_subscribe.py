@@ -18,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._errors import LoopsafeError
 from .._log import get_logger
-from ._client import get_redis, loop_clients
+from ._client import loop_clients
 
 __all__ = ("Message", "SubscriptionLostError", "subscribe")
 
@@ -83,8 +83,8 @@ async def subscribe(
     not a string) on the first iteration, and `NoRunningLoopError` outside a loop. Since 0.1.0.
     """
     _check_arguments(channels, reconnect_timeout)
-    client = get_redis()
     holder = loop_clients()
+    client = holder.client()
     loop = asyncio.get_running_loop()
     names = ", ".join(channels)
     lost_since: float | None = None
@@ -108,7 +108,7 @@ async def subscribe(
                     )
                     lost_since, delay = None, _FIRST_RETRY_DELAY
                 while True:
-                    raw = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                    raw = await pubsub.get_message(timeout=None)
                     if raw is not None and raw.get("type") in ("message", "pmessage"):
                         yield _to_message(raw)
             except _LOST as exc:
