@@ -161,6 +161,15 @@ def positive_seconds(value: object) -> bool:
     )
 
 
+def _warn_cleanup_timeout(record: _ThreadLoop) -> None:
+    _log.warning(
+        "loopsafe.run_async_cleanup_timeout",
+        loop=record.description,
+        seconds=DEFAULT_CLEANUP_TIMEOUT,
+        hint="the coroutine ignored cancellation; it stays scheduled on the loop",
+    )
+
+
 def _describe(coro: Coroutine[Any, Any, Any]) -> str:
     name = getattr(coro, "__qualname__", None) or type(coro).__name__
     return f"coroutine {name}()"
@@ -286,12 +295,7 @@ def _run_here(
         raise
     except BaseException as exc:
         if gave_up and not task.done():
-            _log.warning(
-                "loopsafe.run_async_cleanup_timeout",
-                loop=record.description,
-                seconds=DEFAULT_CLEANUP_TIMEOUT,
-                hint="the coroutine ignored cancellation; it stays scheduled on the loop",
-            )
+            _warn_cleanup_timeout(record)
             raise make_error(_describe(coro), timeout) from None
         if task.done() and record.interrupt is None:
             raise
@@ -319,12 +323,7 @@ def _interrupted(record: _ThreadLoop, task: asyncio.Task[Any], exc: BaseExceptio
             )
             raise
         if not task.done():
-            _log.warning(
-                "loopsafe.run_async_cleanup_timeout",
-                loop=record.description,
-                seconds=DEFAULT_CLEANUP_TIMEOUT,
-                hint="the coroutine ignored cancellation; it stays scheduled on the loop",
-            )
+            _warn_cleanup_timeout(record)
         elif not task.cancelled() and task.exception() is not None:
             # Mark it retrieved: what the caller needs to see is the interrupting exception.
             _log.debug(
@@ -687,9 +686,8 @@ def _run_on_helper(
     if not finished:
         helper.loop.call_soon_threadsafe(call.cancel)
         call.done.wait(DEFAULT_CLEANUP_TIMEOUT)
-        if call.done.is_set() and not isinstance(call.exception, asyncio.CancelledError):
-            pass  # it finished anyway (it swallowed the cancellation): report what it did
-        else:
+        # Unless it finished anyway (it swallowed the cancellation): then report what it did.
+        if not call.done.is_set() or isinstance(call.exception, asyncio.CancelledError):
             assert timeout is not None
             raise make_error(_describe(coro), timeout)
     exception = call.exception
