@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import greenlet_spawn
 
+from .. import _validate
 from .._errors import LoopsafeError
 from .._log import get_logger, redact_dsn
 from .._registry import LoopLocal
@@ -113,13 +114,13 @@ class Database:
             raise ValueError(f"pooler must be 'transaction', 'session' or None, got {pooler!r}")
         if poolclass not in ("queue", "null"):
             raise ValueError(f"poolclass must be 'queue' or 'null', got {poolclass!r}")
-        if isinstance(connect_retries, bool) or not isinstance(connect_retries, int):
-            raise TypeError(f"connect_retries must be an int, got {connect_retries!r}")
-        if connect_retries < 0:
-            raise ValueError(f"connect_retries must be >= 0, got {connect_retries}")
+        _validate.count("connect_retries", connect_retries)
         self._engine_options = _check_engine_options(engine_options, budget, poolclass)
         self._session_options = _check_session_options(session_options)
-        self._pool_timeout = float(self._engine_options.get("pool_timeout", _DEFAULT_POOL_TIMEOUT))
+        self._pool_timeout = _validate.seconds(
+            "engine_options['pool_timeout']",
+            self._engine_options.get("pool_timeout", _DEFAULT_POOL_TIMEOUT),
+        )
         if poolclass == "null":
             # NullPool takes no timeout; the budget's quota wait still needs one.
             self._engine_options.pop("pool_timeout", None)
@@ -199,7 +200,7 @@ class Database:
             "loopsafe.db.engine_created",
             database=self.name,
             url=redact_dsn(self._url),
-            loop=context.loop_description,
+            loop=context.owner.description,
             pool=self.poolclass,
             budget=repr(self.budget) if self.budget is not None else None,
         )
@@ -211,7 +212,7 @@ class Database:
         finally:
             self._forget(bound)
         _log.debug(
-            "loopsafe.db.engine_disposed", database=self.name, loop=bound.context.loop_description
+            "loopsafe.db.engine_disposed", database=self.name, loop=bound.context.owner.description
         )
 
     def _drop(self, bound: _Bound) -> None:
@@ -225,7 +226,7 @@ class Database:
         _log.info(
             "loopsafe.db.engine_dropped",
             database=self.name,
-            loop=bound.context.loop_description,
+            loop=bound.context.owner.description,
             connections=abandoned,
             pid=os.getpid(),
         )
@@ -255,7 +256,7 @@ class Database:
         with self._live_lock:
             bounds = list(self._live)
         for bound in bounds:
-            loop = bound.context.loop_ref()
+            loop = bound.context.owner.loop_ref()
             pool = bound.engine.sync_engine.pool
             if loop is None or loop is here or loop.is_closed():
                 continue
@@ -268,7 +269,7 @@ class Database:
 
     def _shed_soon(self, bound: _Bound) -> None:
         """On `bound`'s own loop: start closing one of its idle connections."""
-        loop = bound.context.loop_ref()
+        loop = bound.context.owner.loop_ref()
         if loop is None or loop.is_closed():
             return
         task = loop.create_task(self._shed(bound))
@@ -358,8 +359,7 @@ class Database:
         commit may have happened — and is retried too, so make such writes idempotent.
         Since 0.1.0.
         """
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+        _validate.count("retries", retries)
         attempt = 0
         while True:
             try:
@@ -474,9 +474,6 @@ def _check_engine_options(
         raise TypeError(
             f"engine_options['connect_args'] must be a mapping, got {type(connect_args).__name__}"
         )
-    timeout = checked.get("pool_timeout", _DEFAULT_POOL_TIMEOUT)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ValueError(f"engine_options['pool_timeout'] must be > 0 seconds, got {timeout!r}")
     return checked
 
 

@@ -7,7 +7,6 @@ import os
 import select
 import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
@@ -18,11 +17,11 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, Pool
 from sqlalchemy.pool.base import ConnectionPoolEntry, _ConnectionRecord, _CreatorWRecFnType
 from sqlalchemy.util import queue as sqla_queue
 
-from .._errors import PoolExhaustedError, WrongLoopError
-from .._registry import describe_loop
+from .._errors import BoundExceededError, PoolExhaustedError
+from .._owner import LoopOwner
 from ._abandon import abandon_connection
 from ._budget import PoolBudget
-from ._quota import ConnectionQuota, QuotaTimeout
+from ._quota import ConnectionQuota
 
 # SQLAlchemy 2.1 renamed await_only (deprecated from 2.2) to await_; 2.0 has only the old name.
 _await: Callable[[Awaitable[Any]], Any] = getattr(_sa_util, "await_", None) or _sa_util.await_only
@@ -49,8 +48,16 @@ class PoolContext:
         pool_timeout: float,
     ) -> None:
         self.database = database
-        self.loop_ref = weakref.ref(loop)
-        self.loop_description = describe_loop(loop)
+        self.owner = LoopOwner(
+            loop,
+            what=f"The engine of loopsafe Database {database!r}",
+            fix=(
+                "An engine, session or session maker belongs to the loop it was obtained on; do "
+                "not keep one in a global or pass it to another loop or thread. Call "
+                "`db.session()` / `db.get_engine()` (or loopsafe.db.session()) inside the "
+                "coroutine that uses it, so each loop gets its own."
+            ),
+        )
         self.budget = budget
         self.quota = quota
         self.pool_timeout = pool_timeout
@@ -82,25 +89,6 @@ class PoolContext:
                 self.quota.release()
         return len(connections)
 
-    def check_loop(self) -> None:
-        """Raise `WrongLoopError` unless this pool is used on the loop that created it."""
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # synchronous use; SQLAlchemy raises its own MissingGreenlet error
-        owner = self.loop_ref()
-        if running is owner:
-            return
-        state = "which has ended" if owner is None or owner.is_closed() else "still running"
-        raise WrongLoopError(
-            f"The engine of loopsafe Database {self.database!r} was created on "
-            f"{self.loop_description} ({state}) but is being used on {describe_loop(running)}. "
-            "An engine, session or session maker belongs to the loop it was obtained on; do not "
-            "keep one in a global or pass it to another loop or thread. Call "
-            "`db.session()` / `db.get_engine()` (or loopsafe.db.session()) inside the coroutine "
-            "that uses it, so each loop gets its own."
-        )
-
     def exhausted(self, cause: str) -> PoolExhaustedError:
         """The error for a checkout that waited `pool_timeout` in vain, naming the budget."""
         if self.budget is not None:
@@ -114,7 +102,7 @@ class PoolContext:
             share = "the pool has no PoolBudget; its own pool_size + max_overflow is the limit"
         return PoolExhaustedError(
             f"No connection became free within pool_timeout={self.pool_timeout:g} s for loopsafe "
-            f"Database {self.database!r} on {self.loop_description} ({cause}): {share}. "
+            f"Database {self.database!r} on {self.owner.description} ({cause}): {share}. "
             "Waiting beat exceeding the budget. Hold sessions for shorter times, bound the "
             "concurrency that opens them, raise pool_timeout, or raise max_connections / lower "
             "processes if the server allows it."
@@ -181,7 +169,7 @@ def _wrap_creator(pool: Pool, create: _CreatorWRecFnType) -> _CreatorWRecFnType:
         if quota is not None:
             try:
                 _await(quota.acquire(context.pool_timeout))
-            except QuotaTimeout:
+            except BoundExceededError:
                 raise context.exhausted(
                     f"all {quota.limit} connections of this process are in use by its loops"
                 ) from None
@@ -233,7 +221,7 @@ class LoopBoundQueuePool(_LoopBound, AsyncAdaptedQueuePool):
             return super()._do_get()
         # Before touching the queue: a wait on another loop's asyncio primitives would raise
         # "attached to a different loop" or hang.
-        context.check_loop()
+        context.owner.check()
         try:
             record = super()._do_get()
         except exc.TimeoutError:
@@ -310,7 +298,7 @@ class LoopBoundNullPool(_LoopBound, NullPool):
     def _do_get(self) -> ConnectionPoolEntry:
         context = self.loopsafe
         if context is not None:
-            context.check_loop()
+            context.owner.check()
         record = super()._do_get()
         if context is not None:
             context.checked_out += 1
