@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -397,3 +399,21 @@ def test_public_names_are_exported_sorted() -> None:
     public = {name for name in dir(loopsafe.db) if not name.startswith(("_", "@"))}
     assert public == set(loopsafe.db.__all__)
     assert loopsafe.db.Database.__module__ == "loopsafe.db"
+
+
+def test_a_missing_driver_fails_at_construction_naming_the_extra() -> None:
+    code = """
+import sys
+sys.modules["asyncpg"] = None  # as if the driver were not installed
+import loopsafe.db
+try:
+    loopsafe.db.Database("postgresql://user@localhost/app")
+except ImportError as exc:
+    print(exc)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "loopsafe.db Database 'default' uses the asyncpg driver, which is not installed: "
+        "pip install 'loopsafe[db]'"
+    )

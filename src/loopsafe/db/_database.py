@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import threading
 import weakref
@@ -24,7 +25,7 @@ from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import greenlet_spawn
 
 from .. import _validate
-from .._errors import LoopsafeError
+from .._errors import DatabaseNotConfiguredError
 from .._log import get_logger, redact_dsn
 from .._registry import LoopLocal
 from ._budget import PoolBudget
@@ -32,8 +33,10 @@ from ._pool import LoopBoundNullPool, LoopBoundQueuePool, PoolContext, context_o
 from ._pooler import Pooler, driver_settings, normalize_url
 from ._quota import ConnectionQuota
 from ._retry import backoff, is_retryable_transaction_error, is_transient_connection_error
+from ._sqlalchemy_compat import max_overflow
+from ._status import PoolStatus
 
-__all__ = ("Database", "DatabaseNotConfiguredError", "live_databases")
+__all__ = ("Database", "live_databases")
 
 T = TypeVar("T")
 
@@ -42,13 +45,6 @@ _log = get_logger("loopsafe.db")
 _DEFAULT_POOL_TIMEOUT = 30.0
 
 _databases: weakref.WeakSet[Database] = weakref.WeakSet()
-
-
-class DatabaseNotConfiguredError(LoopsafeError, RuntimeError):
-    """No database URL was given and ``$DATABASE_URL`` is not set.
-
-    Since 0.1.0.
-    """
 
 
 def live_databases() -> list[Database]:
@@ -132,6 +128,7 @@ class Database:
             application_name="",
             connect_args=self._engine_options.get("connect_args", {}),
         )
+        _require_driver(self._url, name)
         self.name = name
         self.budget = budget
         self.pooler = pooler
@@ -380,7 +377,7 @@ class Database:
                 )
                 await asyncio.sleep(delay)
 
-    def pool_status(self) -> dict[str, int]:
+    def pool_status(self) -> PoolStatus:
         """Pool figures summed over this process's loops, for health endpoints.
 
         Keys: ``loops`` (live engines), ``pool_size``, ``max_overflow``, ``checked_out``,
@@ -390,8 +387,14 @@ class Database:
         """
         with self._live_lock:
             bounds = list(self._live)
-        status = dict.fromkeys(
-            ("loops", "pool_size", "max_overflow", "checked_out", "checked_in", "overflow"), 0
+        status = PoolStatus(
+            loops=0,
+            pool_size=0,
+            max_overflow=0,
+            checked_out=0,
+            checked_in=0,
+            overflow=0,
+            capacity=0,
         )
         capacity = 0
         for bound in bounds:
@@ -399,13 +402,13 @@ class Database:
             status["loops"] += 1
             if isinstance(pool, QueuePool):
                 size = pool.size()
-                max_overflow = max(0, pool._max_overflow)
+                overflow_limit = max(0, max_overflow(pool))
                 status["pool_size"] += size
-                status["max_overflow"] += max_overflow
+                status["max_overflow"] += overflow_limit
                 status["checked_in"] += pool.checkedin()
                 status["checked_out"] += pool.checkedout()
                 status["overflow"] += max(0, pool.overflow())
-                capacity += size + max_overflow
+                capacity += size + overflow_limit
             else:
                 context = context_of(pool)
                 status["checked_out"] += context.checked_out if context is not None else 0
@@ -442,6 +445,20 @@ def _roll_back_and_close(session: Session, database: str) -> None:
 def _brief(error: BaseException) -> str:
     text = str(error).splitlines()[0] if str(error) else ""
     return redact_dsn(f"{type(error).__name__}: {text}")
+
+
+def _require_driver(url: URL, database: str) -> None:
+    """Fail now, naming what to install, if the URL's driver is missing (not at the first connect)."""
+    driver = url.get_driver_name()
+    module = "psycopg" if driver.startswith("psycopg") else driver
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        fix = "pip install 'loopsafe[db]'" if driver == "asyncpg" else f"pip install {module}"
+        raise ImportError(
+            f"loopsafe.db Database {database!r} uses the {driver} driver, which is not "
+            f"installed: {fix}"
+        ) from exc
 
 
 def _check_engine_options(

@@ -7,24 +7,27 @@ import os
 import select
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
-import sqlalchemy.util as _sa_util
 from sqlalchemy import exc
-from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, Pool
-from sqlalchemy.pool.base import ConnectionPoolEntry, _ConnectionRecord, _CreatorWRecFnType
-from sqlalchemy.util import queue as sqla_queue
+from sqlalchemy.pool.base import ConnectionPoolEntry
 
 from .._errors import BoundExceededError, PoolExhaustedError
 from .._owner import LoopOwner
 from ._abandon import abandon_connection
+from ._asyncpg_compat import transport_of
 from ._budget import PoolBudget
 from ._quota import ConnectionQuota
-
-# SQLAlchemy 2.1 renamed await_only (deprecated from 2.2) to await_; 2.0 has only the old name.
-_await: Callable[[Awaitable[Any]], Any] = getattr(_sa_util, "await_", None) or _sa_util.await_only
+from ._sqlalchemy_compat import (
+    CreatorFn,
+    await_in_greenlet,
+    checkin_failed,
+    dialect_of,
+    max_overflow,
+    take_idle_records,
+)
 
 __all__ = ("LoopBoundNullPool", "LoopBoundQueuePool", "PoolContext", "context_of")
 
@@ -116,7 +119,7 @@ def context_of(pool: Pool) -> PoolContext | None:
 
 
 def _driver_closed(driver: Any) -> bool:
-    transport = getattr(driver, "_transport", None)
+    transport = transport_of(driver)
     if transport is not None and transport.is_closing():
         # uvloop may have read the server's goodbye and EOF but not yet told asyncpg (its
         # connection_lost is still queued): the protocol is already unusable.
@@ -128,7 +131,7 @@ def _driver_closed(driver: Any) -> bool:
 
 
 def _socket_fd(driver: Any) -> int | None:
-    transport = getattr(driver, "_transport", None)  # asyncpg
+    transport = transport_of(driver)  # asyncpg
     if transport is not None:
         sock = transport.get_extra_info("socket")
         return int(sock.fileno()) if sock is not None else None
@@ -160,7 +163,7 @@ def _has_pending_input(driver: Any) -> bool:
     return bool(readable)
 
 
-def _wrap_creator(pool: Pool, create: _CreatorWRecFnType) -> _CreatorWRecFnType:
+def _wrap_creator(pool: Pool, create: CreatorFn) -> CreatorFn:
     def create_within_budget(rec: ConnectionPoolEntry) -> DBAPIConnection:
         context = context_of(pool)
         if context is None:
@@ -168,7 +171,7 @@ def _wrap_creator(pool: Pool, create: _CreatorWRecFnType) -> _CreatorWRecFnType:
         quota = context.quota
         if quota is not None:
             try:
-                _await(quota.acquire(context.pool_timeout))
+                await_in_greenlet(quota.acquire(context.pool_timeout))
             except BoundExceededError:
                 raise context.exhausted(
                     f"all {quota.limit} connections of this process are in use by its loops"
@@ -226,13 +229,13 @@ class LoopBoundQueuePool(_LoopBound, AsyncAdaptedQueuePool):
             record = super()._do_get()
         except exc.TimeoutError:
             raise context.exhausted(
-                f"all {self.size()} + {self._max_overflow} connections of this loop's pool are "
+                f"all {self.size()} + {max_overflow(self)} connections of this loop's pool are "
                 "checked out"
             ) from None
         try:
             self._invalidate_if_dead(record)
         except BaseException as error:  # a cancelled ping: nothing else would return the record
-            cast(_ConnectionRecord, record)._checkin_failed(error, _fairy_was_created=False)
+            checkin_failed(record, error)
             raise
         return record
 
@@ -264,7 +267,7 @@ class LoopBoundQueuePool(_LoopBound, AsyncAdaptedQueuePool):
         idle = time.monotonic() - checked_in_at
         if idle > PING_AFTER_IDLE or _has_pending_input(driver):
             try:
-                cast(Dialect, self._dialect).do_ping(connection)
+                dialect_of(self).do_ping(connection)
             except Exception as error:
                 record.invalidate(error)
 
@@ -276,19 +279,13 @@ class LoopBoundQueuePool(_LoopBound, AsyncAdaptedQueuePool):
         again) only when it is used. Returns False if no idle record holds a connection.
         Must run in a greenlet on this pool's loop (the close may await the driver).
         """
-        idle: list[ConnectionPoolEntry] = []
-        try:
-            while True:
-                idle.append(self._pool.get(False))
-        except sqla_queue.Empty:
-            pass
+        idle, put_back = take_idle_records(self)
         victim = next((record for record in idle if record.dbapi_connection is not None), None)
         try:
             if victim is not None:
                 victim.close()
         finally:
-            for record in idle:
-                self._pool.put(record, False)
+            put_back()
         return victim is not None
 
 
