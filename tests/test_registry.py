@@ -10,12 +10,12 @@ import sys
 import threading
 import types
 import weakref
-from typing import Any
 
 import pytest
 
 import loopsafe
 from loopsafe import LoopLocal, LoopsafeError, NoRunningLoopError, loop_local
+from loopsafe._registry import RegistryStats
 
 from .conftest import LoopFactory
 
@@ -345,7 +345,7 @@ def test_stats_has_one_row_per_registry_with_counters() -> None:
     assert repr(local) == "<LoopLocal 'stats-probe' live=0>"
 
 
-def _row(name: str) -> dict[str, Any]:
+def _row(name: str) -> RegistryStats:
     rows = [row for row in loopsafe.stats() if row["name"] == name]
     assert len(rows) == 1
     return rows[0]

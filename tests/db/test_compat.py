@@ -7,6 +7,7 @@ _asyncpg_compat.py then, and the versions they name.
 from __future__ import annotations
 
 import inspect
+from typing import NoReturn
 
 import asyncpg
 import sqlalchemy
@@ -24,7 +25,7 @@ from loopsafe.db._sqlalchemy_compat import (
 SA = f"SQLAlchemy {sqlalchemy.__version__}"
 
 
-def _creator() -> None:
+def _creator() -> NoReturn:
     raise AssertionError("never connects")
 
 
