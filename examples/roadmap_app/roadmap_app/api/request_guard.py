@@ -86,9 +86,7 @@ def _json_problem(body: bytes) -> tuple[Loc, str] | None:
     except UnicodeDecodeError as exc:
         return (), f"the body is not valid UTF-8 (byte {exc.start}); JSON must be UTF-8"
     try:
-        document = json.loads(
-            text, parse_constant=_constant, parse_float=_float, parse_int=_int
-        )
+        document = json.loads(text, parse_constant=_constant, parse_float=_float, parse_int=_int)
     except json.JSONDecodeError as exc:
         return (), f"JSON decode error: {exc.msg} (line {exc.lineno}, column {exc.colno})"
     except RecursionError:

@@ -58,7 +58,10 @@ def test_every_status_code_a_route_answers_is_documented_with_its_body(
 
 @pytest.mark.parametrize(
     ("operation_id", "status", "id_expression"),
-    [("create_roadmap", "202", "$response.body#/task_id"), ("get_roadmap", "200", "$response.body#/id")],
+    [
+        ("create_roadmap", "202", "$response.body#/task_id"),
+        ("get_roadmap", "200", "$response.body#/id"),
+    ],
 )
 def test_responses_carrying_a_roadmap_id_link_to_the_operations_that_take_it(
     openapi: dict[str, Any], operation_id: str, status: str, id_expression: str

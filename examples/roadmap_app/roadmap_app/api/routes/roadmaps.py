@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import loopsafe.db
 from roadmap_app import repositories
 from roadmap_app.api.deps import CeleryDep, EventsDep, SessionDep, SettingsDep, enqueue
-from roadmap_app.api.tutorial_html import tutorial_html
 from roadmap_app.api.schemas import (
     ConceptOut,
     ContentOut,
@@ -31,6 +30,7 @@ from roadmap_app.api.schemas import (
     RoadmapSummary,
     StageOut,
 )
+from roadmap_app.api.tutorial_html import tutorial_html
 from roadmap_app.events import EventPublisher, EventStream
 from roadmap_app.models import TERMINAL_STATUSES, Roadmap, RoadmapStatus, Stage
 
