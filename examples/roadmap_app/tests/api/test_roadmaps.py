@@ -12,6 +12,7 @@ from roadmap_testkit import query
 
 import loopsafe.db
 from roadmap_app import repositories
+from roadmap_app.api.security_headers import CONTENT_SECURITY_POLICY
 from roadmap_app.config import Settings
 from roadmap_app.main import create_app
 from roadmap_app.models import RoadmapStatus
@@ -224,9 +225,18 @@ async def test_list_limit_is_validated(client: httpx.AsyncClient) -> None:
     assert (await client.get("/api/v1/roadmaps", params={"limit": 2})).status_code == 200
 
 
-async def test_web_page_and_static_files_are_served(client: httpx.AsyncClient) -> None:
+async def test_web_page_and_static_files_are_served_under_a_strict_policy(
+    client: httpx.AsyncClient,
+) -> None:
     page = await client.get("/")
     assert page.status_code == 200
     assert "<title>Roadmap generator" in page.text
-    for asset in ("/static/app.js", "/static/app.css"):
-        assert (await client.get(asset)).status_code == 200
+    # Nothing inline: the script and styles come from files the policy allows.
+    assert "<script>" not in page.text
+    assert "style=" not in page.text
+    for response in [page] + [await client.get(f"/static/app.{ext}") for ext in ("js", "css")]:
+        assert response.status_code == 200
+        assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+        assert response.headers["x-content-type-options"] == "nosniff"
+    assert "script-src 'self';" in CONTENT_SECURITY_POLICY
+    assert "unsafe-inline" not in CONTENT_SECURITY_POLICY
