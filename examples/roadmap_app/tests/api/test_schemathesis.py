@@ -40,6 +40,7 @@ def test_the_api_keeps_its_openapi_contract_under_schemathesis(
                 "--no-color",
                 f"{api.base_url}/openapi.json",
             ],
+            cwd=tmp_path,  # where schemathesis keeps its cache of found failures
             capture_output=True,
             text=True,
             timeout=150,

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import loopsafe.db
 from roadmap_app import repositories
 from roadmap_app.api.deps import CeleryDep, EventsDep, SessionDep, SettingsDep, enqueue
+from roadmap_app.api.request_guard import MAX_BODY_BYTES
 from roadmap_app.api.schemas import (
     ConceptOut,
     ContentOut,
@@ -54,7 +55,7 @@ def _errors(*codes: int, stream: bool = False) -> dict[int | str, dict[str, Any]
     meaning = {
         404: "No roadmap has this id.",
         409: "The roadmap is in a state where this is not possible; `detail` says which.",
-        413: "The request body is larger than 64 KiB.",
+        413: f"The request body is larger than {MAX_BODY_BYTES // 1024} KiB.",
         415: "The request body is not JSON.",
         503: "The job queue (broker) is unreachable; the roadmap is marked failed, resume it later.",
     }
