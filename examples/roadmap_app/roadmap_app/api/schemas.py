@@ -71,6 +71,15 @@ def _whole_number(value: object) -> object:
 
 
 class RoadmapCreate(_Input):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"goal": "Learn Python for data analysis", "level": "beginner", "weekly_hours": 6},
+                {"goal": "Learn Rust", "level": "advanced", "weekly_hours": 10, "review": True},
+            ]
+        }
+    )
+
     goal: Annotated[str, StringConstraints(max_length=200)] = Field(
         description="What you want to learn, e.g. 'Learn Python for data analysis'; at most 200 "
         "characters, at least 3 besides spaces, with a letter and no control characters.",
@@ -109,7 +118,11 @@ class ReviewIn(_Input):
                     },
                     "required": ["feedback"],
                 },
-            ]
+            ],
+            "examples": [
+                {"approve": True},
+                {"approve": False, "feedback": "Fewer theory modules, more small projects."},
+            ],
         }
     )
 

@@ -130,3 +130,14 @@ async def test_options_and_405_list_every_method_of_the_path(
     assert refused.status_code == 405
     assert refused.headers["allow"] == allow
     assert refused.json() == {"detail": "Method Not Allowed"}
+
+
+@pytest.mark.parametrize("model", [RoadmapCreate, ReviewIn])
+def test_the_schema_examples_are_valid_requests(
+    openapi: dict[str, Any], model: type[RoadmapCreate] | type[ReviewIn]
+) -> None:
+    examples = openapi["components"]["schemas"][model.__name__]["examples"]
+    assert examples
+    for example in examples:
+        assert _validator(openapi, model.__name__).is_valid(example)
+        assert _accepted(model, example)

@@ -52,6 +52,6 @@ def test_the_api_keeps_its_openapi_contract_under_schemathesis(
     report = result.stdout + result.stderr
     assert result.returncode == 0, report + "\n" + api.logs()
     assert "7 selected / 7 total" in report
-    for phase in ("Coverage", "Fuzzing", "Stateful"):
+    for phase in ("Examples", "Coverage", "Fuzzing", "Stateful"):
         assert f"✅  {phase}" in report, report
     assert re.search(r"(\d+) generated, \1 passed", report), report
