@@ -114,8 +114,7 @@ class RequestGuard:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = Headers(scope=scope)
-        if scope["type"] != "http" or not _has_body(headers):
+        if scope["type"] != "http" or not _has_body(headers := Headers(scope=scope)):
             await self.app(scope, receive, send)
             return
         content_type = headers.get("content-type")

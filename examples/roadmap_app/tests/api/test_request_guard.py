@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
+from typing import Any
 
 import httpx
 import pytest
 from roadmap_testkit import query
 
 from roadmap_app.api.request_guard import MAX_BODY_BYTES, MAX_DEPTH, MAX_NUMBER_DIGITS
+from roadmap_app.config import Settings
+from roadmap_app.main import create_app
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -138,3 +141,20 @@ async def test_a_body_over_the_limit_gets_413_and_writes_nothing(
         f"the request body is larger than {MAX_BODY_BYTES} bytes; send less"
     )
     assert _count(database_url) == before
+
+
+async def test_the_app_lifespan_runs_through_the_middleware(configured: Settings) -> None:
+    # uvicorn sends the lifespan through every middleware; one that chokes on it makes uvicorn
+    # carry on without the lifespan, and nothing closes loopsafe's resources at shutdown.
+    app = create_app(configured)
+    incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    answers: list[str] = []
+
+    async def receive() -> dict[str, str]:
+        return incoming.pop(0)
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        answers.append(message["type"])
+
+    await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+    assert answers == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
