@@ -10,7 +10,10 @@ from fastapi.staticfiles import StaticFiles
 
 import loopsafe
 import loopsafe.db
+from roadmap_app.api.allowed_methods import answer_allowed_methods
+from roadmap_app.api.request_guard import RequestGuard
 from roadmap_app.api.routes import health, roadmaps, web
+from roadmap_app.api.security_headers import SecurityHeaders
 from roadmap_app.config import Settings, get_settings
 from roadmap_app.events import EventPublisher
 from roadmap_app.jobs import create_celery_app
@@ -48,4 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
+    answer_allowed_methods(app)
+    app.add_middleware(RequestGuard)
+    app.add_middleware(SecurityHeaders)
     return app
