@@ -20,11 +20,17 @@ from ._default import session as session
 from ._default import session_maker as session_maker
 from ._fastapi import lifespan as lifespan
 from ._fastapi import session_dependency as session_dependency
+from ._plan import BudgetPlan as BudgetPlan
+from ._plan import Role as Role
+from ._plan import RoleBudget as RoleBudget
 
 __all__ = (
+    "BudgetPlan",
     "Database",
     "DatabaseNotConfiguredError",
     "PoolBudget",
+    "Role",
+    "RoleBudget",
     "configure",
     "get_database",
     "get_engine",
