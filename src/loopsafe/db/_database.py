@@ -29,6 +29,7 @@ from .._registry import LoopLocal
 from ._budget import PoolBudget
 from ._pool import LoopBoundNullPool, LoopBoundQueuePool, PoolContext, context_of
 from ._pooler import Pooler, driver_settings, normalize_url
+from ._pressure import PoolPressure, PressureAlerts
 from ._quota import ConnectionQuota
 from ._retry import backoff, is_retryable_transaction_error, is_transient_connection_error
 
@@ -142,6 +143,7 @@ class Database:
             else None
         )
         self._shedding: set[asyncio.Task[None]] = set()
+        self._pressure = PoolPressure(name, PressureAlerts.from_env())
         self._live: set[_Bound] = set()
         self._live_lock = threading.Lock()
         self._bound: LoopLocal[_Bound] = LoopLocal(
@@ -188,6 +190,7 @@ class Database:
         )
         pool = engine.sync_engine.pool
         assert isinstance(pool, (LoopBoundQueuePool, LoopBoundNullPool))
+        context.pressure = self._pressure
         pool.loopsafe = context
         if self._quota is not None and isinstance(pool, LoopBoundQueuePool):
             event.listen(engine.sync_engine, "checkin", self._on_checkin_under_budget)
@@ -380,13 +383,15 @@ class Database:
                 )
                 await asyncio.sleep(delay)
 
-    def pool_status(self) -> dict[str, int]:
+    def pool_status(self) -> dict[str, float]:
         """Pool figures summed over this process's loops, for health endpoints.
 
         Keys: ``loops`` (live engines), ``pool_size``, ``max_overflow``, ``checked_out``,
         ``checked_in``, ``overflow`` (connections open beyond pool_size), ``capacity`` (the most
         connections this process may open; with a budget, its per-process share; 0 means
-        unbounded, a NullPool without budget). Since 0.1.0.
+        unbounded, a NullPool without budget). Since 0.1.0. Since 0.2.0 also ``usage``
+        (``checked_out / capacity``, 0.0 when unbounded), ``waiting`` (checkouts waiting for a
+        connection now) and ``longest_wait`` (seconds the oldest of them has waited).
         """
         with self._live_lock:
             bounds = list(self._live)
@@ -412,8 +417,14 @@ class Database:
         if self.budget is not None:
             per_process = self.budget.per_process
             capacity = per_process if self.poolclass == "null" else min(capacity, per_process)
-        status["capacity"] = capacity
-        return status
+        waiting, longest_wait = self._pressure.waiting()
+        return {
+            **status,
+            "capacity": capacity,
+            "usage": round(status["checked_out"] / capacity, 4) if capacity else 0.0,
+            "waiting": waiting,
+            "longest_wait": round(longest_wait, 4),
+        }
 
     async def aclose(self) -> None:
         """Dispose of this loop's engine (closing its pooled connections); the next use makes a

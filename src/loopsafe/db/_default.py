@@ -84,7 +84,7 @@ async def run_in_transaction(fn: Callable[[AsyncSession], Awaitable[T]], *, retr
     return await get_database().run_in_transaction(fn, retries=retries)
 
 
-def pool_status() -> dict[str, int]:
+def pool_status() -> dict[str, float]:
     """`Database.pool_status` of the default database. Since 0.1.0."""
     return get_database().pool_status()
 
