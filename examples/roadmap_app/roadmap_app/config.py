@@ -111,6 +111,9 @@ class Settings:
     database_max_overflow: int = 0
     budget_plan: BudgetPlan | None = None
     role: str | None = None
+    # CELERY_WORKER_LOOP=process: every task's coroutine on one loop per worker process (needs
+    # loopsafe.celery.install(app, loop=...)); "thread" is loopsafe's default.
+    celery_worker_loop: Literal["thread", "process"] = "thread"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -140,6 +143,11 @@ class Settings:
                 f"CONTENT_WRITE_MODE must be 'batched' or 'per-concept', got {write_mode!r}"
             )
         pool_size = int(_number(env, "DATABASE_POOL_SIZE", 0, int, low=1, high=1000)) or None
+        worker_loop = _text(env, "CELERY_WORKER_LOOP", "thread")
+        if worker_loop not in ("thread", "process"):
+            raise SettingsError(
+                f"CELERY_WORKER_LOOP must be 'thread' or 'process', got {worker_loop!r}"
+            )
         plan, role = _budget_plan(env)
         numbers: dict[str, Any] = {
             field: _number(env, variable, getattr(cls, field), parse, low=low, high=high)
@@ -159,6 +167,7 @@ class Settings:
             ),
             content_write_mode="per-concept" if write_mode == "per-concept" else "batched",
             database_pool_size=pool_size,
+            celery_worker_loop="process" if worker_loop == "process" else "thread",
             budget_plan=plan,
             role=role,
             **numbers,

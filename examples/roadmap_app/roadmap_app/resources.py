@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sqlalchemy.engine import make_url
+
 import loopsafe.db
 import loopsafe.redis
 from loopsafe.db import Database, PoolBudget
@@ -33,8 +35,12 @@ def configure_resources(settings: Settings) -> Database:
     if settings.database_pool_size is not None:
         options["pool_size"] = settings.database_pool_size
         options["max_overflow"] = settings.database_max_overflow
+    url = make_url(settings.database_url)
+    if settings.role is not None and "application_name" not in url.query:
+        # pg_stat_activity and PgBouncer's SHOW CLIENTS then tell the API from each worker queue.
+        url = url.update_query_dict({"application_name": f"roadmap:{settings.role}"})
     database = loopsafe.db.configure(
-        settings.database_url,
+        url,
         budget=budget_for(settings),
         pooler=settings.database_pooler,
         engine_options=options,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -11,6 +13,7 @@ import httpx
 import pytest
 from roadmap_testkit import delete_keys, make_env, wait_for_status
 
+import loopsafe.celery
 from loopsafe.db import BudgetPlan
 from roadmap_app.config import Settings, SettingsError
 from roadmap_app.layout import Layout, process_env
@@ -103,3 +106,26 @@ def test_serve_runs_the_whole_layout_with_role_budgets_and_stops_cleanly(
     finally:
         assert serve.stop(timeout=30) == 0, serve.tail()
         delete_keys(redis_url, prefix)
+
+
+def test_shared_loop_workers_say_clearly_when_loopsafe_cannot_run_them(
+    database_url: str, redis_url: str
+) -> None:
+    env = make_env(database_url, redis_url, "rmloop:", CELERY_WORKER_LOOP="process")
+    result = subprocess.run(
+        [sys.executable, "-c", "import roadmap_app.worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if "loop" in inspect.signature(loopsafe.celery.install).parameters:
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode == 1
+        assert "CELERY_WORKER_LOOP=process needs loopsafe.celery.install" in result.stderr
+
+
+def test_worker_loop_setting_is_validated() -> None:
+    with pytest.raises(SettingsError, match="CELERY_WORKER_LOOP must be 'thread' or 'process'"):
+        Settings.from_env({"CELERY_WORKER_LOOP": "fiber"})
