@@ -270,7 +270,9 @@ class Sampler(threading.Thread):
             sv_total=total("sv_active") + total("sv_idle") + total("sv_used"),
             cl_active=total("cl_active"),
             cl_waiting=total("cl_waiting"),
-            maxwait_s=max((int(p["maxwait"]) + int(p["maxwait_us"]) / 1e6 for p in pools), default=0.0),
+            maxwait_s=max(
+                (int(p["maxwait"]) + int(p["maxwait_us"]) / 1e6 for p in pools), default=0.0
+            ),
             web_wait_s=web_wait,
             backends=int(backends[0]) if backends else 0,
             rss_mb=rss / 2**20,
@@ -299,9 +301,12 @@ async def open_loop(
                     response = await client.get("/health")
                 else:
                     response = await client.post(
-                        "/api/v1/roadmaps", json={"goal": "Learn Go for web services", "review": True}
+                        "/api/v1/roadmaps",
+                        json={"goal": "Learn Go for web services", "review": True},
                     )
-                ok = response.status_code < 400 and (kind != "health" or response.json()["status"] == "ok")
+                ok = response.status_code < 400 and (
+                    kind != "health" or response.json()["status"] == "ok"
+                )
                 outcome = "ok" if ok else f"error {response.status_code}"
             except httpx.TimeoutException:
                 outcome = "timeout"
@@ -433,7 +438,9 @@ async def _measure(
                     break
                 await asyncio.sleep(0.2)
             else:
-                raise RuntimeError(f"{name}: roadmap {roadmap_id} never reached review:\n{serve.tail()}")
+                raise RuntimeError(
+                    f"{name}: roadmap {roadmap_id} never reached review:\n{serve.tail()}"
+                )
         t0 = time.monotonic()
         sampler.t0 = t0
         stop = asyncio.Event()
@@ -443,7 +450,9 @@ async def _measure(
         gen_start = time.monotonic() - t0
         # Approving the reviews starts content generation for all K roadmaps at once.
         for roadmap_id in ids:
-            approve = await client.post(f"/api/v1/roadmaps/{roadmap_id}/review", json={"approve": True})
+            approve = await client.post(
+                f"/api/v1/roadmaps/{roadmap_id}/review", json={"approve": True}
+            )
             approve.raise_for_status()
         concepts, completed = await _wait_generated(database_url, ids, args.max_generation)
         gen_end = time.monotonic() - t0
@@ -596,8 +605,17 @@ def chart(runs: list[Run], path: Path) -> None:
             ax.axvspan(run.gen_start, run.gen_end, color="#f3d9a4", alpha=0.6, label="generation")
         ok = [r for r in run.requests if r.outcome == "ok"]
         bad = [r for r in run.requests if r.outcome != "ok"]
-        latency_ax.scatter([r.start for r in ok], [r.latency * 1000 for r in ok], s=3, color="#3b6ea5", label="ok")
-        latency_ax.scatter([r.start for r in bad], [r.latency * 1000 for r in bad], s=8, color="#c0392b", marker="x", label="error / timeout")
+        latency_ax.scatter(
+            [r.start for r in ok], [r.latency * 1000 for r in ok], s=3, color="#3b6ea5", label="ok"
+        )
+        latency_ax.scatter(
+            [r.start for r in bad],
+            [r.latency * 1000 for r in bad],
+            s=8,
+            color="#c0392b",
+            marker="x",
+            label="error / timeout",
+        )
         latency_ax.set_yscale("log")
         latency_ax.set_ylabel("API latency (ms)")
         latency_ax.set_title(f"{run.profile}: API latency over time")
@@ -605,7 +623,9 @@ def chart(runs: list[Run], path: Path) -> None:
         t = [s.t for s in run.samples]
         pool_ax.plot(t, [s.sv_active for s in run.samples], label="sv_active", color="#3b6ea5")
         pool_ax.plot(t, [s.cl_waiting for s in run.samples], label="cl_waiting", color="#c0392b")
-        pool_ax.plot(t, [s.cl_active for s in run.samples], label="cl_active", color="#7f8c8d", lw=0.8)
+        pool_ax.plot(
+            t, [s.cl_active for s in run.samples], label="cl_active", color="#7f8c8d", lw=0.8
+        )
         pool_ax.set_title(f"{run.profile}: PgBouncer pool")
         pool_ax.set_ylabel("connections")
         pool_ax.legend(loc="upper left", fontsize=7)
@@ -616,7 +636,9 @@ def chart(runs: list[Run], path: Path) -> None:
     plt.close(fig)
 
 
-def report(runs: list[Run], args: argparse.Namespace, unavailable: dict[str, str], name: str) -> None:
+def report(
+    runs: list[Run], args: argparse.Namespace, unavailable: dict[str, str], name: str
+) -> None:
     rows = [_row(run) for run in runs]
     rows += [[profile, why, *[""] * (len(COLUMNS) - 2)] for profile, why in unavailable.items()]
     others = _other_load()
@@ -701,7 +723,9 @@ def _other_load() -> str:
         if process.pid in mine:
             continue
         with contextlib.suppress(psutil.Error):
-            busy[process.info["name"]] = busy.get(process.info["name"], 0) + process.cpu_percent(0.1)
+            busy[process.info["name"]] = busy.get(process.info["name"], 0) + process.cpu_percent(
+                0.1
+            )
     top = sorted(((cpu, name) for name, cpu in busy.items() if cpu > 5), reverse=True)[:6]
     return ", ".join(f"{name} {cpu:.0f} % CPU" for cpu, name in top) or "nothing notable"
 
@@ -716,7 +740,9 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=20.0, help="idle window, seconds")
     parser.add_argument("--tail", type=float, default=3.0, help="seconds measured after generation")
     parser.add_argument("--latency-ms", type=int, default=1000, help="offline LLM latency per call")
-    parser.add_argument("--server-pool", type=int, default=SERVER_POOL, help="PgBouncer default_pool_size")
+    parser.add_argument(
+        "--server-pool", type=int, default=SERVER_POOL, help="PgBouncer default_pool_size"
+    )
     parser.add_argument(
         "--starvation-pool", type=int, default=20,
         help="also run seed-before and loopsafe with this few server connections (0: don't)",
@@ -761,13 +787,21 @@ def main() -> None:
             try:
                 runs.append(
                     run_profile(
-                        label, overrides, server_pool, args, database_url, redis_url, goals,
+                        label,
+                        overrides,
+                        server_pool,
+                        args,
+                        database_url,
+                        redis_url,
+                        goals,
                         Path(logs),
-                    )  # fmt: skip
+                    )
                 )
             except Exception:
                 log = Path(logs) / f"{label}.log"
-                print(log.read_text(errors="replace")[-4000:] if log.exists() else "", file=sys.stderr)
+                print(
+                    log.read_text(errors="replace")[-4000:] if log.exists() else "", file=sys.stderr
+                )
                 raise
     report(runs, args, unavailable, args.name)
 
