@@ -35,6 +35,7 @@ import json
 import math
 import os
 import random
+import statistics
 import sys
 import tempfile
 import threading
@@ -106,6 +107,13 @@ PROFILES: dict[str, dict[str, str]] = {
         "CONTENT_WRITE_MODE": "batched",
         "CONTENT_BATCH_SIZE": "8",
     },
+}
+# With too few server connections for the seed's 18 processes to get one each, the plan refuses
+# that layout (`python -m loopsafe budget` says what would fit); loopsafe runs a smaller one.
+SMALL_LAYOUT = {
+    "WEB_CONCURRENCY": "2",
+    "CELERY_WORKFLOW_CONCURRENCY": "2",
+    "CELERY_LOGS_CONCURRENCY": "2",
 }
 SHARED_LOOP = "loopsafe-shared-loop"
 # Request mix of the open-loop client: (weight, name). The write creates a roadmap that stops at
@@ -403,6 +411,16 @@ def run_profile(
             serve.stop(timeout=30)
 
 
+def _fits(overrides: dict[str, str], server_pool: int) -> bool:
+    """Whether `serve` can plan this profile's layout within `server_pool` connections."""
+    env = {**overrides, "DATABASE_MAX_CONNECTIONS": str(server_pool)}
+    try:
+        Layout.from_env(env).plan(Settings.from_env(env))
+    except ValueError:
+        return False
+    return True
+
+
 def _budget_text(env: dict[str, str]) -> str:
     settings = Settings.from_env(env)
     layout = Layout.from_env(env)
@@ -461,7 +479,6 @@ async def _measure(
         requests = await load
     sampler.stop_event.set()
     sampler.join()
-    ideal = args.latency_ms / 1000 * 3 * math.ceil(concepts / len(ids) / LLM_CONCURRENCY)
     return Run(
         profile=name,
         requests=requests,
@@ -469,12 +486,37 @@ async def _measure(
         gen_start=gen_start,
         gen_end=gen_end,
         concepts=concepts,
-        ideal_s=ideal,
+        ideal_s=args.ideal_s,
         budget=budget,
         pool_waits=await asyncio.to_thread(_api_pool_waits, base_url),
         roadmaps=len(ids),
         completed=completed,
     )
+
+
+async def llm_bound_seconds(roadmaps: int, concepts: int, latency_ms: int) -> float:
+    """The LLM-bound ideal, measured: the same calls (3 per concept, latency ± 30 % as the offline
+    provider draws it, LLM_CONCURRENCY concepts in flight per roadmap, every roadmap at once) with
+    nothing else — no database, broker or process — in this process. Mean of 5 draws."""
+    jitter = latency_ms * 0.3
+
+    async def roadmap(rng: random.Random) -> None:
+        todo = iter(range(concepts))
+
+        async def producer() -> None:
+            for _ in todo:
+                for _ in range(3):
+                    await asyncio.sleep((latency_ms + rng.uniform(-jitter, jitter)) / 1000)
+
+        await asyncio.gather(*(producer() for _ in range(LLM_CONCURRENCY)))
+
+    async def one(seed: int) -> float:
+        rng = random.Random(seed)
+        start = time.monotonic()
+        await asyncio.gather(*(roadmap(rng) for _ in range(roadmaps)))
+        return time.monotonic() - start
+
+    return statistics.mean(await asyncio.gather(*(one(seed) for seed in range(5))))
 
 
 async def _wait_generated(database_url: str, ids: list[str], limit: float) -> tuple[int, int]:
@@ -653,14 +695,18 @@ def report(
         f"{WARMUP_S:g} s of load are not measured.",
         "",
         "Latencies are of answered requests; errors are HTTP ≥ 400 (a 503 from an exhausted pool "
-        "counts) or /health not ok. The LLM-bound ideal is 3 calls × latency × ⌈concepts per "
-        f"roadmap / {LLM_CONCURRENCY}⌉ with all roadmaps in parallel. Server connections are "
+        f"counts) or /health not ok. The LLM-bound ideal ({args.ideal_s:.1f} s) is measured in the "
+        "same run: the same LLM calls with the same latency draws and concurrency, all roadmaps at "
+        "once, and nothing else (no database, broker or processes). Server connections are "
         "PgBouncer's (sv_active in use; open = active + idle + used); client connections are the "
         "app's connections to PgBouncer (cl_active + cl_waiting); maxwait is PgBouncer's longest "
         "client wait, overall and for API connections (SHOW CLIENTS, application_name "
         "roadmap:web). API pool waits come from each API worker's /metrics.",
         "",
-        "Budgets: " + "; ".join(f"{run.profile}: {run.budget}" for run in runs) + ".",
+        "Budgets: " + "; ".join(f"{run.profile}: {run.budget}" for run in runs) + ". Where the "
+        "seed's 18 processes cannot each get a connection from the plan (fewer than 20 server "
+        "connections: `python -m loopsafe budget` refuses it and says what fits), loopsafe runs "
+        "2 API workers and workflow / logs -c 2 instead.",
         "",
         f"Machine: {os.cpu_count()} cores, shared; load average at the end "
         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}; other work running meanwhile: {others}.",
@@ -744,7 +790,7 @@ def main() -> None:
         "--server-pool", type=int, default=SERVER_POOL, help="PgBouncer default_pool_size"
     )
     parser.add_argument(
-        "--starvation-pool", type=int, default=20,
+        "--starvation-pool", type=int, default=15,
         help="also run seed-before and loopsafe with this few server connections (0: don't)",
     )  # fmt: skip
     parser.add_argument("--max-generation", type=float, default=300.0)
@@ -762,6 +808,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown profiles: {', '.join(sorted(unknown))}")
     goals = goals_with(args.concepts, args.roadmaps)
+    args.ideal_s = asyncio.run(llm_bound_seconds(args.roadmaps, args.concepts, args.latency_ms))
     runs: list[Run] = []
     unavailable: dict[str, str] = {}
     plan = [(profile, args.server_pool) for profile in wanted]
@@ -781,8 +828,11 @@ def main() -> None:
                 unavailable[profile] = str(error).split(": ", 1)[1]
                 continue
             label = profile
+            if profile.startswith("loopsafe") and not _fits(overrides, server_pool):
+                overrides = {**overrides, **SMALL_LAYOUT}
+                label = f"{profile}, web 2 / workflow 2 / logs 2"
             if server_pool != args.server_pool:
-                label = f"{profile} (server pool {server_pool})"
+                label = f"{label} (server pool {server_pool})"
             print(f"== {label}", file=sys.stderr, flush=True)
             try:
                 runs.append(

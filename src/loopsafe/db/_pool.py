@@ -185,7 +185,7 @@ def _wrap_creator(pool: Pool, create: _CreatorWRecFnType) -> _CreatorWRecFnType:
         quota = context.quota
         if quota is not None:
             pressure = context.pressure
-            full = pressure is not None and quota.used >= quota.limit
+            full = quota.used >= quota.limit
             wait = pressure.wait_started() if pressure is not None and full else None
             try:
                 _await(quota.acquire(context.pool_timeout))
