@@ -438,9 +438,6 @@ async def _measure(
     name: str, args: argparse.Namespace, base_url: str, bouncer: PgBouncer, database_url: str,
     serve: ManagedProcess, goals: list[str], budget: str,
 ) -> Run:  # fmt: skip
-    t0 = time.monotonic()
-    sampler = Sampler(bouncer, database_url, serve.pid, t0)
-    sampler.start()
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         # The reads need roadmaps to read: the K that will be generated, created now and held
         # for review, so the idle window reads the same rows the generation window does.
@@ -460,7 +457,8 @@ async def _measure(
                     f"{name}: roadmap {roadmap_id} never reached review:\n{serve.tail()}"
                 )
         t0 = time.monotonic()
-        sampler.t0 = t0
+        sampler = Sampler(bouncer, database_url, serve.pid, t0)
+        sampler.start()
         stop = asyncio.Event()
         load = asyncio.create_task(open_loop(base_url, args.rate, ids, t0, stop))
         # The first requests meet cold API workers (first connections, imports): not measured.
@@ -644,6 +642,7 @@ def chart(runs: list[Run], path: Path) -> None:
     fig, axes = plt.subplots(len(runs), 2, figsize=(13, 3.2 * len(runs)), squeeze=False)
     for (latency_ax, pool_ax), run in zip(axes, runs, strict=True):
         for ax in (latency_ax, pool_ax):
+            ax.axvspan(0, WARMUP_S, color="#dddddd", alpha=0.6, label="warm-up (not measured)")
             ax.axvspan(run.gen_start, run.gen_end, color="#f3d9a4", alpha=0.6, label="generation")
         ok = [r for r in run.requests if r.outcome == "ok"]
         bad = [r for r in run.requests if r.outcome != "ok"]
