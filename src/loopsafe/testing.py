@@ -14,7 +14,8 @@ Fixtures:
   has ended (pytest-asyncio's per-test loops close theirs at loop end; loops a test closed without
   shutdown have theirs dropped here, without I/O).
 
-`EmbeddedPostgres` and `EmbeddedRedis` start private servers for tests that stop or kill them.
+`EmbeddedPostgres` and `EmbeddedRedis` start private servers for tests that stop or kill them;
+`PgBouncer` puts a real pooler (transaction mode by default) in front of a PostgreSQL.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from collections.abc import Iterator
 import pytest
 
 from ._registry import collect_abandoned
-from ._servers import EmbeddedPostgres, EmbeddedRedis, free_port
+from ._servers import EmbeddedPostgres, EmbeddedRedis, PgBouncer, free_port
 
-__all__ = ("EmbeddedPostgres", "EmbeddedRedis", "free_port")
+__all__ = ("EmbeddedPostgres", "EmbeddedRedis", "PgBouncer", "free_port")
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ from loopsafe.db._sqlalchemy_compat import (
     async_dialect_class,
     await_in_greenlet,
     take_idle_records,
+    would_wait,
 )
 
 SA = f"SQLAlchemy {sqlalchemy.__version__}"
@@ -44,6 +45,8 @@ def test_sqlalchemy_private_reads_still_exist() -> None:
     assert isinstance(pool, QueuePool)
     assert pool._max_overflow == 3, f"{SA} moved QueuePool._max_overflow"
     assert hasattr(pool, "_dialect"), f"{SA} moved Pool._dialect"
+    assert pool._overflow == -2, f"{SA} moved QueuePool._overflow"  # starts at -pool_size
+    assert not would_wait(pool)  # also reads QueuePool._pool.empty()
     idle, put_back = take_idle_records(pool)  # reads QueuePool._pool and queue.Empty
     assert idle == []
     put_back()

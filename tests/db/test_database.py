@@ -8,6 +8,7 @@ import logging
 import subprocess
 import sys
 import threading
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -288,6 +289,9 @@ async def test_pool_status_sums_over_loops(postgres_url: str, db_name: str) -> N
         "checked_in": 0,
         "overflow": 0,
         "capacity": 0,
+        "usage": 0.0,
+        "waiting": 0,
+        "longest_wait": 0.0,
     }
     release = threading.Event()
     held = threading.Event()
@@ -319,6 +323,9 @@ async def test_pool_status_sums_over_loops(postgres_url: str, db_name: str) -> N
             "checked_in": 0,
             "overflow": 1,
             "capacity": 10,
+            "usage": 0.5,
+            "waiting": 0,
+            "longest_wait": 0.0,
         }
         for cm in sessions:
             await cm.__aexit__(None, None, None)
@@ -347,6 +354,9 @@ async def test_null_pool_opens_a_connection_per_session(
         "checked_in": 0,
         "overflow": 0,
         "capacity": 0,
+        "usage": 0.0,
+        "waiting": 0,
+        "longest_wait": 0.0,
     }
     assert await wait_for_connections(postgres_url, app_name, 0) == 0
 
@@ -396,7 +406,13 @@ def _port(url: str) -> str:
 def test_public_names_are_exported_sorted() -> None:
     assert list(loopsafe.db.__all__) == sorted(loopsafe.db.__all__)
     # ("@py_builtins" and friends come from pytest's assertion rewriting of plugin packages.)
-    public = {name for name in dir(loopsafe.db) if not name.startswith(("_", "@"))}
+    # Submodules such as loopsafe.db.metrics appear as attributes once imported; they are not names.
+    public = {
+        name
+        for name in dir(loopsafe.db)
+        if not name.startswith(("_", "@"))
+        and not isinstance(getattr(loopsafe.db, name), types.ModuleType)
+    }
     assert public == set(loopsafe.db.__all__)
     assert loopsafe.db.Database.__module__ == "loopsafe.db"
 

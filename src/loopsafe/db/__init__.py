@@ -20,15 +20,25 @@ from ._default import session as session
 from ._default import session_maker as session_maker
 from ._fastapi import lifespan as lifespan
 from ._fastapi import session_dependency as session_dependency
+from ._overload import install_fastapi as install_fastapi
+from ._overload import overload_handler as overload_handler
+from ._plan import BudgetPlan as BudgetPlan
+from ._plan import Role as Role
+from ._plan import RoleBudget as RoleBudget
 
 __all__ = (
+    "BudgetPlan",
     "Database",
     "DatabaseNotConfiguredError",
     "PoolBudget",
+    "Role",
+    "RoleBudget",
     "configure",
     "get_database",
     "get_engine",
+    "install_fastapi",
     "lifespan",
+    "overload_handler",
     "pool_status",
     "run_in_transaction",
     "session",

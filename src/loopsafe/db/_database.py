@@ -31,6 +31,7 @@ from .._registry import LoopLocal
 from ._budget import PoolBudget
 from ._pool import LoopBoundNullPool, LoopBoundQueuePool, PoolContext, context_of
 from ._pooler import Pooler, driver_settings, normalize_url
+from ._pressure import PoolPressure, PressureAlerts
 from ._quota import ConnectionQuota
 from ._retry import backoff, is_retryable_transaction_error, is_transient_connection_error
 from ._sqlalchemy_compat import max_overflow
@@ -140,6 +141,7 @@ class Database:
             else None
         )
         self._shedding: set[asyncio.Task[None]] = set()
+        self._pressure = PoolPressure(name, PressureAlerts.from_env())
         self._live: set[_Bound] = set()
         self._live_lock = threading.Lock()
         self._bound: LoopLocal[_Bound] = LoopLocal(
@@ -186,6 +188,7 @@ class Database:
         )
         pool = engine.sync_engine.pool
         assert isinstance(pool, (LoopBoundQueuePool, LoopBoundNullPool))
+        context.pressure = self._pressure
         pool.loopsafe = context
         if self._quota is not None and isinstance(pool, LoopBoundQueuePool):
             event.listen(engine.sync_engine, "checkin", self._on_checkin_under_budget)
@@ -383,7 +386,9 @@ class Database:
         Keys: ``loops`` (live engines), ``pool_size``, ``max_overflow``, ``checked_out``,
         ``checked_in``, ``overflow`` (connections open beyond pool_size), ``capacity`` (the most
         connections this process may open; with a budget, its per-process share; 0 means
-        unbounded, a NullPool without budget). Since 0.1.0.
+        unbounded, a NullPool without budget). Since 0.1.0. Since 0.2.0 also ``usage``
+        (``checked_out / capacity``, 0.0 when unbounded), ``waiting`` (checkouts waiting for a
+        connection now) and ``longest_wait`` (seconds the oldest of them has waited).
         """
         with self._live_lock:
             bounds = list(self._live)
@@ -395,6 +400,9 @@ class Database:
             checked_in=0,
             overflow=0,
             capacity=0,
+            usage=0.0,
+            waiting=0,
+            longest_wait=0.0,
         )
         capacity = 0
         for bound in bounds:
@@ -415,7 +423,11 @@ class Database:
         if self.budget is not None:
             per_process = self.budget.per_process
             capacity = per_process if self.poolclass == "null" else min(capacity, per_process)
+        waiting, longest_wait = self._pressure.waiting()
         status["capacity"] = capacity
+        status["usage"] = round(status["checked_out"] / capacity, 4) if capacity else 0.0
+        status["waiting"] = waiting
+        status["longest_wait"] = round(longest_wait, 4)
         return status
 
     async def aclose(self) -> None:

@@ -19,6 +19,7 @@ from .._owner import LoopOwner
 from ._abandon import abandon_connection
 from ._asyncpg_compat import transport_of
 from ._budget import PoolBudget
+from ._pressure import PoolPressure
 from ._quota import ConnectionQuota
 from ._sqlalchemy_compat import (
     CreatorFn,
@@ -27,6 +28,7 @@ from ._sqlalchemy_compat import (
     dialect_of,
     max_overflow,
     take_idle_records,
+    would_wait,
 )
 
 __all__ = ("LoopBoundNullPool", "LoopBoundQueuePool", "PoolContext", "context_of")
@@ -36,10 +38,14 @@ __all__ = ("LoopBoundNullPool", "LoopBoundQueuePool", "PoolContext", "context_of
 #: pay only a non-blocking poll() of their socket, which catches servers that closed them.
 PING_AFTER_IDLE = 0.5
 _CHECKED_IN_AT = "loopsafe_checked_in_at"
+_CHECKED_OUT_AT = "loopsafe_checked_out_at"
 
 
 class PoolContext:
     """What one loop's pool knows about its `Database`; shared by the pools an engine recreates."""
+
+    #: Where checkout waits and long holds are reported (set by the `Database`).
+    pressure: PoolPressure | None = None
 
     def __init__(
         self,
@@ -170,12 +176,18 @@ def _wrap_creator(pool: Pool, create: CreatorFn) -> CreatorFn:
             return create(rec)
         quota = context.quota
         if quota is not None:
+            pressure = context.pressure
+            full = quota.used >= quota.limit
+            wait = pressure.wait_started() if pressure is not None and full else None
             try:
                 await_in_greenlet(quota.acquire(context.pool_timeout))
             except BoundExceededError:
                 raise context.exhausted(
                     f"all {quota.limit} connections of this process are in use by its loops"
                 ) from None
+            finally:
+                if pressure is not None and wait is not None:
+                    pressure.wait_ended(wait)
         try:
             connection = create(rec)
         except BaseException:
@@ -225,6 +237,13 @@ class LoopBoundQueuePool(_LoopBound, AsyncAdaptedQueuePool):
         # Before touching the queue: a wait on another loop's asyncio primitives would raise
         # "attached to a different loop" or hang.
         context.owner.check()
+        pressure = context.pressure
+        wait = None
+        if pressure is not None:
+            if would_wait(self):
+                wait = pressure.wait_started()
+            else:
+                pressure.immediate += 1
         try:
             record = super()._do_get()
         except exc.TimeoutError:
@@ -232,6 +251,12 @@ class LoopBoundQueuePool(_LoopBound, AsyncAdaptedQueuePool):
                 f"all {self.size()} + {max_overflow(self)} connections of this loop's pool are "
                 "checked out"
             ) from None
+        finally:
+            if pressure is not None and wait is not None:
+                pressure.wait_ended(wait)
+        if pressure is not None:
+            record.info[_CHECKED_OUT_AT] = time.monotonic()
+            pressure.observe_usage(self.checkedout(), self.size() + max_overflow(self))
         try:
             self._invalidate_if_dead(record)
         except BaseException as error:  # a cancelled ping: nothing else would return the record
@@ -240,7 +265,10 @@ class LoopBoundQueuePool(_LoopBound, AsyncAdaptedQueuePool):
         return record
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
-        record.info[_CHECKED_IN_AT] = time.monotonic()
+        now = record.info[_CHECKED_IN_AT] = time.monotonic()
+        checked_out_at = record.info.pop(_CHECKED_OUT_AT, None)
+        if checked_out_at is not None and self.loopsafe is not None and self.loopsafe.pressure:
+            self.loopsafe.pressure.observe_hold(now - checked_out_at)
         super()._do_return_conn(record)
 
     def _invalidate_if_dead(self, record: ConnectionPoolEntry) -> None:

@@ -2,7 +2,7 @@
 
 loopsafe's pools subclass SQLAlchemy's and override its pool hooks ``Pool._do_get``,
 ``Pool._do_return_conn``, ``Pool._close_connection`` and the ``Pool._invoke_creator`` attribute
-(`OVERRIDDEN_POOL_HOOKS`). Beyond those it reads ``QueuePool._max_overflow``, ``Pool._dialect``
+(`OVERRIDDEN_POOL_HOOKS`). Beyond those it reads ``QueuePool._max_overflow``, ``QueuePool._overflow``, ``Pool._dialect``
 and ``QueuePool._pool`` (the queue of idle records, with ``sqlalchemy.util.queue.Empty``), calls
 ``_ConnectionRecord._checkin_failed``, runs coroutines from sync code through
 ``sqlalchemy.util.await_only`` (renamed ``await_`` in 2.1), and loads a URL's asyncio dialect with
@@ -32,6 +32,7 @@ __all__ = (
     "dialect_of",
     "max_overflow",
     "take_idle_records",
+    "would_wait",
 )
 
 #: SQLAlchemy's pool methods (and one attribute) that loopsafe's pool classes override.
@@ -52,6 +53,12 @@ def async_dialect_class(url: URL) -> type[Dialect]:
 def max_overflow(pool: QueuePool) -> int:
     """The pool's ``max_overflow`` as configured (-1 means unbounded)."""
     return int(pool._max_overflow)
+
+
+def would_wait(pool: QueuePool) -> bool:
+    """Whether a checkout now would wait: no idle record and no overflow left to open one."""
+    overflow_limit = max_overflow(pool)
+    return bool(pool._pool.empty()) and 0 <= overflow_limit <= pool._overflow
 
 
 def dialect_of(pool: Pool) -> Dialect:

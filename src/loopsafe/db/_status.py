@@ -16,7 +16,9 @@ class PoolStatus(TypedDict):
     ``loops``: live engines; ``pool_size``, ``max_overflow``: their configured sizes;
     ``checked_out``, ``checked_in``: connections in use and idle; ``overflow``: connections open
     beyond ``pool_size``; ``capacity``: the most connections this process may open (with a
-    budget, its per-process share; 0 means unbounded, a NullPool without budget).
+    budget, its per-process share; 0 means unbounded, a NullPool without budget); ``usage``:
+    ``checked_out / capacity`` (0.0 when unbounded); ``waiting``: checkouts waiting for a
+    connection now; ``longest_wait``: seconds the oldest of them has waited.
     """
 
     loops: int
@@ -26,3 +28,6 @@ class PoolStatus(TypedDict):
     checked_in: int
     overflow: int
     capacity: int
+    usage: float
+    waiting: int
+    longest_wait: float
