@@ -1,0 +1,71 @@
+"""The per-process side of a limit: what one process allows itself while Redis is unreachable."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+__all__ = ("LocalLimit",)
+
+
+class LocalLimit:
+    """The same rules as the shared limit (FIFO queue, slots, rolling minute, pause), in memory.
+
+    Shared by every loop and thread of the process, hence a thread lock rather than asyncio
+    primitives. It also counts the slots this process holds through Redis, so a process that
+    loses Redis mid-call does not start its share on top of calls already in flight.
+    """
+
+    def __init__(self, concurrency: int | None, per_minute: int | None) -> None:
+        self.concurrency = concurrency
+        self.per_minute = per_minute
+        self._lock = threading.Lock()
+        self._queue: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._held: set[str] = set()
+        self._starts: collections.deque[float] = collections.deque()
+        self._paused_until = 0.0
+
+    def try_acquire(self, ticket: str, *, waiter_ttl: float) -> tuple[bool, float]:
+        """Take a slot for `ticket` if it is first in line and one is free; else seconds to wait."""
+        now = time.monotonic()
+        with self._lock:
+            for waiter, alive_until in list(self._queue.items()):
+                if alive_until < now:
+                    del self._queue[waiter]
+            self._queue[ticket] = now + waiter_ttl
+            while self._starts and self._starts[0] <= now - 60:
+                self._starts.popleft()
+            if self._paused_until > now:
+                return False, self._paused_until - now
+            if next(iter(self._queue)) != ticket:
+                return False, 0.0
+            if self.concurrency is not None and len(self._held) >= self.concurrency:
+                return False, 0.0
+            if self.per_minute is not None and len(self._starts) >= self.per_minute:
+                return False, self._starts[0] + 60 - now
+            self._take(ticket, now)
+            return True, 0.0
+
+    def record(self, ticket: str) -> None:
+        """Count a slot the shared limit granted to this process."""
+        with self._lock:
+            self._take(ticket, time.monotonic())
+
+    def _take(self, ticket: str, now: float) -> None:
+        self._queue.pop(ticket, None)
+        self._held.add(ticket)
+        self._starts.append(now)
+
+    def leave(self, ticket: str) -> None:
+        with self._lock:
+            self._queue.pop(ticket, None)
+            self._held.discard(ticket)
+
+    def pause(self, seconds: float) -> None:
+        with self._lock:
+            self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+    def held(self) -> int:
+        with self._lock:
+            return len(self._held)
