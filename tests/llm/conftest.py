@@ -12,12 +12,16 @@ import asyncio
 import json
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 
+from loopsafe.llm import _settings
+from loopsafe.redis import _client as redis_client
 from loopsafe.testing import free_port
 
 Scope = MutableMapping[str, Any]
@@ -172,3 +176,33 @@ def llm_server_url() -> Iterator[str]:
     yield f"http://127.0.0.1:{port}/v1"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_llm_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts unconfigured, with no provider keys from the machine's environment."""
+    for variable in (
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_BASE_URL",
+        "LOOPSAFE_LLM_NAMESPACE",
+        "LOOPSAFE_PROCESSES",
+    ):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(_settings, "_settings", None)
+    monkeypatch.setattr(redis_client, "_settings", None)
+
+
+@pytest.fixture
+def namespace() -> str:
+    """Redis key prefix no other test (or engineer sharing the server) uses."""
+    return f"loopsafe-test:{uuid.uuid4().hex[:12]}"
+
+
+def stats(base_url: str, tag: str) -> dict[str, int]:
+    """What the test server saw for the calls under `tag`."""
+    response = httpx.get(f"{base_url}/stats/{tag}", timeout=10)
+    response.raise_for_status()
+    found: dict[str, int] = response.json()
+    return found

@@ -4,10 +4,11 @@ Needs the ``llm`` extra: ``pip install 'loopsafe[llm]'`` (``loopsafe[anthropic]`
 """
 
 try:
-    import httpx  # noqa: F401  (fail here, with the fix, rather than deep inside)
-    import httpx2  # noqa: F401
-    import openai  # noqa: F401
-    import redis.asyncio  # noqa: F401
+    # Fail here, with the fix, rather than deep inside.
+    import httpx as _httpx  # noqa: F401
+    import httpx2 as _httpx2  # noqa: F401
+    import openai as _openai  # noqa: F401
+    import redis.asyncio as _redis  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         f"loopsafe.llm needs httpx, openai and redis ({exc.name} is missing): "
