@@ -61,7 +61,9 @@ def test_each_loop_gets_its_own_clients_closed_inside_that_loop(
     assert len({id(client) for clients in made for client in clients}) == 9
     for llm, http, claude in made:
         assert isinstance(claude, anthropic.AsyncAnthropic)
-        assert llm.is_closed() and http.is_closed and claude.is_closed()
+        assert llm.is_closed()
+        assert http.is_closed
+        assert claude.is_closed()
 
 
 def test_threads_each_with_their_own_loop(configured: str) -> None:
@@ -98,10 +100,12 @@ async def test_a_new_configure_gives_new_clients_and_closes_both_at_loop_end(
     first = get_openai()
     configure(openai_api_key="other-key", openai_base_url=configured, max_retries=0)
     second = get_openai()
-    assert second is not first and second.api_key == "other-key"
+    assert second is not first
+    assert second.api_key == "other-key"
     assert (await ask("after"))[0] == "echo: after"
     await aclose_all()
-    assert first.is_closed() and second.is_closed()
+    assert first.is_closed()
+    assert second.is_closed()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -123,7 +127,10 @@ def test_forked_child_gets_new_clients_and_the_parents_connections_survive(
                 gc.collect()  # whatever was inherited must not be collected into closing sockets
                 answer, llm_peer = await ask("child")
                 response = await get_http("llm").get("models")
-                return {"answer": answer, "peers": [llm_peer, response.json()["data"][0]["owned_by"]]}
+                return {
+                    "answer": answer,
+                    "peers": [llm_peer, response.json()["data"][0]["owned_by"]],
+                }
 
             return run_on_new_loop(loop_factory, work())
 

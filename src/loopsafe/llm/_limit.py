@@ -48,13 +48,12 @@ async def _on_redis(operation: Callable[[Redis], Awaitable[T]]) -> T:
     return await clients.deadlines.run(operation(clients.client()), REDIS_TIMEOUT)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Permit:
     """One slot, held from `Limiter.acquire` until `Limiter.release`."""
 
     ticket: str
-    shared: bool
-    heartbeat: asyncio.Task[None] | None = None
+    heartbeat: asyncio.Task[None]
 
 
 class Limiter:
@@ -80,14 +79,14 @@ class Limiter:
         deadline = time.monotonic() + self.limit.max_wait
         try:
             while True:
-                shared, wait = await self._try(ticket)
-                if shared is not None:
-                    permit = Permit(ticket, shared)
-                    if shared:
-                        permit.heartbeat = asyncio.create_task(
-                            self._renew(ticket), name=f"loopsafe.llm lease {self.name}"
-                        )
-                    return permit
+                granted, wait = await self._try(ticket)
+                if granted:
+                    # Every slot keeps a lease in Redis, also one granted while Redis was away:
+                    # once it is back, the deployment's count includes it.
+                    heartbeat = asyncio.create_task(
+                        self._renew(ticket), name=f"loopsafe.llm lease {self.name}"
+                    )
+                    return Permit(ticket, heartbeat)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise self._timeout()
@@ -95,13 +94,16 @@ class Limiter:
                 pace = max(wait, POLL * random.uniform(0.5, 1.5))
                 await asyncio.sleep(min(pace, MAX_SLEEP, remaining))
         except BaseException:
-            await self._leave(ticket, shared=True)
+            await self._leave(ticket)
             raise
 
-    async def _try(self, ticket: str) -> tuple[bool | None, float]:
-        """(True/False: granted through Redis/locally, or None: not yet; seconds worth waiting)."""
+    async def _try(self, ticket: str) -> tuple[bool, float]:
+        """Whether `ticket` got a slot; if not, the seconds worth waiting before asking again."""
         if not self.degraded or time.monotonic() >= self._next_probe:
             try:
+                if self.degraded:
+                    # Back: first tell Redis about the slots taken while it was away.
+                    await _on_redis(lambda r: self.shared.renew(r, *self.local.held()))
                 granted, wait = await _on_redis(lambda r: self.shared.try_acquire(r, ticket))
             except _REDIS_FAILURES as exc:
                 self._degrade(exc)
@@ -109,10 +111,8 @@ class Limiter:
                 self._recoordinate()
                 if granted:
                     self.local.record(ticket)
-                    return True, 0.0
-                return None, wait
-        granted, wait = self.local.try_acquire(ticket, waiter_ttl=WAITER_TTL_MS / 1000)
-        return (False if granted else None), wait
+                return granted, wait
+        return self.local.try_acquire(ticket, waiter_ttl=WAITER_TTL_MS / 1000)
 
     def _degrade(self, exc: BaseException) -> None:
         with self._state_lock:
@@ -143,14 +143,13 @@ class Limiter:
                 await _on_redis(lambda r: self.shared.renew(r, ticket))
 
     async def release(self, permit: Permit) -> None:
-        """Give the slot back (to Redis too when it came from there)."""
-        if permit.heartbeat is not None:
-            permit.heartbeat.cancel()
-        await self._leave(permit.ticket, shared=permit.shared)
+        """Give the slot back."""
+        permit.heartbeat.cancel()
+        await self._leave(permit.ticket)
 
-    async def _leave(self, ticket: str, *, shared: bool) -> None:
+    async def _leave(self, ticket: str) -> None:
         self.local.leave(ticket)
-        if shared and not self.degraded:
+        if not self.degraded:
             # Best effort: a slot Redis does not hear about is freed when its lease runs out.
             with contextlib.suppress(*_REDIS_FAILURES):
                 await _on_redis(lambda r: self.shared.leave(r, ticket))

@@ -66,6 +66,7 @@ class LocalLimit:
         with self._lock:
             self._paused_until = max(self._paused_until, time.monotonic() + seconds)
 
-    def held(self) -> int:
+    def held(self) -> list[str]:
+        """Tickets of every slot this process holds."""
         with self._lock:
-            return len(self._held)
+            return list(self._held)

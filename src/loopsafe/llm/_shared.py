@@ -62,8 +62,14 @@ return {1, 0}
 """
 )
 
-# KEYS: held. ARGV: ticket lease_ms. Also re-creates a lease a Redis restart forgot.
-_RENEW = _NOW + "redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])\nreturn 1"
+# KEYS: held. ARGV: lease_ms ticket…. Also re-creates leases Redis forgot (restart, degraded spell).
+_RENEW = (
+    _NOW
+    + """
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i]) end
+return 1
+"""
+)
 
 # KEYS: queue alive held. ARGV: ticket.
 _LEAVE = """
@@ -108,8 +114,10 @@ class SharedLimit:
         granted, wait_ms = await _run(client, _ACQUIRE, keys, *args)
         return bool(granted), int(wait_ms) / 1000
 
-    async def renew(self, client: Redis, ticket: str) -> None:
-        await _run(client, _RENEW, self._keys("held"), ticket, self.lease_ms)
+    async def renew(self, client: Redis, *tickets: str) -> None:
+        """Extend (or re-create) the leases of `tickets`."""
+        if tickets:
+            await _run(client, _RENEW, self._keys("held"), self.lease_ms, *tickets)
 
     async def leave(self, client: Redis, ticket: str) -> None:
         """Give back `ticket`'s slot, or its place in the queue."""
