@@ -4,8 +4,10 @@ bounded waits, and a provider's Retry-After holding everyone back."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import uuid
+from typing import Any
 
 import openai
 import pytest
@@ -14,6 +16,8 @@ import redis
 import loopsafe.redis
 from loopsafe.llm import Limit, LimitTimeoutError, configure, get_openai, limit
 
+from ..conftest import run_on_new_loop
+from ..forking import in_child
 from ..redis.conftest import async_wait_until
 from .conftest import stats
 
@@ -176,3 +180,27 @@ async def test_the_limit_holds_slots_until_a_streamed_body_is_closed(
         assert observer.zcard(held) == 1
         await response.read()
     assert observer.zcard(held) == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+async def test_a_forked_child_counts_against_the_same_limit_as_its_parent(
+    llm_server_url: str, redis_url: str, namespace: str
+) -> None:
+    setup(llm_server_url, redis_url, namespace, concurrency=2, max_wait=0.3)
+
+    def child() -> dict[str, Any]:
+        async def work() -> dict[str, Any]:
+            async with limit("openai"):  # the second of two slots; the parent holds the first
+                try:
+                    async with limit("openai"):
+                        return {"third": "entered"}
+                except LimitTimeoutError:
+                    return {"third": "refused"}
+
+        return run_on_new_loop(asyncio.new_event_loop, work())
+
+    async with limit("openai"):
+        report = await asyncio.to_thread(in_child, child)
+    assert report == {"third": "refused"}
+    async with limit("openai"), limit("openai"):  # the child gave its slot back
+        pass
