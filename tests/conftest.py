@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+import loopsafe
+
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 T = TypeVar("T")
 
@@ -55,3 +57,16 @@ def run_on_new_loop(factory: LoopFactory, coroutine: Coroutine[Any, Any, T]) -> 
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+def attach_a_new_loop() -> None:
+    """Run a loopsafe lookup on a brand-new loop: a moment where abandoned instances are dropped.
+
+    Reads (len(), stats()) never drop anything; a new loop attached is the documented point.
+    """
+    local = loopsafe.LoopLocal(object, name="tests.attach_a_new_loop")
+
+    async def touch() -> None:
+        local.get()
+
+    asyncio.run(touch())

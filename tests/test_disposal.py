@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
+import loopsafe
 from loopsafe import LoopLocal, aclose_all
 
-from .conftest import LoopFactory
+from .conftest import LoopFactory, attach_a_new_loop
 
 
 class Counted:
@@ -194,20 +195,26 @@ def test_a_loop_closed_without_shutdown_drops_its_instances_and_says_so(
     async def use() -> Counted:
         return local.get()
 
-    # Still referenced (the resource points at its loop): found at the next lookup.
+    # Still referenced (the resource points at its loop): no longer live, dropped at the next
+    # collection point, never by a read.
     kept_loop = loop_factory()
     kept = kept_loop.run_until_complete(use())
     kept_loop.close()
     assert len(local) == 0
+    loopsafe.stats()
+    assert not kept.dropped
+    attach_a_new_loop()
     assert kept.dropped
 
-    # Unreferenced: dropped when the loop is garbage collected.
+    # Unreferenced: handed over when the loop is garbage collected, dropped at the next point.
     gone_loop = loop_factory()
     gone = gone_loop.run_until_complete(use())
     gone_loop.close()
     del gone_loop
     gone.loop = None  # type: ignore[assignment]
     gc.collect()
+    assert not gone.dropped  # no user code ran inside garbage collection
+    attach_a_new_loop()
     assert gone.dropped
 
     abandoned = [r for r in caplog.records if r.loopsafe_event == "loopsafe.instance_abandoned"]

@@ -18,6 +18,7 @@ local = loopsafe.LoopLocal(object, name="quiet")
 async def use(): local.get()
 loop = asyncio.new_event_loop(); loop.run_until_complete(use()); loop.close()
 del loop; gc.collect()
+asyncio.run(use())  # a new loop: where abandoned instances are collected (and logged)
 assert loopsafe.stats()[0]["abandoned"] == 1, loopsafe.stats()
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

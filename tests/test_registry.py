@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import subprocess
 import sys
 import threading
@@ -184,8 +185,24 @@ async def test_a_failing_factory_stores_nothing_and_the_next_get_retries() -> No
 def test_bad_arguments_are_refused_with_clear_errors() -> None:
     with pytest.raises(TypeError, match="LoopLocal factory must be callable, got 42"):
         LoopLocal(42)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="close_timeout must be > 0 seconds, got 0"):
+    with pytest.raises(
+        ValueError, match="close_timeout must be a finite number of seconds > 0, got 0"
+    ):
         LoopLocal(Resource, close_timeout=0)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -1.0, 0])
+def test_close_timeout_must_be_finite_and_positive(bad: float) -> None:
+    with pytest.raises(ValueError, match=rf"close_timeout must be a finite .* > 0, got {bad!r}"):
+        LoopLocal(Resource, close_timeout=bad)
+    with pytest.raises(ValueError, match="close_timeout must be a finite"):
+        loop_local(close_timeout=bad)
+
+
+@pytest.mark.parametrize("bad", [True, "10", None])
+def test_close_timeout_must_be_a_number_not_a_bool(bad: object) -> None:
+    with pytest.raises(TypeError, match=r"close_timeout must be a number of seconds, got "):
+        LoopLocal(Resource, close_timeout=bad)  # type: ignore[arg-type]
 
 
 async def test_peek_never_creates() -> None:

@@ -39,6 +39,10 @@ class Thing:
         return self.closed_in is not None or self.dropped
 
 
+async def _attach(local: LoopLocal[Thing]) -> None:
+    local.get()
+
+
 class RegistryMachine(RuleBasedStateMachine):
     """Model: for each open loop, which instance each registry holds (at most one)."""
 
@@ -144,6 +148,8 @@ class RegistryMachine(RuleBasedStateMachine):
                 loop.close()
         for local in self.locals:
             assert len(local) == 0
+        # A new loop is where instances of loops closed without disposal are dropped.
+        asyncio.run(_attach(self.locals[0]))
         leaked = [thing for thing in self.everything if not thing.released]
         assert not leaked, f"never closed nor dropped: {leaked}"
 

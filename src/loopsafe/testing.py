@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ._registry import _all_states
+from ._registry import collect_abandoned
 from ._servers import EmbeddedPostgres, EmbeddedRedis, free_port
 
 __all__ = ("EmbeddedPostgres", "EmbeddedRedis", "free_port")
@@ -60,5 +60,4 @@ def loopsafe_isolation() -> Iterator[None]:
     closed when that loop ends.
     """
     yield
-    # _all_states() drops the instances of every loop that is closed but still referenced.
-    _all_states()
+    collect_abandoned()

@@ -101,7 +101,8 @@ async def test_a_message_that_cannot_be_sent_returns_false_with_the_reason(
         (None, 5.0, "channel must be str or bytes, got NoneType"),
         ("ok", 0, "timeout must be a finite number of seconds > 0, got 0"),
         ("ok", float("nan"), "timeout must be a finite number of seconds > 0, got nan"),
-        ("ok", "5", "timeout must be a finite number of seconds > 0, got '5'"),
+        ("ok", "5", "timeout must be a number of seconds, got '5' (str)"),
+        ("ok", True, "timeout must be a number of seconds, got True (bool)"),
         ("ok", float("inf"), "timeout must be a finite number of seconds > 0, got inf"),
     ],
 )

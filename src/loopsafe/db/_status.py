@@ -1,0 +1,25 @@
+"""`PoolStatus`: the typed row `pool_status()` returns, one key per figure a health check reads."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+__all__ = ("PoolStatus",)
+
+
+class PoolStatus(TypedDict):
+    """Pool figures summed over a `Database`'s live loops in this process.
+
+    ``loops``: live engines; ``pool_size``, ``max_overflow``: their configured sizes;
+    ``checked_out``, ``checked_in``: connections in use and idle; ``overflow``: connections open
+    beyond ``pool_size``; ``capacity``: the most connections this process may open (with a
+    budget, its per-process share; 0 means unbounded, a NullPool without budget).
+    """
+
+    loops: int
+    pool_size: int
+    max_overflow: int
+    checked_out: int
+    checked_in: int
+    overflow: int
+    capacity: int
