@@ -40,19 +40,20 @@ def test_arguments_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         ({"providers": ["openai"]}, ValueError, r"openai_api_key is missing: .* OPENAI_API_KEY"),
         ({"providers": ["anthropic"]}, ValueError, r"anthropic_api_key is missing"),
         ({"providers": ["gemini"]}, ValueError, r"providers: unknown provider 'gemini'"),
-        ({"timeout": 0}, ValueError, r"timeout must be a positive number of seconds, got 0"),
+        ({"timeout": 0}, ValueError, r"timeout must be a finite number of seconds > 0, got 0"),
         ({"timeout": math.nan}, ValueError, r"timeout must be .*, got nan"),
-        ({"max_retries": -1}, ValueError, r"max_retries must be a whole number ≥ 0, got -1"),
+        ({"timeout": "60"}, TypeError, r"timeout must be a number of seconds, got '60'"),
+        ({"max_retries": -1}, ValueError, r"max_retries must be an int >= 0, got -1"),
         ({"limits": {"openai": Limit(concurrency=0)}}, ValueError,
-         r"limits\['openai'\]\.concurrency must be a whole number ≥ 1, got 0"),
+         r"limits\['openai'\]\.concurrency must be an int >= 1, got 0"),
         ({"limits": {"openai": Limit(per_minute=-5)}}, ValueError,
-         r"limits\['openai'\]\.per_minute must be a whole number ≥ 1, got -5"),
-        ({"limits": {"openai": Limit(concurrency=2.5)}}, ValueError,  # type: ignore[arg-type]
-         r"limits\['openai'\]\.concurrency must be a whole number ≥ 1, got 2\.5"),
+         r"limits\['openai'\]\.per_minute must be an int >= 1, got -5"),
+        ({"limits": {"openai": Limit(concurrency=2.5)}}, TypeError,  # type: ignore[arg-type]
+         r"limits\['openai'\]\.concurrency must be an int, got 2\.5"),
         ({"limits": {"openai": Limit(concurrency=1, max_wait=math.nan)}}, ValueError,
-         r"limits\['openai'\]\.max_wait must be a positive number of seconds, got nan"),
+         r"limits\['openai'\]\.max_wait must be a finite number of seconds > 0, got nan"),
         ({"limits": {"openai": Limit(concurrency=1, lease=0)}}, ValueError,
-         r"limits\['openai'\]\.lease must be a positive"),
+         r"limits\['openai'\]\.lease must be a finite number of seconds > 0, got 0"),
         ({"limits": {"openai": Limit()}}, ValueError, r"limits\['openai'\] limits nothing"),
         ({"limits": {"openai": 4}}, ValueError, r"limits\['openai'\] must be a loopsafe\.llm\.Limit"),
         ({"http": {"search": {"base_uri": "http://x"}}}, TypeError,
@@ -68,6 +69,20 @@ def test_bad_settings_fail_at_configure_naming_the_setting(
     with pytest.raises(error, match=message):
         configure(**options)
     assert current_settings() is before  # the good configuration is still in force
+
+
+def test_the_fallback_share_divides_a_limit_over_loopsafe_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LOOPSAFE_PROCESSES", "4")
+    configure(limits={"openai": Limit(concurrency=10, per_minute=3)})
+    limit = current_settings().limits["openai"]
+    assert (limit.share(limit.concurrency), limit.share(limit.per_minute)) == (3, 1)
+    monkeypatch.setenv("LOOPSAFE_PROCESSES", "four")
+    with pytest.raises(
+        ValueError, match=r"LOOPSAFE_PROCESSES must be a whole number >= 1, got 'four'"
+    ):
+        configure(limits={"openai": Limit(concurrency=10)})
 
 
 def test_anthropic_without_its_sdk_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

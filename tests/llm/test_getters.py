@@ -143,3 +143,20 @@ def test_forked_child_gets_new_clients_and_the_parents_connections_survive(
     finally:
         loop.run_until_complete(aclose_all())
         loop.close()
+
+
+def test_a_loop_closed_without_disposal_releases_its_clients_quietly(configured: str) -> None:
+    """The clients of a loop that never reached shutdown_asyncgens() are dropped without I/O
+    (``filterwarnings = error`` turns an "unclosed transport" warning into a failure)."""
+
+    async def use() -> openai.AsyncOpenAI:
+        await ask("abandoned")
+        return get_openai()
+
+    loop = asyncio.new_event_loop()
+    client = loop.run_until_complete(use())
+    loop.close()
+    del loop
+    gc.collect()
+    assert not client.is_closed()  # not closed: nothing was awaited on a dead loop
+    assert (asyncio.run(ask("next loop")))[0] == "echo: next loop"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import inspect
 import math
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 
 from .._log import get_logger
+from .._validate import count, seconds
 
 __all__ = ("PROVIDERS", "Limit", "Provider", "Settings", "configure", "current_settings")
 
@@ -47,12 +49,11 @@ class Limit:
     lease: float = 60.0
     processes: int | None = None
 
-    def share(self, count: int | None) -> int | None:
-        """This process's part of `count` while it cannot coordinate with the others."""
-        if count is None:
+    def share(self, total: int | None) -> int | None:
+        """This process's part of `total` while it cannot coordinate with the others."""
+        if total is None:
             return None
-        processes = self.processes or int(os.environ.get("LOOPSAFE_PROCESSES") or 1)
-        return max(1, math.ceil(count / max(processes, 1)))
+        return max(1, math.ceil(total / (self.processes or 1)))
 
 
 @dataclass(frozen=True)
@@ -108,10 +109,11 @@ def configure(
     applications sharing a Redis server do not share limits. Limits are coordinated through the
     Redis server `loopsafe.redis` is configured for (``$REDIS_URL``).
 
-    Nothing connects here, but everything is checked now: raises `ValueError` naming the setting
-    for a missing key, an unknown provider, a limit that is not a positive number and a bad
-    timeout; `TypeError` for an `http` option httpx does not accept; `ImportError` naming the
-    extra when a named provider's SDK is not installed. Since 0.2.0.
+    Nothing connects here, but everything is checked now, with messages naming the setting:
+    `ValueError` for a missing key, an unknown provider, a limit or timeout that is not a positive
+    finite number (≤ 0, NaN, infinite); `TypeError` for a value of the wrong type and an `http`
+    option httpx does not accept; `ImportError` naming the extra when a named provider's SDK is
+    not installed. Since 0.2.0.
     """
     global _settings, _version
     resolved = _providers(
@@ -121,14 +123,8 @@ def configure(
         },
         providers,
     )
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not (math.isfinite(timeout) and timeout > 0)
-    ):
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-        raise ValueError(f"max_retries must be a whole number ≥ 0, got {max_retries!r}")
+    checked_timeout = seconds("timeout", timeout)
+    count("max_retries", max_retries)
     checked_limits = {name: _check_limit(name, limit) for name, limit in (limits or {}).items()}
     checked_http: dict[str, Mapping[str, Any]] = {"default": MappingProxyType({})}
     checked_http.update(
@@ -142,7 +138,7 @@ def configure(
         _version += 1
         _settings = Settings(
             providers=MappingProxyType(resolved),
-            timeout=float(timeout),
+            timeout=checked_timeout,
             max_retries=max_retries,
             limits=MappingProxyType(checked_limits),
             http=MappingProxyType(checked_http),
@@ -193,14 +189,6 @@ def _providers(
     return resolved
 
 
-def _positive(value: object, *, whole: bool) -> bool:
-    if isinstance(value, bool):
-        return False
-    if whole:
-        return isinstance(value, int) and value > 0
-    return isinstance(value, int | float) and math.isfinite(value) and value > 0
-
-
 def _check_limit(name: object, limit: object) -> Limit:
     if not isinstance(name, str) or not name:
         raise ValueError(f"limits: a limit's name must be a non-empty string, got {name!r}")
@@ -211,14 +199,15 @@ def _check_limit(name: object, limit: object) -> Limit:
         raise ValueError(f"{where} limits nothing: give concurrency=, per_minute= or both")
     for setting in ("concurrency", "per_minute", "processes"):
         value = getattr(limit, setting)
-        if value is not None and not _positive(value, whole=True):
-            raise ValueError(f"{where}.{setting} must be a whole number ≥ 1, got {value!r}")
+        if value is not None:
+            count(f"{where}.{setting}", value, minimum=1)
     for setting in ("max_wait", "lease"):
-        value = getattr(limit, setting)
-        if not _positive(value, whole=False):
-            raise ValueError(
-                f"{where}.{setting} must be a positive number of seconds, got {value!r}"
-            )
+        seconds(f"{where}.{setting}", getattr(limit, setting))
+    if limit.processes is None and os.environ.get("LOOPSAFE_PROCESSES"):
+        raw = os.environ["LOOPSAFE_PROCESSES"]
+        if not raw.strip().isdigit() or int(raw) < 1:
+            raise ValueError(f"LOOPSAFE_PROCESSES must be a whole number >= 1, got {raw!r}")
+        return dataclasses.replace(limit, processes=int(raw))
     return limit
 
 
