@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -37,13 +38,14 @@ class _LoopClients:
         self.made: list[Any] = []
         self.version = -1
 
-    def get(self, key: str, settings: Settings, make: Any) -> Any:
+    def get(self, key: str, settings: Settings, make: Callable[..., Any], *args: str) -> Any:
+        """The client called `key`, made with ``make(settings, *args)`` on first use."""
         if self.version != settings.version:
             self.current = {}
             self.version = settings.version
         client = self.current.get(key)
         if client is None:
-            client = self.current[key] = make(settings)
+            client = self.current[key] = make(settings, *args)
             self.made.append(client)
             _log.debug("loopsafe.llm_client_created", client=key)
         return client
@@ -123,23 +125,20 @@ def _make_anthropic(settings: Settings) -> anthropic.AsyncAnthropic:
     )
 
 
-def _http_maker(name: str) -> Any:
-    def make(settings: Settings) -> httpx.AsyncClient:
-        options = settings.http.get(name)
-        if options is None:
-            raise LookupError(
-                f"No HTTP client named {name!r}: pass http={{{name!r}: {{...httpx options}}}} to "
-                f"loopsafe.llm.configure() (configured: {', '.join(map(repr, settings.http))})"
-            )
-        kwargs = {"timeout": settings.timeout, **options}
-        found = limiter(name, settings)
-        if found is not None:
-            kwargs["transport"] = LimitedTransport(
-                kwargs.get("transport") or httpx.AsyncHTTPTransport(), found
-            )
-        return httpx.AsyncClient(**kwargs)
-
-    return make
+def _make_http(settings: Settings, name: str) -> httpx.AsyncClient:
+    options = settings.http.get(name)
+    if options is None:
+        raise LookupError(
+            f"No HTTP client named {name!r}: pass http={{{name!r}: {{...httpx options}}}} to "
+            f"loopsafe.llm.configure() (configured: {', '.join(map(repr, settings.http))})"
+        )
+    kwargs = {"timeout": settings.timeout, **options}
+    found = limiter(name, settings)
+    if found is not None:
+        kwargs["transport"] = LimitedTransport(
+            kwargs.get("transport") or httpx.AsyncHTTPTransport(), found
+        )
+    return httpx.AsyncClient(**kwargs)
 
 
 def get_openai() -> openai.AsyncOpenAI:
@@ -183,6 +182,6 @@ def get_http(name: str = "default") -> httpx.AsyncClient:
     not configured. Since 0.2.0.
     """
     client: httpx.AsyncClient = _loop_clients.get().get(
-        f"http:{name}", current_settings(), _http_maker(name)
+        f"http:{name}", current_settings(), _make_http, name
     )
     return client

@@ -194,6 +194,8 @@ def limiter(name: str, settings: Settings | None = None) -> Limiter | None:
     with _limiters_lock:
         made = _limiters.get(key)
         if made is None:
+            for stale in [k for k in _limiters if k[0] != settings.version]:
+                del _limiters[stale]  # its holders keep their own reference until they release
             made = _limiters[key] = Limiter(name, found, settings.namespace)
         return made
 

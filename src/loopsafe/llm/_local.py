@@ -34,8 +34,7 @@ class LocalLimit:
                 if alive_until < now:
                     del self._queue[waiter]
             self._queue[ticket] = now + waiter_ttl
-            while self._starts and self._starts[0] <= now - 60:
-                self._starts.popleft()
+            self._forget_old_starts(now)
             if self._paused_until > now:
                 return False, self._paused_until - now
             if next(iter(self._queue)) != ticket:
@@ -55,7 +54,12 @@ class LocalLimit:
     def _take(self, ticket: str, now: float) -> None:
         self._queue.pop(ticket, None)
         self._held.add(ticket)
+        self._forget_old_starts(now)
         self._starts.append(now)
+
+    def _forget_old_starts(self, now: float) -> None:
+        while self._starts and self._starts[0] <= now - 60:
+            self._starts.popleft()
 
     def leave(self, ticket: str) -> None:
         with self._lock:
