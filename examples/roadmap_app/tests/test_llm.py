@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from openai import AsyncOpenAI
+from roadmap_testkit import fake_openai
 
 import loopsafe.llm
 from roadmap_app.config import Settings
@@ -30,7 +28,7 @@ from roadmap_app.pipeline.calls import Brief, LLMOptions, ask
 from roadmap_app.pipeline.content import Tutorial
 from roadmap_app.pipeline.curriculum import Curriculum, design_curriculum
 from roadmap_app.pipeline.intent import analyze_intent
-from roadmap_app.processes import ManagedProcess, free_port, wait_for_http
+from roadmap_app.processes import free_port
 
 OPTIONS = LLMOptions(retries=2, timeout_s=5.0)
 
@@ -158,19 +156,8 @@ async def test_ask_recovers_from_one_bad_answer_and_times_out_hung_calls() -> No
 
 @pytest.fixture(scope="module")
 def openai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    server = ManagedProcess(
-        "fake-openai",
-        [sys.executable, "-m", "uvicorn", "fake_openai_server:app", "--port", str(port),
-         "--app-dir", str(Path(__file__).parent), "--log-level", "warning"],
-        env=dict(os.environ),
-        log_path=tmp_path_factory.mktemp("openai") / "server.log",
-    ).start()  # fmt: skip
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/docs", timeout=30, process=server)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.stop(timeout=5)
+    with fake_openai(tmp_path_factory.mktemp("openai") / "server.log") as url:
+        yield url
 
 
 def calls(server: str, user: str) -> int:

@@ -3,17 +3,13 @@ answers 429 above its cap finish every roadmap without a single 429."""
 
 from __future__ import annotations
 
-import os
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from roadmap_testkit import Stack, delete_keys, make_env, wait_for_status
-
-from roadmap_app.processes import ManagedProcess, free_port, wait_for_http
+from roadmap_testkit import Stack, delete_keys, fake_openai, make_env, wait_for_status
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.celery, pytest.mark.slow]
 
@@ -23,19 +19,9 @@ CAP = 2
 @pytest.fixture
 def capped_provider(tmp_path: Path) -> Iterator[str]:
     """The fake OpenAI server, refusing (429 + Retry-After) more than CAP calls at once."""
-    port = free_port()
-    server = ManagedProcess(
-        "capped-openai",
-        [sys.executable, "-m", "uvicorn", "fake_openai_server:app", "--port", str(port),
-         "--app-dir", str(Path(__file__).parent), "--log-level", "warning"],
-        env={**os.environ, "FAKE_OPENAI_MAX_CONCURRENCY": str(CAP), "FAKE_OPENAI_LATENCY_MS": "30"},
-        log_path=tmp_path / "server.log",
-    ).start()  # fmt: skip
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/docs", timeout=30, process=server)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.stop(timeout=5)
+    log = tmp_path / "server.log"
+    with fake_openai(log, FAKE_OPENAI_MAX_CONCURRENCY=str(CAP), FAKE_OPENAI_LATENCY_MS="30") as url:
+        yield url
 
 
 def test_workers_share_llm_concurrency_and_no_concept_meets_a_429(

@@ -89,20 +89,24 @@ def _provider(settings: Settings, name: str) -> Provider:
     return provider
 
 
-def _sdk_transport(settings: Settings, name: str) -> httpx2.AsyncBaseTransport | None:
+def _sdk_options(
+    settings: Settings, name: str, http_client_class: Callable[..., Any]
+) -> dict[str, Any]:
+    """Keyword arguments of an SDK client for provider `name`, over a limited transport."""
+    provider = _provider(settings, name)
     found = limiter(name, settings)
-    return None if found is None else LimitedTransport2(httpx2.AsyncHTTPTransport(), found)
+    transport = None if found is None else LimitedTransport2(httpx2.AsyncHTTPTransport(), found)
+    return {
+        "api_key": provider.api_key,
+        "base_url": provider.base_url,
+        "timeout": settings.timeout,
+        "max_retries": settings.max_retries,
+        "http_client": http_client_class(transport=transport),
+    }
 
 
 def _make_openai(settings: Settings) -> openai.AsyncOpenAI:
-    provider = _provider(settings, "openai")
-    return openai.AsyncOpenAI(
-        api_key=provider.api_key,
-        base_url=provider.base_url,
-        timeout=settings.timeout,
-        max_retries=settings.max_retries,
-        http_client=openai.DefaultAsyncHttpxClient(transport=_sdk_transport(settings, "openai")),
-    )
+    return openai.AsyncOpenAI(**_sdk_options(settings, "openai", openai.DefaultAsyncHttpxClient))
 
 
 def _make_anthropic(settings: Settings) -> anthropic.AsyncAnthropic:
@@ -113,16 +117,8 @@ def _make_anthropic(settings: Settings) -> anthropic.AsyncAnthropic:
             "loopsafe.llm.get_anthropic() needs the anthropic SDK: "
             "pip install 'loopsafe[anthropic]'"
         ) from exc
-    provider = _provider(settings, "anthropic")
-    return anthropic.AsyncAnthropic(
-        api_key=provider.api_key,
-        base_url=provider.base_url,
-        timeout=settings.timeout,
-        max_retries=settings.max_retries,
-        http_client=anthropic.DefaultAsyncHttpxClient(
-            transport=_sdk_transport(settings, "anthropic")
-        ),
-    )
+    options = _sdk_options(settings, "anthropic", anthropic.DefaultAsyncHttpxClient)
+    return anthropic.AsyncAnthropic(**options)
 
 
 def _make_http(settings: Settings, name: str) -> httpx.AsyncClient:
