@@ -37,12 +37,12 @@ class LocalLimit:
             self._forget_old_starts(now)
             if self._paused_until > now:
                 return False, self._paused_until - now
-            if next(iter(self._queue)) != ticket:
+            # First come, first served: with k slots free, only the first k in line take one.
+            rank = list(self._queue).index(ticket)
+            if self.concurrency is not None and rank >= self.concurrency - len(self._held):
                 return False, 0.0
-            if self.concurrency is not None and len(self._held) >= self.concurrency:
-                return False, 0.0
-            if self.per_minute is not None and len(self._starts) >= self.per_minute:
-                return False, self._starts[0] + 60 - now
+            if self.per_minute is not None and rank >= self.per_minute - len(self._starts):
+                return False, (self._starts[0] + 60 - now) if self._starts else 0.0
             self._take(ticket, now)
             return True, 0.0
 

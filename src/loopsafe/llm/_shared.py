@@ -48,11 +48,13 @@ redis.call('ZADD', KEYS[2], now + tonumber(ARGV[6]), ticket)
 for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
 local paused = redis.call('PTTL', KEYS[5])
 if paused > 0 then return {0, paused} end
-if redis.call('ZRANGE', KEYS[1], 0, 0)[1] ~= ticket then return {0, 0} end
-if concurrency > 0 and redis.call('ZCARD', KEYS[3]) >= concurrency then return {0, 0} end
-if per_minute > 0 and redis.call('ZCARD', KEYS[4]) >= per_minute then
+-- First come, first served: with k slots free, only the first k waiters in line may take one.
+local rank = redis.call('ZRANK', KEYS[1], ticket)
+if concurrency > 0 and rank >= concurrency - redis.call('ZCARD', KEYS[3]) then return {0, 0} end
+if per_minute > 0 and rank >= per_minute - redis.call('ZCARD', KEYS[4]) then
   local oldest = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
-  return {0, tonumber(oldest[2]) + 60000 - now}
+  if oldest[2] then return {0, tonumber(oldest[2]) + 60000 - now} end
+  return {0, 0}
 end
 redis.call('ZREM', KEYS[1], ticket)
 redis.call('ZREM', KEYS[2], ticket)
