@@ -9,12 +9,14 @@ import threading
 import uuid
 from typing import Any
 
+import httpx
 import openai
 import pytest
 import redis
 
 import loopsafe.redis
 from loopsafe.llm import Limit, LimitTimeoutError, configure, get_openai, limit
+from loopsafe.llm._transport import DEFAULT_PAUSE, retry_after
 
 from ..conftest import run_on_new_loop
 from ..forking import in_child
@@ -169,6 +171,7 @@ async def test_a_429_pauses_every_caller_for_its_retry_after(
     assert stats(llm_server_url, tag) == {"served": 0, "rejected": 1, "max_in_flight": 0}
 
 
+@pytest.mark.both_loops
 async def test_the_limit_holds_slots_until_a_streamed_body_is_closed(
     llm_server_url: str, redis_url: str, namespace: str, observer: redis.Redis
 ) -> None:
@@ -204,3 +207,20 @@ async def test_a_forked_child_counts_against_the_same_limit_as_its_parent(
     assert report == {"third": "refused"}
     async with limit("openai"), limit("openai"):  # the child gave its slot back
         pass
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),  # OpenAI's finer header wins
+        ({"retry-after": "7"}, 7.0),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a date in the past
+        ({"retry-after": "soon"}, DEFAULT_PAUSE),  # unreadable: the default pause
+        ({"retry-after": "-3"}, 0.0),
+        ({}, DEFAULT_PAUSE),
+    ],
+)
+def test_retry_after_is_read_like_the_providers_send_it(
+    headers: dict[str, str], seconds: float
+) -> None:
+    assert retry_after(httpx.Headers(headers)) == seconds
