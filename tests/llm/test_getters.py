@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import re
 import threading
 from typing import Any
 
@@ -13,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from loopsafe import aclose_all
+from loopsafe import WrongLoopError, aclose_all
 from loopsafe.llm import configure, get_anthropic, get_http, get_openai
 
 from ..conftest import LoopFactory, run_on_new_loop
@@ -160,3 +161,32 @@ def test_a_loop_closed_without_disposal_releases_its_clients_quietly(configured:
     gc.collect()
     assert not client.is_closed()  # not closed: nothing was awaited on a dead loop
     assert (asyncio.run(ask("next loop")))[0] == "echo: next loop"
+
+
+@pytest.mark.parametrize("getter", ["get_openai()", "get_http('llm')"])
+def test_a_client_used_on_another_loop_raises_wrong_loop_error(
+    configured: str, loop_factory: LoopFactory, getter: str
+) -> None:
+    async def request(client: Any) -> None:
+        if isinstance(client, httpx.AsyncClient):
+            await client.get("models")
+        else:
+            await client.models.list()
+
+    async def keep() -> Any:
+        client = get_openai() if getter == "get_openai()" else get_http("llm")
+        await request(client)
+        return client
+
+    first = loop_factory()
+    try:
+        client = first.run_until_complete(keep())
+        with pytest.raises(
+            WrongLoopError,
+            match=rf"^This client from loopsafe\.llm\.{re.escape(getter)} was created on .* and "
+            rf"used on .*\. Call {re.escape(getter)} where you use the client",
+        ):
+            run_on_new_loop(loop_factory, request(client))
+    finally:
+        first.run_until_complete(aclose_all())
+        first.close()

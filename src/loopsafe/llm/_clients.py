@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -10,11 +11,12 @@ import httpx2
 import openai
 
 from .._log import get_logger
+from .._owner import LoopOwner
 from .._registry import LoopLocal
 from ._limit import limiter
 from ._release import release_without_io
 from ._settings import Provider, Settings, current_settings
-from ._transport import LimitedTransport, LimitedTransport2
+from ._transport import LoopTransport, LoopTransport2
 
 if TYPE_CHECKING:
     import anthropic
@@ -89,13 +91,25 @@ def _provider(settings: Settings, name: str) -> Provider:
     return provider
 
 
+def _owner(getter: str) -> LoopOwner:
+    return LoopOwner(
+        asyncio.get_running_loop(),
+        what=f"This client from loopsafe.llm.{getter}",
+        fix=(
+            f"Call {getter} where you use the client (it returns the running loop's own client) "
+            "instead of keeping one in a variable, attribute or closure that outlives its loop."
+        ),
+    )
+
+
 def _sdk_options(
     settings: Settings, name: str, http_client_class: Callable[..., Any]
 ) -> dict[str, Any]:
     """Keyword arguments of an SDK client for provider `name`, over a limited transport."""
     provider = _provider(settings, name)
-    found = limiter(name, settings)
-    transport = None if found is None else LimitedTransport2(httpx2.AsyncHTTPTransport(), found)
+    transport = LoopTransport2(
+        httpx2.AsyncHTTPTransport(), _owner(f"get_{name}()"), limiter(name, settings)
+    )
     return {
         "api_key": provider.api_key,
         "base_url": provider.base_url,
@@ -129,11 +143,11 @@ def _make_http(settings: Settings, name: str) -> httpx.AsyncClient:
             f"loopsafe.llm.configure() (configured: {', '.join(map(repr, settings.http))})"
         )
     kwargs = {"timeout": settings.timeout, **options}
-    found = limiter(name, settings)
-    if found is not None:
-        kwargs["transport"] = LimitedTransport(
-            kwargs.get("transport") or httpx.AsyncHTTPTransport(), found
-        )
+    kwargs["transport"] = LoopTransport(
+        kwargs.get("transport") or httpx.AsyncHTTPTransport(),
+        _owner(f"get_http({name!r})"),
+        limiter(name, settings),
+    )
     return httpx.AsyncClient(**kwargs)
 
 

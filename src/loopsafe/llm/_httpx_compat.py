@@ -23,7 +23,7 @@ def pooled_transports(client: object) -> list[tuple[Any, Any]]:
     """
     http: Any = getattr(client, "_client", client)
     transport: Any = getattr(http, "_transport", None)
-    while hasattr(transport, "inner"):  # loopsafe's LimitedTransport around the real one
+    while hasattr(transport, "inner"):  # loopsafe's LoopTransport around the real one
         transport = transport.inner
     found = []
     for connection in getattr(getattr(transport, "_pool", None), "_connections", ()):

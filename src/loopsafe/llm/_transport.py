@@ -1,4 +1,4 @@
-"""HTTP transports that hold a limit's slot for each request and spread a 429's Retry-After."""
+"""HTTP transports that refuse other loops, hold a limit's slot per request, spread Retry-After."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from typing import Any
 import httpx
 import httpx2
 
+from .._owner import LoopOwner
 from ._limit import Limiter, Permit
 
-__all__ = ("LimitedTransport", "LimitedTransport2", "retry_after")
+__all__ = ("LoopTransport", "LoopTransport2", "retry_after")
 
 #: The pause after a 429 that names no Retry-After.
 DEFAULT_PAUSE = 1.0
@@ -38,6 +39,8 @@ def retry_after(headers: Any) -> float:
 
 
 class _ReleasingStream:
+    """A response body that gives its request's slot back when it is closed."""
+
     def __init__(self, stream: Any, limiter: Limiter, permit: Permit) -> None:
         self._stream = stream
         self._limiter = limiter
@@ -64,16 +67,22 @@ class _ReleasingStream2(_ReleasingStream, httpx2.AsyncByteStream):
     pass
 
 
-class _LimitedSending:
-    """The body both transports share: one slot per request, until its response body is closed."""
+class _Sending:
+    """The body both transports share: the loop check, then one slot per request (when limited)
+    until its response body is closed."""
 
     _stream_class: type[_ReleasingStream]
 
-    def __init__(self, inner: Any, limiter: Limiter) -> None:
+    def __init__(self, inner: Any, owner: LoopOwner, limiter: Limiter | None) -> None:
         self.inner = inner
+        self.owner = owner
         self.limiter = limiter
 
     async def handle_async_request(self, request: Any) -> Any:
+        # Instead of anyio's "attached to a different loop", a hang, or "Event loop is closed".
+        self.owner.check()
+        if self.limiter is None:
+            return await self.inner.handle_async_request(request)
         permit = await self.limiter.acquire()
         try:
             response = await self.inner.handle_async_request(request)
@@ -90,13 +99,13 @@ class _LimitedSending:
         await self.inner.aclose()
 
 
-class LimitedTransport(_LimitedSending, httpx.AsyncBaseTransport):
-    """An `httpx` transport whose every request holds a slot of `limiter`."""
+class LoopTransport(_Sending, httpx.AsyncBaseTransport):
+    """An `httpx` transport for one loop's client, holding a slot of `limiter` per request."""
 
     _stream_class = _ReleasingStream1
 
 
-class LimitedTransport2(_LimitedSending, httpx2.AsyncBaseTransport):
+class LoopTransport2(_Sending, httpx2.AsyncBaseTransport):
     """The same for `httpx2`, the HTTP library of the current OpenAI and Anthropic SDKs."""
 
     _stream_class = _ReleasingStream2
