@@ -59,6 +59,15 @@ def run_on_new_loop(factory: LoopFactory, coroutine: Coroutine[Any, Any, T]) -> 
         loop.close()
 
 
+def logged(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
+    """The fields of every `event` loopsafe logged during the test, in order."""
+    return [
+        getattr(record, "loopsafe_fields", {})
+        for record in caplog.records
+        if getattr(record, "loopsafe_event", None) == event
+    ]
+
+
 def attach_a_new_loop() -> None:
     """Run a loopsafe lookup on a brand-new loop: a moment where abandoned instances are dropped.
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.events
+import socket
 import sys
 
 import pytest
 
-from loopsafe._asyncio_compat import asyncgens_shut_down, get_running_loop_or_none
+from loopsafe._asyncio_compat import asyncgens_shut_down, get_running_loop_or_none, take_socket
 
 from .conftest import LOOP_FACTORIES
 
@@ -47,3 +48,30 @@ def test_every_loop_implementation_reads_as_not_shut_down_before_its_end(name: s
         assert not asyncgens_shut_down(loop)
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("name", list(LOOP_FACTORIES))
+def test_take_socket_empties_asyncio_transports_and_leaves_others_alone(name: str) -> None:
+    ours, theirs = socket.socketpair()
+
+    async def transport_and_take() -> tuple[socket.socket | None, bool]:
+        _, writer = await asyncio.open_connection(sock=ours)
+        taken = take_socket(writer.transport)
+        closing = writer.transport.is_closing()
+        if taken is None:  # a transport that hides its socket: close it the ordinary way
+            writer.close()
+            await writer.wait_closed()
+        return taken, closing
+
+    loop = LOOP_FACTORIES[name]()
+    try:
+        taken, closing = loop.run_until_complete(transport_and_take())
+    finally:
+        loop.close()
+        theirs.close()
+    if isinstance(loop, asyncio.BaseEventLoop):
+        assert taken is ours, MOVED.format(sys.version.split()[0], "_SelectorTransport._sock")
+        assert closing, MOVED.format(sys.version.split()[0], "_SelectorTransport._closing")
+        ours.close()
+    else:
+        assert taken is None

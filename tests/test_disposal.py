@@ -13,7 +13,7 @@ import pytest
 import loopsafe
 from loopsafe import LoopLocal, aclose_all
 
-from .conftest import LoopFactory, attach_a_new_loop
+from .conftest import LoopFactory, attach_a_new_loop, logged
 
 
 class Counted:
@@ -128,8 +128,8 @@ def test_a_failing_or_hanging_close_never_stops_the_others(
     asyncio.run(main())
     assert closed == ["last", "first"]
     assert sorted(dropped) == ["fails", "hangs", "stubborn"]
-    failures = [r for r in caplog.records if r.loopsafe_event == "loopsafe.instance_close_failed"]
-    assert sorted(r.loopsafe_fields["registry"] for r in failures) == [
+    failures = logged(caplog, "loopsafe.instance_close_failed")
+    assert sorted(fields["registry"] for fields in failures) == [
         "fails",
         "hangs",
         "stubborn",
@@ -211,13 +211,13 @@ def test_a_loop_closed_without_shutdown_drops_its_instances_and_says_so(
     gone = gone_loop.run_until_complete(use())
     gone_loop.close()
     del gone_loop
-    gone.loop = None  # type: ignore[assignment]
+    gone.loop = None
     gc.collect()
     assert not gone.dropped  # no user code ran inside garbage collection
     attach_a_new_loop()
     assert gone.dropped
 
-    abandoned = [r for r in caplog.records if r.loopsafe_event == "loopsafe.instance_abandoned"]
+    abandoned = logged(caplog, "loopsafe.instance_abandoned")
     assert len(abandoned) == 2
-    assert {r.loopsafe_fields["registry"] for r in abandoned} == {"abandoned-probe"}
+    assert {fields["registry"] for fields in abandoned} == {"abandoned-probe"}
     assert local.peek() is None

@@ -14,6 +14,7 @@ import pytest
 import loopsafe
 from loopsafe import LoopLocal
 
+from .conftest import logged
 from .forking import in_child, libc_fork
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -135,9 +136,9 @@ def test_reset_after_fork_logs_and_forgets_everything(caplog: pytest.LogCaptureF
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
-    resets = [r for r in caplog.records if r.loopsafe_event == "loopsafe.fork_reset"]
+    resets = logged(caplog, "loopsafe.fork_reset")
     assert resets
-    assert resets[-1].loopsafe_fields["dropped"] >= 1
+    assert resets[-1]["dropped"] >= 1
 
 
 def test_fork_hook_is_registered_in_a_fresh_interpreter() -> None:

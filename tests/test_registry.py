@@ -10,12 +10,12 @@ import sys
 import threading
 import types
 import weakref
-from typing import Any
 
 import pytest
 
 import loopsafe
 from loopsafe import LoopLocal, LoopsafeError, NoRunningLoopError, loop_local
+from loopsafe._registry import RegistryStats
 
 from .conftest import LoopFactory
 
@@ -45,24 +45,54 @@ async def test_get_returns_one_instance_per_loop_and_the_same_on_repeat() -> Non
     assert first.loop is asyncio.get_running_loop()
 
 
-@pytest.mark.both_loops
-async def test_concurrent_first_use_in_one_loop_runs_the_factory_once() -> None:
-    calls = 0
+def test_threads_racing_on_their_first_uses_get_one_instance_per_loop_and_exact_counts() -> None:
+    """Eight threads start a new loop each round, all at once, and hit one registry together.
 
-    def factory() -> Resource:
-        nonlocal calls
-        calls += 1
-        return Resource()
+    Each loop's factory runs once; the counters, updated from every thread, add up exactly.
+    The switch interval is cut to a microsecond so threads really interleave inside `get()`.
+    """
+    local = LoopLocal(Resource, name="thread-race")
+    threads_count, rounds = 8, 10
+    barrier = threading.Barrier(threads_count)
+    seen: list[Resource] = []
+    failures: list[BaseException] = []
 
-    local = LoopLocal(factory)
+    async def first_uses() -> Resource:
+        barrier.wait(timeout=30)
+        first = local.get()
+        for _ in range(50):
+            assert local.get() is first
+        return first
 
-    async def use() -> Resource:
-        await asyncio.sleep(0)
-        return local.get()
+    def worker() -> None:
+        try:
+            for _ in range(rounds):
+                seen.append(asyncio.run(first_uses()))
+        except BaseException as exc:
+            failures.append(exc)
+            barrier.abort()
 
-    results = await asyncio.gather(*(use() for _ in range(100)))
-    assert calls == 1
-    assert len({id(result) for result in results}) == 1
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=worker) for _ in range(threads_count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert failures == []
+    assert len(seen) == threads_count * rounds
+    assert len({id(resource) for resource in seen}) == len(seen)  # all alive: ids are unique
+    assert len({id(resource.loop) for resource in seen}) == len(seen)
+    row = _row("thread-race")
+    assert (row["created"], row["loops"], row["closed"], row["live"]) == (
+        len(seen),
+        len(seen),
+        len(seen),
+        0,
+    )
 
 
 def test_reused_loop_ids_never_hand_out_a_dead_loops_instance(loop_factory: LoopFactory) -> None:
@@ -345,7 +375,7 @@ def test_stats_has_one_row_per_registry_with_counters() -> None:
     assert repr(local) == "<LoopLocal 'stats-probe' live=0>"
 
 
-def _row(name: str) -> dict[str, Any]:
+def _row(name: str) -> RegistryStats:
     rows = [row for row in loopsafe.stats() if row["name"] == name]
     assert len(rows) == 1
     return rows[0]

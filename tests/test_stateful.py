@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import threading
 from typing import Any
@@ -50,7 +51,10 @@ class RegistryMachine(RuleBasedStateMachine):
         super().__init__()
         self.locals = [
             LoopLocal(
-                lambda n=n: Thing(f"r{n}"), aclose=Thing.aclose, drop=Thing.drop, name=f"r{n}"
+                functools.partial(Thing, f"r{n}"),
+                aclose=Thing.aclose,
+                drop=Thing.drop,
+                name=f"r{n}",
             )
             for n in range(2)
         ]

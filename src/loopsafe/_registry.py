@@ -184,12 +184,6 @@ def collect_abandoned() -> int:
 atexit.register(collect_abandoned)
 
 
-def loop_description(loop: asyncio.AbstractEventLoop) -> str | None:
-    """How loopsafe described `loop` when it first used it (None if it never did)."""
-    state = _state_of(loop)
-    return state.description if state is not None else None
-
-
 def describe_loop(loop: asyncio.AbstractEventLoop | None) -> str:
     """A short human description of `loop`: its type, address and the thread it ran in."""
     if loop is None:
@@ -216,7 +210,7 @@ def _arm_finalizer(loop: asyncio.AbstractEventLoop, state: _LoopState) -> None:
     """Start the state's finalizer generator so the loop's shutdown_asyncgens() will resume it."""
     if state.finalizer is not None or asyncgens_shut_down(loop):
         # After shutdown_asyncgens() asyncio would warn about (and never close) a new generator;
-        # instances made that late are closed by aclose_all() or dropped when the loop is collected.
+        # instances made that late are closed by aclose_all() or dropped at a collection point.
         return
     finalizer = _finalizer(state)
     step = finalizer.__anext__()

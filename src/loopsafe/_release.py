@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import threading
 from typing import Any
+
+from ._asyncio_compat import take_socket
 
 __all__ = ("keep_forever", "release_transport")
 
@@ -40,10 +41,8 @@ def release_transport(transport: Any, *owners: object) -> None:
     """
     if transport is None:
         return
-    sock = getattr(transport, "_sock", None)
-    if isinstance(sock, socket.socket):
-        transport._sock = None
-        transport._closing = True
+    sock = take_socket(transport)
+    if sock is not None:
         sock.close()
         return
     _point_at_devnull(transport)

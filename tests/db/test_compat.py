@@ -7,6 +7,7 @@ _asyncpg_compat.py then, and the versions they name.
 from __future__ import annotations
 
 import inspect
+from typing import NoReturn
 
 import asyncpg
 import sqlalchemy
@@ -17,6 +18,7 @@ from sqlalchemy.util import queue
 
 from loopsafe.db._sqlalchemy_compat import (
     OVERRIDDEN_POOL_HOOKS,
+    async_dialect_class,
     await_in_greenlet,
     take_idle_records,
 )
@@ -24,7 +26,7 @@ from loopsafe.db._sqlalchemy_compat import (
 SA = f"SQLAlchemy {sqlalchemy.__version__}"
 
 
-def _creator() -> None:
+def _creator() -> NoReturn:
     raise AssertionError("never connects")
 
 
@@ -54,6 +56,11 @@ def test_sqlalchemy_private_reads_still_exist() -> None:
         getattr(sqlalchemy.util, "await_", None),
         getattr(sqlalchemy.util, "await_only", None),
     ), f"{SA} moved await_only/await_"
+
+
+def test_sqlalchemy_still_loads_asyncio_dialects_by_url() -> None:
+    url = sqlalchemy.make_url("postgresql+psycopg://u@h/db")
+    assert async_dialect_class(url).is_async, f"{SA} changed URL.get_dialect(_is_async=True)"
 
 
 def test_asyncpg_connection_keeps_its_transport_and_aborted_flag() -> None:

@@ -17,6 +17,7 @@ import loopsafe.redis
 from loopsafe.llm import Limit, LimitTimeoutError, configure, limit
 from loopsafe.testing import EmbeddedRedis
 
+from ..conftest import logged
 from .conftest import stats
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -68,10 +69,6 @@ async def test_a_killed_holders_slot_comes_back_when_its_lease_ends(
         pass
 
 
-def events(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [getattr(record, "loopsafe_event", "") for record in caplog.records]
-
-
 async def test_a_redis_restart_degrades_to_a_per_process_share_then_coordinates_again(
     namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -89,7 +86,9 @@ async def test_a_redis_restart_degrades_to_a_per_process_share_then_coordinates_
         observer.close()
         server.stop()
         async with limit("openai"), limit("openai"):
-            assert "loopsafe.llm_limit_degraded" in events(caplog)
+            [degraded] = logged(caplog, "loopsafe.llm_limit_degraded")
+            assert degraded["limit"] == "openai"
+            assert degraded["concurrency"] == 2  # this process's share of 4 over 2 processes
             with pytest.raises(LimitTimeoutError):  # a third exceeds this process's share
                 async with limit("openai"):
                     pass
@@ -97,7 +96,7 @@ async def test_a_redis_restart_degrades_to_a_per_process_share_then_coordinates_
             observer = redis.Redis.from_url(server.url)
             async with limit("openai"):
                 # Coordinated again, and the two slots taken meanwhile are counted for everyone.
-                assert "loopsafe.llm_limit_recoordinated" in events(caplog)
+                assert logged(caplog, "loopsafe.llm_limit_recoordinated") == [{"limit": "openai"}]
                 assert observer.zcard(held) == 3
         assert observer.zcard(held) == 0
         observer.close()

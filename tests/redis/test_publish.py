@@ -48,11 +48,13 @@ async def listening(channel: str, into: list[Message]) -> AsyncIterator[None]:
     async def subscribed() -> bool:
         return int((await client.pubsub_numsub(channel))[0][1]) > 0
 
-    for _ in range(500):
-        if await subscribed():
-            break
-        await asyncio.sleep(0.01)
     try:
+        for _ in range(500):
+            if await subscribed():
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError(f"the subscription to {channel} never appeared within 5 s")
         yield
     finally:
         task.cancel()
@@ -272,6 +274,9 @@ def test_eight_threads_publish_two_hundred_each_with_one_client_per_loop(
             if await subscribed():
                 break
             await asyncio.sleep(0.01)
+        else:
+            task.cancel()
+            raise AssertionError(f"the subscription to {channel} never appeared within 10 s")
         ready.set()
         async with asyncio.timeout(60):
             await task

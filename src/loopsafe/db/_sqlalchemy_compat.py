@@ -4,8 +4,9 @@ loopsafe's pools subclass SQLAlchemy's and override its pool hooks ``Pool._do_ge
 ``Pool._do_return_conn``, ``Pool._close_connection`` and the ``Pool._invoke_creator`` attribute
 (`OVERRIDDEN_POOL_HOOKS`). Beyond those it reads ``QueuePool._max_overflow``, ``Pool._dialect``
 and ``QueuePool._pool`` (the queue of idle records, with ``sqlalchemy.util.queue.Empty``), calls
-``_ConnectionRecord._checkin_failed``, and runs coroutines from sync code through
-``sqlalchemy.util.await_only`` (renamed ``await_`` in 2.1). Checked against SQLAlchemy 2.1.9;
+``_ConnectionRecord._checkin_failed``, runs coroutines from sync code through
+``sqlalchemy.util.await_only`` (renamed ``await_`` in 2.1), and loads a URL's asyncio dialect with
+``URL.get_dialect(_is_async=True)``. Checked against SQLAlchemy 2.1.9;
 tests/db/test_compat.py fails loudly if a release moves any of them.
 """
 
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import sqlalchemy.util as _sa_util
+from sqlalchemy.engine import URL
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.pool import Pool, QueuePool
 from sqlalchemy.pool.base import ConnectionPoolEntry, _ConnectionRecord
@@ -24,6 +26,7 @@ from sqlalchemy.util import queue as _sa_queue
 __all__ = (
     "OVERRIDDEN_POOL_HOOKS",
     "CreatorFn",
+    "async_dialect_class",
     "await_in_greenlet",
     "checkin_failed",
     "dialect_of",
@@ -39,6 +42,11 @@ OVERRIDDEN_POOL_HOOKS = ("_do_get", "_do_return_conn", "_close_connection", "_in
 await_in_greenlet: Callable[[Awaitable[Any]], Any] = (
     getattr(_sa_util, "await_", None) or _sa_util.await_only
 )
+
+
+def async_dialect_class(url: URL) -> type[Dialect]:
+    """The dialect class `url` names, in its asyncio flavour (``postgresql+psycopg`` → async)."""
+    return url.get_dialect(_is_async=True)
 
 
 def max_overflow(pool: QueuePool) -> int:

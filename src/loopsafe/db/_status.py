@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TypedDict
+# Not typing.TypedDict: pydantic (FastAPI response models) accepts only typing_extensions' before
+# Python 3.12, and a health endpoint returning pool_status() is the first use. SQLAlchemy depends
+# on typing_extensions, so the db extra has it.
+from typing_extensions import TypedDict
 
 __all__ = ("PoolStatus",)
 
