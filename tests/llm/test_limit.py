@@ -115,7 +115,7 @@ async def test_a_wait_longer_than_max_wait_raises_and_leaves_nothing_behind(
     async with limit("openai"):
         with pytest.raises(
             LimitTimeoutError,
-            match=r"No slot of the LLM limit 'openai' \(concurrency=1, shared by every process\) "
+            match=r"No slot of the LLM limit 'openai' \(1 at once, shared by every process\) "
             r"within max_wait=0\.3 s; nothing was sent",
         ):
             async with limit("openai"):

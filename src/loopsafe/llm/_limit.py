@@ -20,7 +20,7 @@ from .._log import get_logger
 from ..redis._client import loop_clients
 from ._errors import LimitTimeoutError
 from ._local import LocalLimit
-from ._settings import Limit, Settings, current_settings
+from ._settings import Limit, Settings, current_settings, describe
 from ._shared import WAITER_TTL_MS, SharedLimit
 
 __all__ = ("Limiter", "Permit", "limit", "limiter")
@@ -164,19 +164,10 @@ class Limiter:
                 await _on_redis(lambda r: self.shared.pause(r, seconds))
 
     def _timeout(self) -> LimitTimeoutError:
-        limit = self.limit
-        rules = ", ".join(
-            part
-            for part in (
-                f"concurrency={limit.concurrency}" if limit.concurrency else "",
-                f"per_minute={limit.per_minute}" if limit.per_minute else "",
-            )
-            if part
-        )
         return LimitTimeoutError(
-            f"No slot of the LLM limit {self.name!r} ({rules}, shared by every process) within "
-            f"max_wait={limit.max_wait:g} s; nothing was sent. Raise Limit.max_wait, raise the "
-            "limit if the provider allows it, or send less work at once."
+            f"No slot of the LLM limit {self.name!r} ({describe(self.limit)}, shared by every "
+            f"process) within max_wait={self.limit.max_wait:g} s; nothing was sent. Raise "
+            "Limit.max_wait, raise the limit if the provider allows it, or send less work at once."
         )
 
 

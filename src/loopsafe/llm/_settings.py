@@ -18,7 +18,15 @@ import httpx
 from .._log import get_logger
 from .._validate import count, seconds
 
-__all__ = ("PROVIDERS", "Limit", "Provider", "Settings", "configure", "current_settings")
+__all__ = (
+    "PROVIDERS",
+    "Limit",
+    "Provider",
+    "Settings",
+    "configure",
+    "current_settings",
+    "describe",
+)
 
 #: The providers loopsafe.llm makes SDK clients for; any other API goes through `get_http()`.
 PROVIDERS = ("openai", "anthropic")
@@ -148,7 +156,7 @@ def configure(
     _log.info(
         "loopsafe.llm_configured",
         providers=sorted(resolved),
-        limits={name: _describe(limit) for name, limit in checked_limits.items()},
+        limits={name: describe(limit) for name, limit in checked_limits.items()},
         namespace=space,
     )
 
@@ -230,7 +238,8 @@ def _check_http(name: object, options: object) -> Mapping[str, Any]:
     return MappingProxyType(dict(options))
 
 
-def _describe(limit: Limit) -> str:
+def describe(limit: Limit) -> str:
+    """The limit in words: ``"8 at once, 500/min"``."""
     parts = [f"{limit.concurrency} at once"] if limit.concurrency else []
     if limit.per_minute:
         parts.append(f"{limit.per_minute}/min")
@@ -239,12 +248,7 @@ def _describe(limit: Limit) -> str:
 
 def current_settings() -> Settings:
     """The latest `configure()`'s settings; configures from the environment on first use."""
-    settings = _settings
-    if settings is None:
-        with _lock:
-            needed = _settings is None
-        if needed:
-            configure()
-        settings = _settings
-    assert settings is not None
-    return settings
+    if _settings is None:
+        configure()
+    assert _settings is not None
+    return _settings
