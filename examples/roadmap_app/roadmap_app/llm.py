@@ -68,7 +68,8 @@ class OpenAIProvider:
     Each event loop gets its own client from `loopsafe.llm.get_openai()`, closed with the loop.
     `LLM_CONCURRENCY` is one limit for the whole deployment (every worker process and the API
     together, coordinated through Redis), and a 429's Retry-After holds back every process. The
-    SDK does not retry: `ask()` is the only retry layer, under one deadline.
+    SDK does not retry: `ask()` is the only retry layer, under one deadline. Making a provider
+    configures `loopsafe.llm` for this process from `settings` (the process has one deployment).
     """
 
     name = "openai"
