@@ -86,6 +86,9 @@ class Settings:
     llm_concurrency: int = 6
     llm_retries: int = 2
     llm_timeout_s: float = 60.0
+    # LLM_LIMIT_SCOPE=process: each process keeps LLM_CONCURRENCY to itself (what the app did
+    # before loopsafe.llm), kept to reproduce the provider's 429s; "deployment" shares one limit.
+    llm_limit_scope: Literal["deployment", "process"] = "deployment"
     content_batch_size: int = 8
     event_timeout_s: float = 1.0
 
@@ -106,6 +109,9 @@ class Settings:
                 "LLM_PROVIDER=openai needs LLM_API_KEY (any non-empty value for local servers "
                 "such as Ollama or vLLM); unset LLM_BASE_URL to use the offline provider"
             )
+        scope = _text(env, "LLM_LIMIT_SCOPE", cls.llm_limit_scope)
+        if scope not in ("deployment", "process"):
+            raise SettingsError(f"LLM_LIMIT_SCOPE must be 'deployment' or 'process', got {scope!r}")
         numbers: dict[str, Any] = {
             field: _number(env, variable, getattr(cls, field), parse, low=low, high=high)
             for field, (variable, parse, low, high) in _NUMBERS.items()
@@ -119,6 +125,7 @@ class Settings:
             llm_base_url=env.get("LLM_BASE_URL") or None,
             llm_api_key=api_key,
             llm_model=_text(env, "LLM_MODEL", cls.llm_model),
+            llm_limit_scope="process" if scope == "process" else "deployment",
             **numbers,
         )
 

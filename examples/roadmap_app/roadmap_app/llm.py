@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -62,6 +63,12 @@ class LLMProvider(Protocol):
 # OpenAI-compatible provider
 
 
+def _limit_namespace(settings: Settings) -> str:
+    """Where the LLM limit lives in Redis: one place for the deployment, or one per process."""
+    namespace = f"{settings.key_prefix}roadmap:llm"
+    return f"{namespace}:{os.getpid()}" if settings.llm_limit_scope == "process" else namespace
+
+
 class OpenAIProvider:
     """Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, LM Studio, …).
 
@@ -88,7 +95,7 @@ class OpenAIProvider:
                     processes=settings.processes,
                 )
             },
-            namespace=f"{settings.key_prefix}roadmap:llm",
+            namespace=_limit_namespace(settings),
         )
 
     async def complete_json(self, prompt: Prompt) -> dict[str, Any]:

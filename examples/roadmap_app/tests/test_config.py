@@ -58,6 +58,10 @@ def test_an_llm_base_url_selects_the_openai_provider() -> None:
         ),
         ({"LLM_PROVIDER": "claude"}, "LLM_PROVIDER must be 'offline' or 'openai', got 'claude'"),
         ({"LLM_PROVIDER": "openai"}, "LLM_PROVIDER=openai needs LLM_API_KEY"),
+        (
+            {"LLM_LIMIT_SCOPE": "host"},
+            "LLM_LIMIT_SCOPE must be 'deployment' or 'process', got 'host'",
+        ),
     ],
 )
 def test_bad_values_raise_settings_error_naming_the_variable(
