@@ -30,7 +30,7 @@ from ._budget import PoolBudget
 from ._pool import LoopBoundNullPool, LoopBoundQueuePool, PoolContext, context_of
 from ._pooler import Pooler, driver_settings, normalize_url
 from ._quota import ConnectionQuota
-from ._retry import backoff, is_retryable_transaction_error, is_transient_connection_error
+from ._retry import backoff, is_retryable_connect_error, is_retryable_transaction_error
 
 __all__ = ("Database", "DatabaseNotConfiguredError", "live_databases")
 
@@ -298,8 +298,9 @@ class Database:
     def session(self, *, commit: bool = True) -> AbstractAsyncContextManager[AsyncSession]:
         """A session on this loop's engine: commits on success, rolls back on error, always closes.
 
-        The connection is checked out on entry, retrying transient failures (server restarting,
-        backend killed) up to ``connect_retries`` times with exponential backoff. With
+        The connection is checked out on entry, retrying failures that may pass (server down or
+        restarting, connection refused or reset, backend killed) up to ``connect_retries`` times
+        with exponential backoff; bad credentials or a missing database fail at once. With
         ``commit=False`` the transaction is rolled back at the end instead of committed.
         Raises `PoolExhaustedError` when a budgeted pool has nothing free within ``pool_timeout``,
         `WrongLoopError` never (the session is always this loop's). Since 0.1.0.
@@ -332,7 +333,7 @@ class Database:
                 return
             except Exception as error:
                 attempt += 1
-                if attempt > self.connect_retries or not is_transient_connection_error(error):
+                if attempt > self.connect_retries or not is_retryable_connect_error(error):
                     raise
                 delay = backoff(attempt)
                 _log.warning(
@@ -351,9 +352,11 @@ class Database:
     ) -> T:
         """Run ``await fn(session)`` in a transaction and commit; re-run it when that can help.
 
-        A serialization failure (SQLSTATE 40001), a deadlock (40P01) or a lost connection rolls
-        back and runs `fn` again in a fresh transaction, up to `retries` more times with backoff;
-        any other error propagates at once. `fn` must therefore be safe to re-run (no side
+        A serialization failure (SQLSTATE 40001), a deadlock (40P01) or a lost connection
+        (invalidated by SQLAlchemy, SQLSTATE class 08, 57P01-57P03), raised by SQLAlchemy or the
+        driver, rolls back and runs `fn` again in a fresh transaction, up to `retries` more times
+        with backoff; any other error propagates at once, including `fn`'s own `TimeoutError`,
+        `OSError` or `ConnectionError`. `fn` must therefore be safe to re-run (no side
         effects outside the transaction). A connection lost *during commit* is ambiguous — the
         commit may have happened — and is retried too, so make such writes idempotent.
         Since 0.1.0.
