@@ -46,7 +46,7 @@ _databases: weakref.WeakSet[Database] = weakref.WeakSet()
 class DatabaseNotConfiguredError(LoopsafeError, RuntimeError):
     """No database URL was given and ``$DATABASE_URL`` is not set.
 
-    Since 0.1.0.
+    .. versionadded:: 0.1.0
     """
 
 
@@ -83,7 +83,9 @@ class Database:
     ``session_options`` to `async_sessionmaker` (default ``expire_on_commit=False``).
 
     Raises `DatabaseNotConfiguredError` without a URL, `ValueError`/`TypeError` for invalid
-    options. Since 0.1.0.
+    options.
+
+    .. versionadded:: 0.1.0
     """
 
     def __init__(
@@ -287,12 +289,17 @@ class Database:
     def get_engine(self) -> AsyncEngine:
         """This loop's `AsyncEngine`, created on first use.
 
-        Raises `loopsafe.NoRunningLoopError` outside a running loop. Since 0.1.0.
+        Raises `loopsafe.NoRunningLoopError` outside a running loop.
+
+        .. versionadded:: 0.1.0
         """
         return self._bound.get().engine
 
     def session_maker(self) -> async_sessionmaker[AsyncSession]:
-        """This loop's `async_sessionmaker`, bound to this loop's engine. Since 0.1.0."""
+        """This loop's `async_sessionmaker`, bound to this loop's engine.
+
+        .. versionadded:: 0.1.0
+        """
         return self._bound.get().maker
 
     def session(self, *, commit: bool = True) -> AbstractAsyncContextManager[AsyncSession]:
@@ -303,7 +310,9 @@ class Database:
         with exponential backoff; bad credentials or a missing database fail at once. With
         ``commit=False`` the transaction is rolled back at the end instead of committed.
         Raises `PoolExhaustedError` when a budgeted pool has nothing free within ``pool_timeout``,
-        `WrongLoopError` never (the session is always this loop's). Since 0.1.0.
+        `WrongLoopError` never (the session is always this loop's).
+
+        .. versionadded:: 0.1.0
         """
         return self._session(commit)
 
@@ -359,7 +368,8 @@ class Database:
         `OSError` or `ConnectionError`. `fn` must therefore be safe to re-run (no side
         effects outside the transaction). A connection lost *during commit* is ambiguous — the
         commit may have happened — and is retried too, so make such writes idempotent.
-        Since 0.1.0.
+
+        .. versionadded:: 0.1.0
         """
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be an int >= 0, got {retries!r}")
@@ -389,7 +399,9 @@ class Database:
         Keys: ``loops`` (live engines), ``pool_size``, ``max_overflow``, ``checked_out``,
         ``checked_in``, ``overflow`` (connections open beyond pool_size), ``capacity`` (the most
         connections this process may open; with a budget, its per-process share; 0 means
-        unbounded, a NullPool without budget). Since 0.1.0.
+        unbounded, a NullPool without budget).
+
+        .. versionadded:: 0.1.0
         """
         with self._live_lock:
             bounds = list(self._live)
@@ -420,7 +432,10 @@ class Database:
 
     async def aclose(self) -> None:
         """Dispose of this loop's engine (closing its pooled connections); the next use makes a
-        new one. Other loops' engines are closed when their loops end. Since 0.1.0."""
+        new one. Other loops' engines are closed when their loops end.
+
+        .. versionadded:: 0.1.0
+        """
         await self._bound.aclose()
 
 
