@@ -113,31 +113,6 @@ async def test_lost_connection_is_retried(postgres_url: str, db_name: str) -> No
     assert calls == 2
 
 
-async def test_other_errors_are_never_retried(
-    postgres_url: str, db_name: str, counter_table: str
-) -> None:
-    db = Database(postgres_url, name=db_name)
-    calls = 0
-
-    async def duplicate_key(session: AsyncSession) -> None:
-        nonlocal calls
-        calls += 1
-        await session.execute(text(f"INSERT INTO {counter_table} VALUES (1, 0)"))
-
-    with pytest.raises(exc.IntegrityError, match="duplicate key"):
-        await db.run_in_transaction(duplicate_key)
-    assert calls == 1
-
-    async def application_error(session: AsyncSession) -> None:
-        nonlocal calls
-        calls += 1
-        raise ValueError("not a database problem")
-
-    with pytest.raises(ValueError, match="not a database problem"):
-        await db.run_in_transaction(application_error)
-    assert calls == 2
-
-
 # What the server says, raised as it would raise it; only these SQLSTATEs are worth a re-run.
 _RETRIED_STATES = ["08006", "57P01", "57P02", "57P03", "40001", "40P01"]
 _FINAL_STATES = ["57014", "23505", "42501"]  # query_canceled, unique_violation, no privilege
@@ -178,6 +153,10 @@ async def _times_out_during_a_query(session: AsyncSession, tmp_path: Path) -> No
         await session.execute(text("SELECT pg_sleep(5)"))
 
 
+async def _fails_its_own_check(session: AsyncSession, tmp_path: Path) -> None:
+    raise ValueError("not a database problem")
+
+
 async def _reads_a_missing_file(session: AsyncSession, tmp_path: Path) -> None:
     (tmp_path / "missing.json").read_text()
 
@@ -198,6 +177,7 @@ async def _replaces_a_serialization_failure(session: AsyncSession, tmp_path: Pat
 @pytest.mark.parametrize(
     ("application_step", "error"),
     [
+        (_fails_its_own_check, ValueError),
         (_times_out_during_a_query, TimeoutError),
         (_reads_a_missing_file, FileNotFoundError),
         (_calls_a_service_that_refuses, ConnectionRefusedError),
@@ -212,7 +192,8 @@ async def test_the_applications_own_errors_run_fn_exactly_once(
     application_step: Callable[[AsyncSession, Path], Awaitable[None]],
     error: type[Exception],
 ) -> None:
-    """fn's own TimeoutError, OSError or ConnectionError is not the database's: no re-run."""
+    """fn's own errors, even a TimeoutError, OSError or ConnectionError, are not the database's:
+    no re-run, and the transaction's writes are rolled back."""
     db = Database(postgres_url, name=db_name)
     calls = 0
 
