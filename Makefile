@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 APP := examples/roadmap_app
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo lint bench docs clean
 
 $(STAMP): pyproject.toml $(wildcard $(APP)/pyproject.toml)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,5 +31,12 @@ lint: install
 bench: install
 	for bench in benchmarks/bench_*.py; do $(BIN)/python $$bench || exit 1; done
 
+$(VENV)/.docs-installed: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[docs]'
+	touch $@
+
+docs: $(VENV)/.docs-installed  ## the documentation site in docs/_build/html; any warning fails
+	$(BIN)/python -m sphinx -b html -n -W --keep-going -q docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-* .pytest_cache .mypy_cache .ruff_cache docs/_build docs/benchmarks.md

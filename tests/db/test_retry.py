@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import exc, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from loopsafe.db import Database
-from loopsafe.testing import EmbeddedPostgres
+from loopsafe.testing import EmbeddedPostgres, free_port
 
 from .conftest import raw_connection, wait_for_connections
 
@@ -112,29 +113,101 @@ async def test_lost_connection_is_retried(postgres_url: str, db_name: str) -> No
     assert calls == 2
 
 
-async def test_other_errors_are_never_retried(
-    postgres_url: str, db_name: str, counter_table: str
+# What the server says, raised as it would raise it; only these SQLSTATEs are worth a re-run.
+_RETRIED_STATES = ["08006", "57P01", "57P02", "57P03", "40001", "40P01"]
+_FINAL_STATES = ["57014", "23505", "42501"]  # query_canceled, unique_violation, no privilege
+
+
+@pytest.mark.parametrize(
+    ("state", "calls_expected"),
+    [(state, 2) for state in _RETRIED_STATES] + [(state, 1) for state in _FINAL_STATES],
+)
+async def test_only_connection_and_concurrency_states_are_retried(
+    postgres_url: str, db_name: str, counter_table: str, state: str, calls_expected: int
 ) -> None:
     db = Database(postgres_url, name=db_name)
     calls = 0
 
-    async def duplicate_key(session: AsyncSession) -> None:
+    async def fails_once(session: AsyncSession) -> int:
         nonlocal calls
         calls += 1
-        await session.execute(text(f"INSERT INTO {counter_table} VALUES (1, 0)"))
+        await session.execute(text(f"UPDATE {counter_table} SET v = v + 1 WHERE id = 1"))
+        if calls == 1:
+            raise_state = f"DO $$BEGIN RAISE EXCEPTION 'raised' USING ERRCODE = '{state}'; END$$"
+            await session.execute(text(raise_state))
+        return calls
 
-    with pytest.raises(exc.IntegrityError, match="duplicate key"):
-        await db.run_in_transaction(duplicate_key)
+    if calls_expected == 1:
+        with pytest.raises(exc.DBAPIError, match="raised"):
+            await db.run_in_transaction(fails_once)
+    else:
+        assert await db.run_in_transaction(fails_once) == 2
+    assert calls == calls_expected
+    async with raw_connection(postgres_url) as raw:
+        # The failed attempt's update was rolled back; only a successful re-run's remains.
+        assert await raw.fetchval(f"SELECT v FROM {counter_table} WHERE id = 1") == calls - 1
+
+
+async def _times_out_during_a_query(session: AsyncSession, tmp_path: Path) -> None:
+    async with asyncio.timeout(0.05):
+        await session.execute(text("SELECT pg_sleep(5)"))
+
+
+async def _fails_its_own_check(session: AsyncSession, tmp_path: Path) -> None:
+    raise ValueError("not a database problem")
+
+
+async def _reads_a_missing_file(session: AsyncSession, tmp_path: Path) -> None:
+    (tmp_path / "missing.json").read_text()
+
+
+async def _calls_a_service_that_refuses(session: AsyncSession, tmp_path: Path) -> None:
+    await asyncio.open_connection("127.0.0.1", free_port())
+
+
+async def _replaces_a_serialization_failure(session: AsyncSession, tmp_path: Path) -> None:
+    try:
+        await session.execute(
+            text("DO $$BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '40001'; END$$")
+        )
+    except exc.DBAPIError:
+        raise ConnectionError("the application's own error, raised while handling one") from None
+
+
+@pytest.mark.parametrize(
+    ("application_step", "error"),
+    [
+        (_fails_its_own_check, ValueError),
+        (_times_out_during_a_query, TimeoutError),
+        (_reads_a_missing_file, FileNotFoundError),
+        (_calls_a_service_that_refuses, ConnectionRefusedError),
+        (_replaces_a_serialization_failure, ConnectionError),
+    ],
+)
+async def test_the_applications_own_errors_run_fn_exactly_once(
+    postgres_url: str,
+    db_name: str,
+    counter_table: str,
+    tmp_path: Path,
+    application_step: Callable[[AsyncSession, Path], Awaitable[None]],
+    error: type[Exception],
+) -> None:
+    """fn's own errors, even a TimeoutError, OSError or ConnectionError, are not the database's:
+    no re-run, and the transaction's writes are rolled back."""
+    db = Database(postgres_url, name=db_name)
+    calls = 0
+
+    async def fn(session: AsyncSession) -> None:
+        nonlocal calls
+        calls += 1
+        await session.execute(text(f"UPDATE {counter_table} SET v = v + 1 WHERE id = 1"))
+        await application_step(session, tmp_path)
+
+    with pytest.raises(error):
+        await db.run_in_transaction(fn)
     assert calls == 1
-
-    async def application_error(session: AsyncSession) -> None:
-        nonlocal calls
-        calls += 1
-        raise ValueError("not a database problem")
-
-    with pytest.raises(ValueError, match="not a database problem"):
-        await db.run_in_transaction(application_error)
-    assert calls == 2
+    async with raw_connection(postgres_url) as raw:
+        assert await raw.fetchval(f"SELECT v FROM {counter_table} WHERE id = 1") == 0
 
 
 async def test_retries_run_out(postgres_url: str, db_name: str) -> None:
@@ -225,14 +298,27 @@ async def test_checkout_waits_for_a_server_that_is_starting(
     assert "loopsafe.db.connect_retry" in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("driver", "error", "message"),
+    [
+        ("asyncpg", OSError, "Connect call failed"),
+        ("psycopg", exc.OperationalError, "connection (failed|refused)"),
+    ],
+)
 async def test_unreachable_server_fails_after_the_retries(
-    private_postgres: EmbeddedPostgres, db_name: str, caplog: pytest.LogCaptureFixture
+    private_postgres: EmbeddedPostgres,
+    db_name: str,
+    caplog: pytest.LogCaptureFixture,
+    driver: str,
+    error: type[Exception],
+    message: str,
 ) -> None:
     url = private_postgres.url.replace(f":{private_postgres.port}/", ":1/")
+    url = url.replace("postgresql://", f"postgresql+{driver}://", 1)
     db = Database(url, name=db_name, connect_retries=2)
     with (
         caplog.at_level(logging.WARNING, logger="loopsafe"),
-        pytest.raises(OSError, match="Connect call failed"),
+        pytest.raises(error, match=message),
     ):
         async with db.session():
             pass

@@ -16,6 +16,10 @@ from roadmap_app.config import Settings
 from roadmap_app.main import create_app
 from roadmap_app.resources import configure_resources
 
+# The real-server fixtures (`postgres_url`, `redis_url`); this conftest is top-level when the app's
+# tests run on their own.
+pytest_plugins = ["loopsafe.testing"]
+
 
 def _with_database(url: str, name: str) -> str:
     return make_url(url).set(database=name).render_as_string(hide_password=False)

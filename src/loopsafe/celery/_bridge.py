@@ -210,7 +210,7 @@ def run_async(coro: Coroutine[Any, Any, T], *, timeout: float | None = None) -> 
         TimeoutError: `timeout` seconds passed; the coroutine was cancelled and its cleanup ran.
         RuntimeError: calls nested more than `MAX_NESTING` deep.
 
-    Since 0.1.0.
+    .. versionadded:: 0.1.0
     """
     if type(coro) is not _CoroutineType and not isinstance(coro, Coroutine):
         raise _not_a_coroutine(coro)
@@ -493,7 +493,9 @@ def close_thread_loop(*, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> bool:
     Leftover tasks are cancelled, every loop-local resource is closed inside the loop
     (``loopsafe.aclose_all()``), async generators and the default executor are shut down, then the
     loop is closed. Each step is bounded by `timeout` seconds. Returns False if there was no loop
-    or it could not be closed (it was running). Since 0.1.0.
+    or it could not be closed (it was running).
+
+    .. versionadded:: 0.1.0
     """
     record: _ThreadLoop | None = getattr(_local, "record", None)
     if record is None or record.closed or record.pid != _getpid():
@@ -508,7 +510,9 @@ def close_all_loops(*, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> int:
     `timeout` seconds, then left alone and logged); their threads get a new loop on their next
     call. Helper loop threads are stopped. Returns how many loops were closed. Celery's
     ``worker_shutdown`` and ``worker_process_shutdown`` signals call this when `install` is used,
-    and so does ``atexit``. Since 0.1.0.
+    and so does ``atexit``.
+
+    .. versionadded:: 0.1.0
     """
     return _off_loop(lambda: _close_all(timeout))
 

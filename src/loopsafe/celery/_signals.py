@@ -52,7 +52,9 @@ _ENFORCES_TIME_LIMITS = frozenset({"prefork"})
 class UnsupportedPoolError(LoopsafeError, RuntimeError):
     """The Celery worker uses a pool that loopsafe.celery cannot serve (gevent, eventlet).
 
-    Raised when the worker starts, so a misconfigured worker never takes a task. Since 0.1.0.
+    Raised when the worker starts, so a misconfigured worker never takes a task.
+
+    .. versionadded:: 0.1.0
     """
 
 
@@ -130,7 +132,7 @@ def install(app: celery.Celery, *, default_timeout: float | None = None) -> None
     Raises:
         ValueError: `default_timeout` is not a positive number.
 
-    Since 0.1.0.
+    .. versionadded:: 0.1.0
     """
     from celery import bootsteps
     from celery.exceptions import SoftTimeLimitExceeded

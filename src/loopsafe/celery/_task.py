@@ -107,7 +107,7 @@ def async_task(app_or_function: Any = None, /, **task_options: Any) -> Any:
         TypeError: the decorated function is not an ``async def``, or the first argument is
             neither a Celery app nor None.
 
-    Since 0.1.0.
+    .. versionadded:: 0.1.0
     """
     if inspect.iscoroutinefunction(app_or_function):
         return _register(None, app_or_function, task_options)

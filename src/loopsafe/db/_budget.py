@@ -45,7 +45,9 @@ class PoolBudget:
     prints the table).
 
     Raises `ValueError` for invalid numbers, or when the budget cannot give every loop at least
-    one connection (the message says what would fit). Since 0.1.0.
+    one connection (the message says what would fit).
+
+    .. versionadded:: 0.1.0
     """
 
     max_connections: int
@@ -118,7 +120,9 @@ class PoolBudget:
         required), ``LOOPSAFE_LOOPS_PER_PROCESS`` (default 1) and ``LOOPSAFE_DB_RESERVE``
         (default 0.1).
 
-        Raises `ValueError` naming the variable that is missing or not a number. Since 0.1.0.
+        Raises `ValueError` naming the variable that is missing or not a number.
+
+        .. versionadded:: 0.1.0
         """
         max_connections = _env_int("DATABASE_MAX_CONNECTIONS", None)
         processes = _env_int("LOOPSAFE_PROCESSES", None)

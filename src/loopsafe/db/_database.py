@@ -33,7 +33,7 @@ from ._pool import LoopBoundNullPool, LoopBoundQueuePool, PoolContext, context_o
 from ._pooler import Pooler, driver_settings, normalize_url
 from ._pressure import PoolPressure, PressureAlerts
 from ._quota import ConnectionQuota
-from ._retry import backoff, is_retryable_transaction_error, is_transient_connection_error
+from ._retry import backoff, is_retryable_connect_error, is_retryable_transaction_error
 from ._sqlalchemy_compat import max_overflow
 from ._status import PoolStatus
 
@@ -81,7 +81,9 @@ class Database:
     ``session_options`` to `async_sessionmaker` (default ``expire_on_commit=False``).
 
     Raises `DatabaseNotConfiguredError` without a URL, `ValueError`/`TypeError` for invalid
-    options. Since 0.1.0.
+    options.
+
+    .. versionadded:: 0.1.0
     """
 
     def __init__(
@@ -288,22 +290,30 @@ class Database:
     def get_engine(self) -> AsyncEngine:
         """This loop's `AsyncEngine`, created on first use.
 
-        Raises `loopsafe.NoRunningLoopError` outside a running loop. Since 0.1.0.
+        Raises `loopsafe.NoRunningLoopError` outside a running loop.
+
+        .. versionadded:: 0.1.0
         """
         return self._bound.get().engine
 
     def session_maker(self) -> async_sessionmaker[AsyncSession]:
-        """This loop's `async_sessionmaker`, bound to this loop's engine. Since 0.1.0."""
+        """This loop's `async_sessionmaker`, bound to this loop's engine.
+
+        .. versionadded:: 0.1.0
+        """
         return self._bound.get().maker
 
     def session(self, *, commit: bool = True) -> AbstractAsyncContextManager[AsyncSession]:
         """A session on this loop's engine: commits on success, rolls back on error, always closes.
 
-        The connection is checked out on entry, retrying transient failures (server restarting,
-        backend killed) up to ``connect_retries`` times with exponential backoff. With
+        The connection is checked out on entry, retrying failures that may pass (server down or
+        restarting, connection refused or reset, backend killed) up to ``connect_retries`` times
+        with exponential backoff; bad credentials or a missing database fail at once. With
         ``commit=False`` the transaction is rolled back at the end instead of committed.
         Raises `PoolExhaustedError` when a budgeted pool has nothing free within ``pool_timeout``,
-        `WrongLoopError` never (the session is always this loop's). Since 0.1.0.
+        `WrongLoopError` never (the session is always this loop's).
+
+        .. versionadded:: 0.1.0
         """
         return self._session(commit)
 
@@ -333,7 +343,7 @@ class Database:
                 return
             except Exception as error:
                 attempt += 1
-                if attempt > self.connect_retries or not is_transient_connection_error(error):
+                if attempt > self.connect_retries or not is_retryable_connect_error(error):
                     raise
                 delay = backoff(attempt)
                 _log.warning(
@@ -352,12 +362,15 @@ class Database:
     ) -> T:
         """Run ``await fn(session)`` in a transaction and commit; re-run it when that can help.
 
-        A serialization failure (SQLSTATE 40001), a deadlock (40P01) or a lost connection rolls
-        back and runs `fn` again in a fresh transaction, up to `retries` more times with backoff;
-        any other error propagates at once. `fn` must therefore be safe to re-run (no side
+        A serialization failure (SQLSTATE 40001), a deadlock (40P01) or a lost connection
+        (invalidated by SQLAlchemy, SQLSTATE class 08, 57P01-57P03), raised by SQLAlchemy or the
+        driver, rolls back and runs `fn` again in a fresh transaction, up to `retries` more times
+        with backoff; any other error propagates at once, including `fn`'s own `TimeoutError`,
+        `OSError` or `ConnectionError`. `fn` must therefore be safe to re-run (no side
         effects outside the transaction). A connection lost *during commit* is ambiguous — the
         commit may have happened — and is retried too, so make such writes idempotent.
-        Since 0.1.0.
+
+        .. versionadded:: 0.1.0
         """
         _validate.count("retries", retries)
         attempt = 0
@@ -386,9 +399,13 @@ class Database:
         Keys: ``loops`` (live engines), ``pool_size``, ``max_overflow``, ``checked_out``,
         ``checked_in``, ``overflow`` (connections open beyond pool_size), ``capacity`` (the most
         connections this process may open; with a budget, its per-process share; 0 means
-        unbounded, a NullPool without budget). Since 0.1.0. Since 0.2.0 also ``usage``
-        (``checked_out / capacity``, 0.0 when unbounded), ``waiting`` (checkouts waiting for a
-        connection now) and ``longest_wait`` (seconds the oldest of them has waited).
+        unbounded, a NullPool without budget). Also ``usage`` (``checked_out / capacity``, 0.0
+        when unbounded), ``waiting`` (checkouts waiting for a connection now) and
+        ``longest_wait`` (seconds the oldest of them has waited).
+
+        .. versionadded:: 0.1.0
+        .. versionchanged:: 0.2.0
+           ``usage``, ``waiting`` and ``longest_wait``.
         """
         with self._live_lock:
             bounds = list(self._live)
@@ -432,7 +449,10 @@ class Database:
 
     async def aclose(self) -> None:
         """Dispose of this loop's engine (closing its pooled connections); the next use makes a
-        new one. Other loops' engines are closed when their loops end. Since 0.1.0."""
+        new one. Other loops' engines are closed when their loops end.
+
+        .. versionadded:: 0.1.0
+        """
         await self._bound.aclose()
 
 

@@ -38,7 +38,9 @@ def configure(url: str | URL | None = None, **options: Any) -> Database:
 
     ``options`` are `Database`'s keyword arguments (``budget``, ``pooler``, ``poolclass``, …).
     Calling it again replaces the default; engines of the previous one close when their loops
-    end. Raises what `Database` raises. Since 0.1.0.
+    end. Raises what `Database` raises.
+
+    .. versionadded:: 0.1.0
     """
     global _default
     database = Database(url, **options)
@@ -52,7 +54,9 @@ def get_database() -> Database:
     """The default `Database`; configured from ``$DATABASE_URL`` on first use if need be.
 
     Raises `DatabaseNotConfiguredError` when neither `configure()` was called nor
-    ``DATABASE_URL`` is set. Since 0.1.0.
+    ``DATABASE_URL`` is set.
+
+    .. versionadded:: 0.1.0
     """
     database = _default
     if database is not None:
@@ -67,27 +71,42 @@ def get_database() -> Database:
 
 
 def get_engine() -> AsyncEngine:
-    """This loop's engine of the default database (see `Database.get_engine`). Since 0.1.0."""
+    """This loop's engine of the default database (see `Database.get_engine`).
+
+    .. versionadded:: 0.1.0
+    """
     return get_database().get_engine()
 
 
 def session(*, commit: bool = True) -> AbstractAsyncContextManager[AsyncSession]:
-    """A session of the default database (see `Database.session`). Since 0.1.0."""
+    """A session of the default database (see `Database.session`).
+
+    .. versionadded:: 0.1.0
+    """
     return get_database().session(commit=commit)
 
 
 def session_maker() -> async_sessionmaker[AsyncSession]:
-    """This loop's session maker of the default database. Since 0.1.0."""
+    """This loop's session maker of the default database.
+
+    .. versionadded:: 0.1.0
+    """
     return get_database().session_maker()
 
 
 async def run_in_transaction(fn: Callable[[AsyncSession], Awaitable[T]], *, retries: int = 3) -> T:
-    """`Database.run_in_transaction` on the default database. Since 0.1.0."""
+    """`Database.run_in_transaction` on the default database.
+
+    .. versionadded:: 0.1.0
+    """
     return await get_database().run_in_transaction(fn, retries=retries)
 
 
 def pool_status() -> PoolStatus:
-    """`Database.pool_status` of the default database. Since 0.1.0."""
+    """`Database.pool_status` of the default database.
+
+    .. versionadded:: 0.1.0
+    """
     return get_database().pool_status()
 
 

@@ -21,7 +21,8 @@ async def session_dependency() -> AsyncIterator[AsyncSession]:
 
     Commits when the endpoint returns, rolls back if it raises. Use it as
     ``SessionDep = Annotated[AsyncSession, Depends(loopsafe.db.session_dependency)]``.
-    Since 0.1.0.
+
+    .. versionadded:: 0.1.0
     """
     async with get_database().session() as session:
         yield session
@@ -33,7 +34,9 @@ async def lifespan(app: object) -> AsyncIterator[None]:
     loop, so connections close cleanly instead of at garbage collection.
 
     Use as ``FastAPI(lifespan=loopsafe.db.lifespan)``, or enter it from your own lifespan with
-    ``async with loopsafe.db.lifespan(app): yield``. Since 0.1.0.
+    ``async with loopsafe.db.lifespan(app): yield``.
+
+    .. versionadded:: 0.1.0
     """
     try:
         yield

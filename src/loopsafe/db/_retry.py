@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import random
+import ssl
 
 from sqlalchemy import exc
 
 from .._errors import LoopsafeError
 
-__all__ = ("backoff", "is_retryable_transaction_error", "is_transient_connection_error", "sqlstate")
+__all__ = ("backoff", "is_retryable_connect_error", "is_retryable_transaction_error", "sqlstate")
 
 # SQLSTATEs of a connection that went away or could not be made right now: class 08 (connection
 # exception), the server shutting down or starting up (57P01-57P03).
 _CONNECTION_STATES = frozenset({"57P01", "57P02", "57P03"})
 _CONCURRENCY_STATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+# Drivers whose own exceptions (not wrapped by SQLAlchemy, e.g. from a raw driver connection)
+# still come from the database.
+_DRIVER_PACKAGES = frozenset({"asyncpg", "psycopg"})
 
 _BACKOFF_BASE = 0.25
 _BACKOFF_CAP = 2.0
@@ -34,48 +38,56 @@ def sqlstate(error: BaseException) -> str | None:
     return None
 
 
-def _chain(error: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    current: BaseException | None = error
-    while current is not None and current not in chain:
-        chain.append(current)
-        orig = getattr(current, "orig", None)
-        current = (
-            orig if isinstance(orig, BaseException) else (current.__cause__ or current.__context__)
-        )
-    return chain
-
-
-def is_transient_connection_error(error: BaseException) -> bool:
-    """True when `error` means the connection was lost or could not be opened *for now*.
-
-    Bad credentials or a missing database are not transient: retrying them only delays the error.
-    """
+def _from_database(error: BaseException) -> bool:
+    # Only the type of the error itself decides: an application error that merely happened while
+    # handling a database error (its __context__) is still the application's.
     if isinstance(error, LoopsafeError):
-        # A wrong-loop use or an exhausted budget does not heal by trying again at once.
-        return False
+        return False  # a wrong-loop use or an exhausted budget does not heal by trying again
+    if isinstance(error, exc.SQLAlchemyError):
+        return True
+    return type(error).__module__.partition(".")[0] in _DRIVER_PACKAGES
+
+
+def _is_lost_connection(error: BaseException) -> bool:
     if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
         return True
     if isinstance(error, exc.DisconnectionError):
         return True
     code = sqlstate(error)
-    if code is not None:
-        return code.startswith("08") or code in _CONNECTION_STATES
-    for link in _chain(error):
-        if isinstance(link, (ConnectionError, TimeoutError)):
-            return True
-        if type(link).__name__ in ("ConnectionDoesNotExistError", "InterfaceError") and (
-            "closed" in str(link) or "connection" in str(link).lower()
-        ):
-            return True
-        if isinstance(link, OSError) and not isinstance(link, PermissionError):
-            return True
-    return False
+    return code is not None and (code.startswith("08") or code in _CONNECTION_STATES)
 
 
 def is_retryable_transaction_error(error: BaseException) -> bool:
-    """True for a serialization failure, a deadlock, or a lost connection: re-running can succeed."""
-    return sqlstate(error) in _CONCURRENCY_STATES or is_transient_connection_error(error)
+    """True when the database says re-running the transaction can succeed.
+
+    That is a serialization failure (40001), a deadlock (40P01) or a lost connection (invalidated
+    by SQLAlchemy, SQLSTATE class 08, 57P01-57P03), raised by SQLAlchemy or the driver. The
+    application's own `TimeoutError`, `OSError` or `ConnectionError` never is, even when it was
+    raised while a query was running.
+    """
+    if not _from_database(error):
+        return False
+    return sqlstate(error) in _CONCURRENCY_STATES or _is_lost_connection(error)
+
+
+def is_retryable_connect_error(error: BaseException) -> bool:
+    """True when opening a connection failed in a way that may pass: server down, restarting,
+    unreachable for now.
+
+    Called only around the driver's connect, where a bare `OSError` (refused, reset, timed out,
+    host not resolvable yet) can only come from the driver. Bad credentials, a missing database,
+    a permission problem or a certificate that fails verification are not transient: retrying
+    them only delays the error.
+    """
+    if isinstance(error, OSError):
+        return not isinstance(error, (PermissionError, ssl.SSLCertVerificationError))
+    if not _from_database(error):
+        return False
+    if _is_lost_connection(error):
+        return True
+    # psycopg reports a server it could not reach as an OperationalError with no SQLSTATE; every
+    # answer from a server (bad password, no such database) carries one.
+    return isinstance(error, exc.OperationalError) and sqlstate(error) is None
 
 
 def backoff(attempt: int) -> float:

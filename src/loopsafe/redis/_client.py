@@ -62,7 +62,8 @@ def configure(url: str | None = None, **client_options: Any) -> None:
     Clients that loops already made keep working with the old settings until their loop ends.
 
     Raises `TypeError` for an option Redis does not accept and `ValueError` for a bad URL.
-    Since 0.1.0.
+
+    .. versionadded:: 0.1.0
     """
     global _settings, _version
     resolved = _resolve_url(url)
@@ -219,6 +220,8 @@ def get_redis() -> Redis:
     call `get_redis()` where you need it (it is cheap). A client used on another loop raises
     `WrongLoopError`.
 
-    Raises `NoRunningLoopError` outside a running event loop. Since 0.1.0.
+    Raises `NoRunningLoopError` outside a running event loop.
+
+    .. versionadded:: 0.1.0
     """
     return loop_clients().client()

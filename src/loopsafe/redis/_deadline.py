@@ -53,8 +53,12 @@ class Deadlines:
         """Await `awaitable` in the current task; `TimeoutError` if it takes over `timeout` s."""
         task = asyncio.current_task()
         if task is None or not _UNCANCEL:  # pragma: no cover - Python 3.10, or outside a task
-            async with _timeout(timeout):
-                return await awaitable
+            try:
+                async with _timeout(timeout):
+                    return await awaitable
+            except asyncio.TimeoutError:
+                # On Python 3.10 this is not yet the builtin TimeoutError our callers catch.
+                raise TimeoutError from None
         cancelling = self.enter(task, timeout)
         try:
             return await awaitable

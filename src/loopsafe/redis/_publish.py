@@ -38,7 +38,8 @@ async def publish(
     next call after Redis comes back succeeds; nothing needs restarting.
 
     Only cancellation of the calling task propagates (as `asyncio.CancelledError`), as it must.
-    Since 0.1.0.
+
+    .. versionadded:: 0.1.0
     """
     try:
         # Fast paths first: this runs once per notification, often in a tight loop.

@@ -38,7 +38,9 @@ class SubscriptionLostError(LoopsafeError, RedisConnectionError):
     """A `subscribe` iterator lost its Redis connection and could not restore it in time.
 
     Also a `redis.exceptions.ConnectionError`. Messages published while it was disconnected were
-    not received (Redis pub/sub keeps nothing for absent subscribers). Since 0.1.0.
+    not received (Redis pub/sub keeps nothing for absent subscribers).
+
+    .. versionadded:: 0.1.0
     """
 
 
@@ -48,7 +50,9 @@ class Message:
 
     ``channel``: the channel it was published on; ``data``: the payload as text (UTF-8, invalid
     bytes replaced); ``pattern``: the pattern that matched, for ``subscribe(..., pattern=True)``,
-    else None; ``raw``: the payload bytes exactly as published. Since 0.1.0.
+    else None; ``raw``: the payload bytes exactly as published.
+
+    .. versionadded:: 0.1.0
     """
 
     channel: str
@@ -82,7 +86,9 @@ async def subscribe(
     ``__anext__`` has sent SUBSCRIBE; a message published before that is not seen.
 
     Raises `ValueError` (no channels, bad `reconnect_timeout`) or `TypeError` (a channel that is
-    not a string) on the first iteration, and `NoRunningLoopError` outside a loop. Since 0.1.0.
+    not a string) on the first iteration, and `NoRunningLoopError` outside a loop.
+
+    .. versionadded:: 0.1.0
     """
     _check_arguments(channels, reconnect_timeout)
     holder = loop_clients()
