@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from loopsafe import LoopLocal
-from loopsafe.celery import _bridge, close_all_loops, close_thread_loop, run_async
+from loopsafe.celery import _limits, _run_async, _runner, close_all_loops, close_thread_loop, run_async
 from tests.conftest import LOOP_FACTORIES
 
 from ..forking import in_child, libc_fork
@@ -78,7 +78,7 @@ def eventually(condition: Callable[[], bool], what: str, within: float = 10.0) -
 def run_async_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run the test with run_async's loops made by each loop implementation in turn."""
     close_all_loops()
-    monkeypatch.setattr(_bridge, "_loop_factory", LOOP_FACTORIES[request.param])
+    monkeypatch.setattr(_run_async._settings, "loop_factory", LOOP_FACTORIES[request.param])
     return str(request.param)
 
 
@@ -130,7 +130,7 @@ def test_loop_of_a_thread_that_ended_is_closed_cleanly(run_async_loop: str) -> N
     (res,) = made
     eventually(lambda: res.loop.is_closed(), "the ended thread's loop is closed")
     assert res.closed_in == [res.loop]  # closed inside its own loop, not dropped
-    assert res.loop not in [record.loop for record in _bridge._records]
+    assert res.loop not in [record.loop for record in _runner._records]
 
 
 def test_close_thread_loop_closes_resources_inside_their_loop(run_async_loop: str) -> None:
@@ -263,7 +263,7 @@ def test_timeout_cancels_the_coroutine_after_its_cleanup(run_async_loop: str) ->
 def test_cleanup_after_a_timeout_is_bounded(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(_bridge, "DEFAULT_CLEANUP_TIMEOUT", 0.05)
+    monkeypatch.setattr(_limits, "DEFAULT_CLEANUP_TIMEOUT", 0.05)
     caplog.set_level(logging.WARNING, logger="loopsafe")
 
     async def slow_cleanup() -> None:
@@ -299,7 +299,7 @@ def test_exception_raised_in_the_waiting_thread_cancels_the_coroutine(
     if run_async_loop == "uvloop" and exc_type is Interrupt:
         # uvloop runs Python signal handlers inside a loop callback, where asyncio semantics
         # swallow an Exception: such types must be registered (install() does it for Celery's).
-        monkeypatch.setattr(_bridge, "_interrupt_types", (Interrupt,))
+        monkeypatch.setattr(_limits, "_interrupt_types", (Interrupt,))
     cleanup: list[str] = []
     alarm(0.2, exc_type)
     with pytest.raises(exc_type, match="raised by a signal handler"):
@@ -320,8 +320,8 @@ def test_signal_exception_inside_a_loop_callback_still_reaches_the_caller(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """asyncio only logs exceptions from plain callbacks: registered interrupts are delivered."""
-    monkeypatch.setattr(_bridge, "_interrupt_types", ())
-    _bridge.register_interrupt(Interrupt)
+    monkeypatch.setattr(_limits, "_interrupt_types", ())
+    _limits.register_interrupt(Interrupt)
     cleanup: list[str] = []
 
     async def busy_callback_then_sleep() -> None:
@@ -340,7 +340,7 @@ def test_task_deadline_limits_calls_without_their_own_timeout() -> None:
         return Interrupt(f"{what} over budget of {seconds:g} s")
 
     cleanup: list[str] = []
-    _bridge.set_thread_deadline(0.2, make_error)
+    _limits.set_thread_deadline(0.2, make_error)
     try:
         assert run_async(asyncio.sleep(0, result="quick")) == "quick"
         with pytest.raises(Interrupt, match=r"_sleep_with_cleanup\(\) over budget of 0.2 s"):
@@ -351,7 +351,7 @@ def test_task_deadline_limits_calls_without_their_own_timeout() -> None:
             run_async(_sleep_with_cleanup(cleanup))
         assert cleanup == ["cleaned up"]
     finally:
-        _bridge.set_thread_deadline(None)
+        _limits.set_thread_deadline(None)
     assert run_async(asyncio.sleep(0.3, result="no budget now")) == "no budget now"
 
 
