@@ -18,7 +18,14 @@ from typing import Any
 import pytest
 
 from loopsafe import LoopLocal
-from loopsafe.celery import _limits, _run_async, _runner, close_all_loops, close_thread_loop, run_async
+from loopsafe.celery import (
+    _limits,
+    _run_async,
+    _runner,
+    close_all_loops,
+    close_thread_loop,
+    run_async,
+)
 from tests.conftest import LOOP_FACTORIES
 
 from ..forking import in_child, libc_fork
@@ -235,10 +242,17 @@ def test_non_coroutines_are_rejected_with_a_clear_error(
         run_async(make())
 
 
-@pytest.mark.parametrize("timeout", [0, -1.5, math.nan, "5", True], ids=repr)
-def test_bad_timeouts_are_rejected(timeout: Any) -> None:
-    with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
-        run_async(asyncio.sleep(0), timeout=timeout)
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [(0, ValueError), (-1.5, ValueError), (math.nan, ValueError), (math.inf, ValueError),
+     ("5", TypeError), (True, TypeError)],
+    ids=repr,
+)  # fmt: skip
+def test_bad_timeouts_are_rejected(timeout: Any, error: type[Exception]) -> None:
+    coro = asyncio.sleep(0)
+    with pytest.raises(error, match=r"run_async timeout must be a .*number of seconds"):
+        run_async(coro, timeout=timeout)
+    assert coro.cr_frame is None  # closed, never run: no "never awaited" warning
 
 
 # --- timeouts and interruptions ------------------------------------------------------------------
@@ -278,15 +292,21 @@ def test_cleanup_after_a_timeout_is_bounded(
     assert "loopsafe.run_async_cleanup_timeout" in events
 
 
-def test_a_coroutine_that_swallows_the_timeout_returns_its_value() -> None:
+def test_a_coroutine_that_swallows_the_timeout_still_times_out() -> None:
+    """Past its bound a call fails, whatever the coroutine made of the cancellation."""
+    finished: list[str] = []
+
     async def stubborn() -> str:
         try:
             await asyncio.sleep(30)
         except asyncio.CancelledError:
+            finished.append("swallowed the cancellation")
             return "finished anyway"
         return "not reached"
 
-    assert run_async(stubborn(), timeout=0.05) == "finished anyway"
+    with pytest.raises(TimeoutError, match=r"stubborn\(\) did not finish within 0.05 s"):
+        run_async(stubborn(), timeout=0.05)
+    assert finished == ["swallowed the cancellation"]
 
 
 @pytest.mark.parametrize("exc_type", [Interrupt, KeyboardInterrupt])

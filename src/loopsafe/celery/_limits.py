@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +16,6 @@ __all__ = (
     "default_timeout_error",
     "describe",
     "interrupt_types",
-    "positive_seconds",
     "register_interrupt",
     "set_thread_deadline",
     "thread_deadline",
@@ -35,16 +33,6 @@ TimeoutFactory = Callable[[str, float], BaseException]
 # registered by install()). asyncio swallows them when they land inside a plain loop callback.
 _interrupt_types: tuple[type[BaseException], ...] = ()
 _task = threading.local()
-
-
-def positive_seconds(value: object) -> bool:
-    """Whether `value` is a usable number of seconds: a real, positive int or float (not NaN)."""
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and value > 0
-        and not math.isnan(value)
-    )
 
 
 def default_timeout_error(what: str, seconds: float) -> BaseException:

@@ -17,6 +17,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from .. import _fork
+from .._bound import await_bounded
+from .._errors import BoundExceededError
 from .._log import get_logger
 from . import _limits, _runner
 
@@ -53,10 +55,23 @@ def nesting_depth() -> int:
 class _Call:
     """One coroutine handed to a loop thread, and its outcome."""
 
-    __slots__ = ("cancel_error", "context", "coro", "done", "exception", "label", "result", "task")
+    __slots__ = (
+        "cancel_error",
+        "context",
+        "coro",
+        "done",
+        "exception",
+        "label",
+        "result",
+        "task",
+        "timeout",
+    )
 
-    def __init__(self, coro: Coroutine[Any, Any, Any], label: str | None) -> None:
+    def __init__(
+        self, coro: Coroutine[Any, Any, Any], timeout: float | None, label: str | None
+    ) -> None:
         self.coro = coro
+        self.timeout = timeout
         self.label = label
         self.context = contextvars.copy_context()
         self.done = threading.Event()
@@ -110,7 +125,11 @@ class LoopThread:
 
     def _start(self, call: _Call) -> None:
         # Created inside the caller's copied context: the task runs with the caller's contextvars.
-        task = call.context.run(self.loop.create_task, call.coro)
+        # The bound runs here, on the loop, as for a thread's own loop (see _runner).
+        coro = call.coro
+        if call.timeout is not None:
+            coro = await_bounded(coro, call.timeout, grace=_limits.DEFAULT_CLEANUP_TIMEOUT)
+        task = call.context.run(self.loop.create_task, coro)
         if call.label is not None:
             task.set_name(call.label)
         call.task = task
@@ -204,7 +223,7 @@ def run_on(
     label: str | None = None,
 ) -> T:
     """Run `coro` on `loop_thread` and wait for it in the calling thread."""
-    call = _Call(coro, label)
+    call = _Call(coro, timeout, label)
     try:
         loop_thread.submit(call)
     except RuntimeError:
@@ -214,22 +233,19 @@ def run_on(
             "down); the coroutine was not run."
         ) from None
     try:
-        finished = call.done.wait(timeout)
+        call.done.wait()
     except BaseException:
         # Interrupted in this thread: cancel the coroutine over there and let it clean up.
         loop_thread.cancel(call)
-        call.done.wait(_limits.DEFAULT_CLEANUP_TIMEOUT)
-        raise
-    if not finished:
-        loop_thread.cancel(call)
         if not call.done.wait(_limits.DEFAULT_CLEANUP_TIMEOUT):
             _runner.warn_cleanup_timeout(loop_thread.name)
-        # Unless it finished anyway (it swallowed the cancellation): then report what it did.
-        if not call.done.is_set() or isinstance(call.exception, asyncio.CancelledError):
-            assert timeout is not None
-            raise make_error(_limits.describe(coro), timeout)
+        raise
     exception = call.exception
-    if isinstance(exception, asyncio.CancelledError) and call.cancel_error is not None:
+    if isinstance(exception, BoundExceededError) and timeout is not None:
+        if not exception.settled:
+            _runner.warn_cleanup_timeout(loop_thread.name)
+        exception = make_error(_limits.describe(coro), timeout)
+    elif isinstance(exception, asyncio.CancelledError) and call.cancel_error is not None:
         exception = call.cancel_error
     if exception is not None:
         try:

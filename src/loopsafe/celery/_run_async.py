@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from .._validate import seconds
 from . import _limits, _loop_thread, _runner
 
 __all__ = (
@@ -106,7 +107,7 @@ def run_async(
 
     Raises:
         TypeError: `coro` is not a coroutine object.
-        ValueError: `timeout` is not a positive number.
+        ValueError: `timeout` is not a finite, positive number.
         TimeoutError: `timeout` seconds passed; the coroutine was cancelled and its cleanup ran.
         RuntimeError: calls nested more than `MAX_NESTING` deep.
 
@@ -116,11 +117,11 @@ def run_async(
         raise _not_a_coroutine(coro)
     make_error: _limits.TimeoutFactory = _limits.default_timeout_error
     if timeout is not None:
-        if not _limits.positive_seconds(timeout):
+        try:
+            timeout = seconds("run_async timeout", timeout)
+        except (TypeError, ValueError):
             coro.close()
-            raise ValueError(
-                f"run_async timeout must be a positive number of seconds or None, got {timeout!r}"
-            )
+            raise
     else:
         deadline = _limits.thread_deadline()
         if deadline is not None:

@@ -31,6 +31,8 @@ from queue import SimpleQueue
 from typing import Any, NoReturn, TypeVar
 
 from .. import _fork
+from .._bound import await_bounded
+from .._errors import BoundExceededError
 from .._log import get_logger
 from . import _limits
 
@@ -151,46 +153,26 @@ def _run_locked(
 ) -> T:
     loop = record.loop
     record.interrupt = None  # one a previous call's loop.stop() raced with its task's end
-    # The task copies the caller's contextvars (create_task takes a context snapshot).
-    task = loop.create_task(coro)
-    if timeout is None:
-        try:
-            return loop.run_until_complete(task)
-        except BaseException as exc:
-            if task.done() and record.interrupt is None:
-                raise
-            _interrupted(record, task, exc)
-    expired = gave_up = False
-    handle: asyncio.TimerHandle | None = None
-
-    def give_up() -> None:
-        # The cancelled coroutine's cleanup overran its bound: stop waiting for it.
-        nonlocal gave_up
-        gave_up = True
-        loop.stop()
-
-    def expire() -> None:
-        nonlocal expired, handle
-        expired = True
-        task.cancel()
-        handle = loop.call_later(_limits.DEFAULT_CLEANUP_TIMEOUT, give_up)
-
-    handle = loop.call_later(timeout, expire)
+    # The task copies the caller's contextvars (create_task takes a context snapshot). A bound
+    # runs inside the loop: at `timeout` the coroutine is cancelled and its cleanup gets
+    # DEFAULT_CLEANUP_TIMEOUT more seconds before it is left behind.
+    task = loop.create_task(
+        coro
+        if timeout is None
+        else await_bounded(coro, timeout, grace=_limits.DEFAULT_CLEANUP_TIMEOUT)
+    )
     try:
         return loop.run_until_complete(task)
-    except asyncio.CancelledError:
-        if expired and task.cancelled():
-            raise make_error(_limits.describe(coro), timeout) from None
-        raise
-    except BaseException as exc:
-        if gave_up and not task.done():
+    except BoundExceededError as exc:
+        if timeout is None:  # the coroutine's own, not our bound's
+            raise
+        if not exc.settled:
             warn_cleanup_timeout(record.description)
-            raise make_error(_limits.describe(coro), timeout) from None
+        raise make_error(_limits.describe(coro), timeout) from None
+    except BaseException as exc:
         if task.done() and record.interrupt is None:
             raise
         _interrupted(record, task, exc)
-    finally:
-        handle.cancel()  # the timeout's, or the cleanup bound's once it expired
 
 
 def _interrupted(record: ThreadLoop, task: asyncio.Task[Any], exc: BaseException) -> NoReturn:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .. import _fork
 from .._errors import LoopsafeError
 from .._log import get_logger
+from .._validate import seconds
 from . import _limits, _loop_thread, _run_async
 from ._pool import PoolKind, check_pool, process_loop_pool
 
@@ -68,11 +69,6 @@ _installed: weakref.WeakSet[Any] = weakref.WeakSet()
 _install_lock = threading.Lock()
 
 
-def _seconds(name: str, value: object) -> None:
-    if not _limits.positive_seconds(value):
-        raise ValueError(f"install() {name} must be a positive number of seconds, got {value!r}")
-
-
 def install(
     app: celery.Celery,
     *,
@@ -120,8 +116,8 @@ def install(
 
     Raises:
         ValueError: `loop` is neither "thread" nor "process", or a number of seconds is not
-            positive.
-        TypeError: `loop_factory` is not callable.
+            finite and positive.
+        TypeError: `loop_factory` is not callable, or a number of seconds is not a number.
 
     Since 0.1.0; `loop`, `loop_factory`, `blocked_after` and `drain_timeout` since 0.2.0.
     """
@@ -136,9 +132,9 @@ def install(
             f"uvloop.new_event_loop), got {loop_factory!r}"
         )
     if default_timeout is not None:
-        _seconds("default_timeout", default_timeout)
-    _seconds("blocked_after", blocked_after)
-    _seconds("drain_timeout", drain_timeout)
+        default_timeout = seconds("install() default_timeout", default_timeout)
+    blocked_after = seconds("install() blocked_after", blocked_after)
+    drain_timeout = seconds("install() drain_timeout", drain_timeout)
     with _install_lock:
         if app in _installed:
             return

@@ -18,7 +18,7 @@ from typing import (
     overload,
 )
 
-from ._limits import positive_seconds
+from .._validate import seconds
 from ._run_async import run_async
 
 if TYPE_CHECKING:
@@ -136,10 +136,8 @@ def _register(
         )
     options = dict(task_options)
     timeout = options.pop("timeout", None)
-    if timeout is not None and not positive_seconds(timeout):
-        raise ValueError(
-            f"async_task timeout must be a positive number of seconds or None, got {timeout!r}"
-        )
+    if timeout is not None:
+        timeout = seconds("async_task timeout", timeout)
 
     registered: list[Any] = []
 
