@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from .._errors import LoopsafeError
+from . import _loop_thread
 
 __all__ = ("PoolKind", "UnsupportedPoolError", "check_pool", "pool_kind", "process_loop_pool")
 
@@ -81,14 +82,27 @@ def _greenlet_environment() -> str | None:
     return environment if environment in ("gevent", "eventlet") else None
 
 
-def process_loop_pool() -> type[Any]:
-    """Celery's threads pool, with ``revoke(terminate=True)`` (which it refuses) made possible.
+def process_loop_pool(drain_timeout: float) -> type[Any]:
+    """Celery's threads pool, for coroutines running on the shared process loop.
 
-    Only two methods differ, and neither touches a thread: the coroutine of a terminated task is
-    cancelled on the shared loop by install()'s ``task_revoked`` receiver, which Celery calls
-    right after ``terminate_job``.
+    What differs: ``revoke(terminate=True)``, which the threads pool refuses, is accepted (the
+    coroutine is cancelled by install()'s ``task_revoked`` receiver, which Celery calls right
+    after ``terminate_job``); and stopping the pool, which waits for its threads, first cancels
+    the coroutines they wait for — at once in a cold shutdown, after `drain_timeout` seconds in a
+    warm one. A cancelled task raises ``Reject(requeue=True)``: with ``acks_late`` its message
+    goes back to the queue.
     """
     from celery.concurrency.thread import ApplyResult, TaskPool
+    from celery.exceptions import Reject
+    from celery.worker import state
+
+    def cancel_all() -> None:
+        shared = _loop_thread.current_process_loop()
+        if shared is not None:
+            shared.cancel_where(
+                None,
+                Reject("the worker shut down while the task ran; it was cancelled", requeue=True),
+            )
 
     class TerminableResult(ApplyResult):  # type: ignore[misc]
         def terminate(self, signal: int | None = None) -> None:
@@ -100,5 +114,17 @@ def process_loop_pool() -> type[Any]:
 
         def terminate_job(self, pid: int, signal: int | None = None) -> None:
             """Nothing to kill: the task_revoked receiver cancels the coroutine."""
+
+        def on_stop(self) -> None:
+            shared = _loop_thread.current_process_loop()
+            if state.should_terminate:  # cold shutdown
+                cancel_all()
+            elif shared is not None:
+                shared.call_later(drain_timeout, cancel_all)
+            super().on_stop()
+
+        def on_terminate(self) -> None:
+            cancel_all()
+            super().on_terminate()
 
     return ProcessLoopPool

@@ -175,7 +175,7 @@ def _configure_worker(worker: Any) -> None:
         # each keep a pool of their own: close them; from now on there is one loop.
         _run_async.close_all_loops()
         _run_async.use_process_loop(True, blocked_after=_settings.blocked_after)
-        worker.pool_cls = process_loop_pool()
+        worker.pool_cls = process_loop_pool(_settings.drain_timeout)
     _log.info(
         "loopsafe.celery_worker_configured",
         pool=kind,
@@ -242,9 +242,6 @@ def _connect_signals() -> None:
     signals.worker_process_shutdown.connect(
         _on_process_shutdown, weak=False, dispatch_uid="loopsafe.process_shutdown"
     )
-    signals.worker_shutting_down.connect(
-        _on_worker_shutting_down, weak=False, dispatch_uid="loopsafe.worker_shutting_down"
-    )
     signals.worker_shutdown.connect(
         _on_worker_shutdown, weak=False, dispatch_uid="loopsafe.worker_shutdown"
     )
@@ -265,29 +262,6 @@ def _on_worker_process_init(**_: Any) -> None:
 def _on_process_shutdown(**_: Any) -> None:
     closed = _run_async.close_all_loops()
     _log.info("loopsafe.celery_process_shutdown", pid=os.getpid(), loops_closed=closed)
-
-
-def _shutdown_cancelled() -> BaseException:
-    from celery.exceptions import Reject
-
-    # Reject: an acks_late task goes back to the queue for another worker; others are acked.
-    rejection: BaseException = Reject(
-        "the worker shut down while the task ran; its coroutine was cancelled", requeue=True
-    )
-    return rejection
-
-
-def _on_worker_shutting_down(how: str = "", **_: Any) -> None:
-    # Runs inside Celery's signal handler: only hand-overs to the loop thread here.
-    shared = _loop_thread.current_process_loop()
-    if shared is None:
-        return
-    if how == "Cold":
-        shared.cancel_where(None, _shutdown_cancelled())
-    else:
-        shared.call_later(
-            _settings.drain_timeout, lambda: shared.cancel_where(None, _shutdown_cancelled())
-        )
 
 
 def _on_worker_shutdown(**_: Any) -> None:
