@@ -443,6 +443,97 @@ def test_unbounded_nesting_fails_clearly() -> None:
         run_async(recurse(), timeout=30)
 
 
+# --- loop_factory and the shared process loop ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(LOOP_FACTORIES))
+def test_loop_factory_makes_the_thread_loop_without_a_policy(name: str) -> None:
+    made = run_async(use_resource(), loop_factory=LOOP_FACTORIES[name])
+    assert type(made.loop).__module__.partition(".")[0] == name  # asyncio.… or uvloop.…
+    # The thread's loop is kept: a later call with another factory runs on it.
+    assert run_async(use_resource(), loop_factory=asyncio.new_event_loop) is made
+
+
+@pytest.fixture(params=list(LOOP_FACTORIES))
+def process_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """run_async as in a ``loop="process"`` worker: one shared loop thread, each loop type."""
+    monkeypatch.setattr(_run_async, "_settings", _run_async._Settings())
+    _run_async.set_loop_factory(LOOP_FACTORIES[request.param])
+    _run_async.use_process_loop(True, blocked_after=0.2)
+    yield str(request.param)
+    close_all_loops()
+
+
+def test_threads_share_the_process_loop_and_run_concurrently(process_loop: str) -> None:
+    barrier = threading.Barrier(4)
+    seen: list[tuple[Resource, str]] = []
+
+    async def meet(name: str) -> tuple[Resource, str]:
+        # All four must be on the loop at once to pass: proof that they run concurrently.
+        await asyncio.wait_for(asyncio.to_thread(barrier.wait), 10)
+        return resource.get(), request_id.get()
+
+    def call(name: str) -> None:
+        request_id.set(name)
+        seen.append(run_async(meet(name)))
+
+    threads = [threading.Thread(target=call, args=(f"thread-{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(made) for made, _ in seen}) == 1  # one resource for every thread
+    assert {made.thread for made, _ in seen} == {"loopsafe-process-loop"}
+    assert sorted(name for _, name in seen) == [f"thread-{n}" for n in range(4)]
+    closed = seen[0][0]
+    assert close_all_loops() == 1
+    assert closed.closed_in == [closed.loop]  # closed inside the shared loop when it stopped
+
+
+def test_process_loop_timeouts_and_interrupts_cancel_only_that_coroutine(
+    process_loop: str, alarm: Callable[[float, type[BaseException]], None]
+) -> None:
+    cleanup: list[str] = []
+    neighbour: list[str] = []
+
+    def run_neighbour() -> None:
+        neighbour.append(run_async(asyncio.sleep(0.6, result="neighbour done")))
+
+    thread = threading.Thread(target=run_neighbour)
+    thread.start()
+    with pytest.raises(TimeoutError, match=r"_sleep_with_cleanup\(\) did not finish within 0.2 s"):
+        run_async(_sleep_with_cleanup(cleanup), timeout=0.2)
+    alarm(0.2, KeyboardInterrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_async(_sleep_with_cleanup(cleanup))
+    thread.join()
+    assert cleanup == ["cleaned up", "cleaned up"]
+    assert neighbour == ["neighbour done"]
+    assert run_async(other_tasks()) == []
+
+
+def test_a_task_blocking_the_process_loop_is_named_in_a_warning(
+    process_loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="loopsafe")
+
+    async def blocks() -> str:
+        time.sleep(0.8)  # noqa: ASYNC251 - the mistake the warning exists for
+        return "done"
+
+    _limits.set_thread_deadline(None, task="tests.blocks[42]")
+    try:
+        assert run_async(blocks()) == "done"
+    finally:
+        _limits.set_thread_deadline(None)
+    warnings = [
+        getattr(record, "loopsafe_fields", {})
+        for record in caplog.records
+        if getattr(record, "loopsafe_event", None) == "loopsafe.celery_loop_blocked"
+    ]
+    assert [fields["task"] for fields in warnings] == ["tests.blocks[42]"]
+
+
 # --- fork -----------------------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 __all__ = ("Settings", "SettingsError", "get_settings")
 
 LLMProviderName = Literal["offline", "openai"]
+WorkerLoop = Literal["thread", "process"]
 
 
 class SettingsError(ValueError):
@@ -88,6 +89,8 @@ class Settings:
     llm_timeout_s: float = 60.0
     content_batch_size: int = 8
     event_timeout_s: float = 1.0
+    # "process": a --pool threads worker runs every task's coroutine on one loop (one pool).
+    worker_loop: WorkerLoop = "thread"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -106,6 +109,11 @@ class Settings:
                 "LLM_PROVIDER=openai needs LLM_API_KEY (any non-empty value for local servers "
                 "such as Ollama or vLLM); unset LLM_BASE_URL to use the offline provider"
             )
+        worker_loop = _text(env, "ROADMAP_WORKER_LOOP", cls.worker_loop)
+        if worker_loop not in ("thread", "process"):
+            raise SettingsError(
+                f"ROADMAP_WORKER_LOOP must be 'thread' or 'process', got {worker_loop!r}"
+            )
         numbers: dict[str, Any] = {
             field: _number(env, variable, getattr(cls, field), parse, low=low, high=high)
             for field, (variable, parse, low, high) in _NUMBERS.items()
@@ -119,6 +127,7 @@ class Settings:
             llm_base_url=env.get("LLM_BASE_URL") or None,
             llm_api_key=api_key,
             llm_model=_text(env, "LLM_MODEL", cls.llm_model),
+            worker_loop="process" if worker_loop == "process" else "thread",
             **numbers,
         )
 

@@ -13,6 +13,7 @@ def test_defaults_use_the_offline_provider_and_local_servers() -> None:
     assert settings.database_url.startswith("postgresql://")
     assert settings.broker_url == settings.redis_url == "redis://127.0.0.1:6379/0"
     assert settings.channel("abc") == "roadmap:abc:events"
+    assert settings.worker_loop == "thread"
 
 
 def test_values_are_read_and_the_broker_follows_redis() -> None:
@@ -23,8 +24,10 @@ def test_values_are_read_and_the_broker_follows_redis() -> None:
             "LLM_LATENCY_MS": "25",
             "LLM_FAILURE_RATE": "0.25",
             "DATABASE_MAX_CONNECTIONS": "50",
+            "ROADMAP_WORKER_LOOP": "process",
         }
     )
+    assert settings.worker_loop == "process"
     assert settings.broker_url == "redis://cache:6379/2"
     assert (settings.llm_latency_ms, settings.llm_failure_rate) == (25, 0.25)
     assert settings.database_max_connections == 50
@@ -58,6 +61,7 @@ def test_an_llm_base_url_selects_the_openai_provider() -> None:
         ),
         ({"LLM_PROVIDER": "claude"}, "LLM_PROVIDER must be 'offline' or 'openai', got 'claude'"),
         ({"LLM_PROVIDER": "openai"}, "LLM_PROVIDER=openai needs LLM_API_KEY"),
+        ({"ROADMAP_WORKER_LOOP": "fiber"}, "ROADMAP_WORKER_LOOP must be 'thread' or 'process'"),
     ],
 )
 def test_bad_values_raise_settings_error_naming_the_variable(
