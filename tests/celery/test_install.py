@@ -147,9 +147,24 @@ class CustomPool(SoloPool):  # type: ignore[misc]
 
 def test_process_loop_refuses_a_pool_it_does_not_know(app: Celery) -> None:
     install(app, loop="process")
-    with pytest.raises(UnsupportedPoolError, match=r"loop='process'\) cannot serve the custom pool"):
+    with pytest.raises(
+        UnsupportedPoolError, match=r"loop='process'\) cannot serve the custom pool"
+    ):
         app.WorkController(app=app, pool_cls=CustomPool, concurrency=4)
     assert _run_async.loop_settings()[0] is False  # run_async still runs on the thread's loop
+
+
+@pytest.mark.parametrize(
+    ("pool", "shared"),
+    [("threads", True), ("prefork", False), ("solo", False), (CustomPool, False)],
+)
+def test_by_default_only_the_threads_pool_shares_one_loop(
+    app: Celery, pool: object, shared: bool
+) -> None:
+    install(app)
+    app.WorkController(app=app, pool_cls=pool, concurrency=4)
+    assert _run_async.loop_settings()[0] is shared
+    close_all_loops()
 
 
 # --- time limits for pools that have none ---------------------------------------------------------
@@ -262,6 +277,7 @@ def test_worker_budget_shape(kind: str, concurrency: int, shape: tuple[int, int]
         ("prefork", 2, "thread", None),
         ("threads", 8, "thread", "with 8 loop.*loop='process'"),
         ("threads", 8, "process", None),
+        ("threads", 8, None, None),
     ],
 )
 def test_a_worker_the_budget_cannot_serve_fails_at_start_up(
@@ -270,7 +286,7 @@ def test_a_worker_the_budget_cannot_serve_fails_at_start_up(
     monkeypatch: pytest.MonkeyPatch,
     pool: str,
     concurrency: int,
-    loop: Literal["thread", "process"],
+    loop: Literal["thread", "process"] | None,
     fails: str | None,
 ) -> None:
     from loopsafe.db import _default

@@ -192,12 +192,14 @@ def test_killed_worker_redelivers_and_cold_shutdown_cancels(
 def test_a_concurrency_the_budget_cannot_serve_stops_the_worker_at_start(
     worker_env: WorkerEnv, tmp_path: Any
 ) -> None:
-    # The budget was sized for one loop per process: eight thread loops would overrun it.
+    # The budget was sized for one loop per process: eight per-thread loops would overrun it.
     log = tmp_path / "worker.log"
     with log.open("wb") as output:
         process = subprocess.run(
             Worker(worker_env, log, []).command(["-P", "threads", "-c", "8"]),
-            env=worker_env.variables({"LOOPSAFE_CELERY_BUDGET_PROCESSES": "1"}),
+            env=worker_env.variables(
+                {"LOOPSAFE_CELERY_BUDGET_PROCESSES": "1", "LOOPSAFE_CELERY_LOOP": "thread"}
+            ),
             stdout=output,
             stderr=subprocess.STDOUT,
             timeout=120,

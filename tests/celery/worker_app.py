@@ -60,8 +60,9 @@ app.conf.update(
     result_serializer="json",
     result_accept_content=["json"],
 )
-# LOOPSAFE_CELERY_LOOP=process: the shared-loop tests (on uvloop, to cover loop_factory).
-LOOP = os.environ.get("LOOPSAFE_CELERY_LOOP", "thread")
+# LOOPSAFE_CELERY_LOOP=process: the shared-loop tests (on uvloop, to cover loop_factory);
+# =thread: per-thread loops even in the threads pool; unset: install()'s default.
+LOOP = os.environ.get("LOOPSAFE_CELERY_LOOP")
 if LOOP == "process":
     import uvloop
 
@@ -72,6 +73,8 @@ if LOOP == "process":
         blocked_after=0.3,
         drain_timeout=float(os.environ.get("LOOPSAFE_CELERY_DRAIN_TIMEOUT", "30")),
     )
+elif LOOP == "thread":
+    install(app, loop="thread")
 else:
     install(app)
 # The tests count loopsafe's debug events: every resource created must be closed in its loop.
