@@ -12,6 +12,7 @@ __all__ = ("Settings", "SettingsError", "get_settings")
 
 LLMProviderName = Literal["offline", "openai"]
 WorkerLoop = Literal["thread", "process"]
+_WORKER_LOOPS: dict[str, WorkerLoop | None] = {"": None, "thread": "thread", "process": "process"}
 
 
 class SettingsError(ValueError):
@@ -89,8 +90,9 @@ class Settings:
     llm_timeout_s: float = 60.0
     content_batch_size: int = 8
     event_timeout_s: float = 1.0
-    # "process": a --pool threads worker runs every task's coroutine on one loop (one pool).
-    worker_loop: WorkerLoop = "thread"
+    # loopsafe.celery.install(app, loop=...): unset is its default (one shared loop per threads-
+    # pool worker, a loop per process for prefork).
+    worker_loop: WorkerLoop | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -109,8 +111,8 @@ class Settings:
                 "LLM_PROVIDER=openai needs LLM_API_KEY (any non-empty value for local servers "
                 "such as Ollama or vLLM); unset LLM_BASE_URL to use the offline provider"
             )
-        worker_loop = _text(env, "ROADMAP_WORKER_LOOP", cls.worker_loop)
-        if worker_loop not in ("thread", "process"):
+        worker_loop = env.get("ROADMAP_WORKER_LOOP", "").strip()
+        if worker_loop not in _WORKER_LOOPS:
             raise SettingsError(
                 f"ROADMAP_WORKER_LOOP must be 'thread' or 'process', got {worker_loop!r}"
             )
@@ -127,7 +129,7 @@ class Settings:
             llm_base_url=env.get("LLM_BASE_URL") or None,
             llm_api_key=api_key,
             llm_model=_text(env, "LLM_MODEL", cls.llm_model),
-            worker_loop="process" if worker_loop == "process" else "thread",
+            worker_loop=_WORKER_LOOPS[worker_loop],
             **numbers,
         )
 

@@ -13,7 +13,7 @@ def test_defaults_use_the_offline_provider_and_local_servers() -> None:
     assert settings.database_url.startswith("postgresql://")
     assert settings.broker_url == settings.redis_url == "redis://127.0.0.1:6379/0"
     assert settings.channel("abc") == "roadmap:abc:events"
-    assert settings.worker_loop == "thread"
+    assert settings.worker_loop is None
 
 
 def test_values_are_read_and_the_broker_follows_redis() -> None:

@@ -98,7 +98,8 @@ def run_async(
 
     `loop_factory` (as for ``asyncio.Runner``; ``uvloop.new_event_loop`` for instance) makes the
     loop when this call has to create one; an existing loop is kept. Without it, loops come from
-    the factory given to `install`, else ``asyncio.new_event_loop``. No event-loop policy is used.
+    the factory given to `install`, else ``asyncio.new_event_loop`` (what ``asyncio.Runner`` uses);
+    loopsafe calls no event-loop policy API.
 
     Exceptions propagate with their own type and traceback. An exception raised in the waiting
     thread while the coroutine runs (a signal handler's, ``KeyboardInterrupt``, Celery's

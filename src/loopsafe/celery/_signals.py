@@ -97,7 +97,7 @@ def install(
       fewer connections (see the README's worker-mode guide), ``"thread"`` for every other pool.
 
     `loop_factory` (``uvloop.new_event_loop``, for instance) makes every loop of the worker; no
-    event-loop policy is consulted.
+    event-loop policy API is called.
 
     - ``worker_process_init`` (prefork children and the solo pool): anything inherited from the
       parent process is forgotten without I/O and the process gets fresh loops on first use.
