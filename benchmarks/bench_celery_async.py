@@ -29,7 +29,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,8 +36,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +46,7 @@ from sqlalchemy import text
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import write_results
+from _servers import bench_servers
 
 HERE = Path(__file__).resolve().parent
 LLM_SECONDS = 0.5
@@ -380,30 +378,6 @@ def _batch(client: Client, load: Workload, count: int) -> int:
     return client.wait([client.send(load.task, load.args) for _ in range(count)])
 
 
-@contextmanager
-def _servers() -> Iterator[tuple[str, str]]:
-    from loopsafe.testing import EmbeddedPostgres, EmbeddedRedis
-
-    database_url = os.environ.get("LOOPSAFE_BENCH_DATABASE_URL") or os.environ.get(
-        "LOOPSAFE_TEST_DATABASE_URL", ""
-    )
-    redis_url = os.environ.get("LOOPSAFE_BENCH_REDIS_URL") or os.environ.get(
-        "LOOPSAFE_TEST_REDIS_URL", ""
-    )
-    started: list[Any] = []
-    try:
-        if not database_url:
-            started.append(EmbeddedPostgres().start())
-            database_url = started[-1].url
-        if not redis_url:
-            started.append(EmbeddedRedis(executable=shutil.which("redis-server")).start())
-            redis_url = started[-1].url
-        yield database_url, redis_url
-    finally:
-        for server in reversed(started):
-            server.close()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CI smoke run; writes no results")
@@ -415,7 +389,7 @@ def main() -> None:
         loads = [load for load in loads if load.name in ("io", "llm+db")]
     load_before = os.getloadavg()
     results: dict[str, dict[str, Outcome]] = {}
-    with _servers() as servers, tempfile.TemporaryDirectory() as scratch:
+    with bench_servers() as servers, tempfile.TemporaryDirectory() as scratch:
         postgres(servers[0], f"CREATE TABLE IF NOT EXISTS {_TABLE} (id serial PRIMARY KEY)")
         try:
             for config in configs(concurrency, options.quick):
