@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,12 @@ async def llm_db_body() -> None:
         await session.execute(text(f"INSERT INTO {_TABLE} DEFAULT VALUES"))
 
 
-_BODIES = {"io": io_body, "mixed": mixed_body, "cpu": cpu_body, "llm_db": llm_db_body}
+_BODIES: dict[str, Callable[..., Coroutine[Any, Any, None]]] = {
+    "io": io_body,
+    "mixed": mixed_body,
+    "cpu": cpu_body,
+    "llm_db": llm_db_body,
+}
 
 if _TASKS:
     import loopsafe.db

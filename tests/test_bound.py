@@ -57,7 +57,9 @@ async def test_gives_up_on_code_that_swallows_cancellation_after_the_grace() -> 
                 swallowed += 1
         return "finished late"
 
-    with pytest.raises(BoundExceededError, match=r"ignored cancellation for 0\.05 s more") as caught:
+    with pytest.raises(
+        BoundExceededError, match=r"ignored cancellation for 0\.05 s more"
+    ) as caught:
         await await_bounded(stubborn(), 0.05, grace=0.05)
     assert not caught.value.settled
     assert swallowed == 1

@@ -24,7 +24,9 @@ def test_seconds_rejects_bools_and_non_numbers_with_a_type_error(value: object) 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 0, 0.0, -1, -0.5])
 def test_seconds_rejects_nan_infinities_and_non_positive_values(value: float) -> None:
-    with pytest.raises(ValueError, match=r"^pool_timeout must be a finite number of seconds > 0, got "):
+    with pytest.raises(
+        ValueError, match=r"^pool_timeout must be a finite number of seconds > 0, got "
+    ):
         seconds("pool_timeout", value)
 
 

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # `import loopsafe` must stay free of SQLAlchemy; only `budget` needs it.
+    from loopsafe.db import BudgetPlan
 
 __all__ = ("main",)
 
@@ -13,22 +19,26 @@ _BUDGET_EPILOG = """\
 roles:
   Each ROLE is NAME=PROCESSES or NAME=PROCESSES:LOOPS, e.g. web=2 (two processes, one loop
   each) or workflow=4:8 (four Celery processes with a threads pool of 8, i.e. 8 loops each).
-  PROCESSES counts every process of that role across all hosts.
+  PROCESSES counts every process of that role across all hosts. --weight web=3 gives each web
+  process three times the share of a weight-1 process; --minimum web=8 guarantees each web
+  process 8 connections whatever the weights.
 
 how it splits:
-  usable = floor(max_connections × (1 − reserve)) is shared by all processes of all roles.
-  Each process gets floor(usable / total processes) connections, split evenly between its
-  loops: pool_size (kept open) + max_overflow (opened under load) per loop. In every process
-  of a role, use the same numbers through
-      Database(budget=PoolBudget(max_connections=M, processes=TOTAL, loops_per_process=LOOPS,
-                                 reserve=R))
-  (or DATABASE_MAX_CONNECTIONS, LOOPSAFE_PROCESSES=TOTAL, LOOPSAFE_LOOPS_PER_PROCESS and
-  PoolBudget.from_env()).
+  usable = floor(max_connections × (1 − reserve)) is shared by all processes of all roles, in
+  proportion to their weights (default 1: equal shares), never below a role's minimum (default
+  one connection per loop). Each process's share is split evenly between its loops:
+  pool_size (kept open) + max_overflow (opened under load) per loop. Every process caps itself at
+  its share, so the total never exceeds usable. In each process, use
+      Database(budget=BudgetPlan.from_env().budget_for())
+  with LOOPSAFE_BUDGET_PLAN (the plan's JSON, printed by --json, or a file holding it) and
+  LOOPSAFE_ROLE=<the process's role>.
 
 exit status: 0 when the plan fits, 1 when it cannot (with what would fit), 2 for bad arguments.
 
-example:
+examples:
   python -m loopsafe budget --max-connections 50 --reserve 0.1 web=2 content=3 workflow=4 logs=4
+  python -m loopsafe budget --max-connections 50 web=2 content=6 workflow=4 logs=4 --weight web=4
+  python -m loopsafe budget --plan plan.json      (or no arguments with LOOPSAFE_BUDGET_PLAN set)
 """
 
 
@@ -54,6 +64,17 @@ def _role(text: str) -> _Role:
     if processes < 1 or loops < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: processes and loops must be at least 1")
     return _Role(name.strip(), processes, loops)
+
+
+def _named_number(text: str) -> tuple[str, float]:
+    name, sep, value_text = text.partition("=")
+    try:
+        if not sep or not name.strip():
+            raise ValueError
+        value = float(value_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=NUMBER (e.g. web=3)") from None
+    return name.strip(), value
 
 
 def _fraction(text: str) -> float:
@@ -83,14 +104,14 @@ def _parser() -> argparse.ArgumentParser:
         "budget",
         help="split a server's connection limit into pool settings per role",
         description="Split a PostgreSQL server's (or pooler's) connection limit across every "
-        "process and event loop of an application, and print each role's pool settings.",
+        "process and event loop of an application, role by role, and print each role's pool "
+        "settings.",
         epilog=_BUDGET_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     budget.add_argument(
         "--max-connections",
         type=_positive_int,
-        required=True,
         metavar="N",
         help="connections the server or pooler allows this application (e.g. 50)",
     )
@@ -102,58 +123,102 @@ def _parser() -> argparse.ArgumentParser:
         help="fraction kept back for admin work and migrations (default 0.1)",
     )
     budget.add_argument(
-        "roles", nargs="+", type=_role, metavar="ROLE", help="NAME=PROCESSES[:LOOPS]"
+        "--weight",
+        type=_named_number,
+        action="append",
+        default=[],
+        metavar="NAME=W",
+        help="relative share of each process of role NAME (default 1)",
+    )
+    budget.add_argument(
+        "--minimum",
+        type=_named_number,
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="connections guaranteed to each process of role NAME",
+    )
+    budget.add_argument(
+        "--plan",
+        metavar="FILE|JSON",
+        help="read the plan (BudgetPlan JSON) instead of ROLE arguments; default "
+        "$LOOPSAFE_BUDGET_PLAN when no ROLE is given",
+    )
+    budget.add_argument("--json", action="store_true", help="print the plan as JSON")
+    budget.add_argument(
+        "roles", nargs="*", type=_role, metavar="ROLE", help="NAME=PROCESSES[:LOOPS]"
     )
     return parser
 
 
-def _budget(max_connections: int, reserve: float, roles: Sequence[_Role]) -> int:
-    # Imported here: `import loopsafe` must stay free of SQLAlchemy; only this command needs it.
-    from loopsafe.db._budget import PoolBudget, _min_max_connections, _usable
+def _plan_from_arguments(arguments: argparse.Namespace) -> BudgetPlan:
+    """The plan the arguments describe; raises ValueError with what is wrong."""
+    from loopsafe.db import BudgetPlan, Role
 
-    names = [role.name for role in roles]
+    if arguments.plan is not None or not arguments.roles:
+        if arguments.roles or arguments.weight or arguments.minimum:
+            raise ValueError("give either --plan or ROLE arguments (with --weight/--minimum)")
+        if arguments.plan is None:
+            if not os.environ.get("LOOPSAFE_BUDGET_PLAN", "").strip():
+                raise ValueError(
+                    "give --max-connections and at least one ROLE, --plan, or set "
+                    "LOOPSAFE_BUDGET_PLAN"
+                )
+            return BudgetPlan.from_env()
+        return BudgetPlan.load(arguments.plan, source="--plan")
+    if arguments.max_connections is None:
+        raise ValueError("--max-connections is required with ROLE arguments")
+    names = [role.name for role in arguments.roles]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        print(f"error: role {duplicates[0]!r} is given more than once", file=sys.stderr)
-        return 2
-    total_processes = sum(role.processes for role in roles)
+        raise ValueError(f"role {duplicates[0]!r} is given more than once")
+    weights = dict(arguments.weight)
+    minimums = dict(arguments.minimum)
+    for name in {*weights, *minimums} - set(names):
+        raise ValueError(f"--weight/--minimum name {name!r}, which is not one of the roles")
+    for name, minimum in minimums.items():
+        if minimum != int(minimum):
+            raise ValueError(f"--minimum {name}={minimum:g} must be a whole number")
+    roles = {
+        role.name: Role(
+            processes=role.processes,
+            loops=role.loops,
+            weight=weights.get(role.name, 1.0),
+            minimum=int(minimums.get(role.name, 0)),
+        )
+        for role in arguments.roles
+    }
+    return BudgetPlan(arguments.max_connections, roles, arguments.reserve)
+
+
+def _budget(arguments: argparse.Namespace) -> int:
+    try:
+        plan = _plan_from_arguments(arguments)
+    except ValueError as error:
+        status = 1 if "What would fit" in str(error) else 2
+        print(f"error: {error}", file=sys.stderr)
+        return status
+    if arguments.json:
+        print(json.dumps(plan.to_mapping(), indent=2))
+        return 0
+    header = ("role", "processes", "loops", "weight", "pool_size", "max_overflow", "connections")
     rows: list[tuple[str, ...]] = []
-    total = 0
-    problems: list[str] = []
-    usable = 0
-    for role in roles:
-        try:
-            budget = PoolBudget(max_connections, total_processes, role.loops, reserve)
-        except ValueError:
-            problems.append(role.name)
-            continue
-        usable = budget.usable
-        connections = role.processes * budget.per_process
-        total += connections
+    total_processes = 0
+    for name, role in plan.roles.items():
+        budget = plan.budget_for(name)
+        total_processes += role.processes
         rows.append(
             (
-                role.name,
+                name,
                 str(role.processes),
                 str(role.loops),
+                f"{role.weight:g}",
                 str(budget.pool_size),
                 str(budget.max_overflow),
-                str(connections),
+                str(budget.total),
             )
         )
-    if problems:
-        usable = _usable(max_connections, reserve)
-        worst = max(role.loops for role in roles if role.name in problems)
-        print(
-            f"error: {max_connections} connections with a {reserve:.0%} reserve leave {usable} "
-            f"usable, which cannot give each of {total_processes} processes × up to {worst} "
-            f"loops (roles: {', '.join(problems)}) even one connection. What would fit: at most "
-            f"{usable // worst} processes in total at {worst} loops each, fewer loops per "
-            f"process, or --max-connections ≥ {_min_max_connections(total_processes * worst, reserve)}.",
-            file=sys.stderr,
-        )
-        return 1
-    header = ("role", "processes", "loops", "pool_size", "max_overflow", "connections")
-    rows.append(("total", str(total_processes), "", "", "", str(total)))
+    rows.append(("total", str(total_processes), "", "", "", "", str(plan.total)))
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
@@ -168,9 +233,10 @@ def _budget(max_connections: int, reserve: float, roles: Sequence[_Role]) -> int
     print(line(["-" * width for width in widths]))
     print(line(rows[-1]))
     print(
-        f"\n{total} of {usable} usable connections (max_connections={max_connections}, "
-        f"reserve={reserve:g}); use PoolBudget(max_connections={max_connections}, "
-        f"processes={total_processes}, loops_per_process=<the role's loops>, reserve={reserve:g})."
+        f"\n{plan.total} of {plan.usable} usable connections (max_connections="
+        f"{plan.max_connections}, reserve={plan.reserve:g}); every process caps itself at its "
+        "share: Database(budget=BudgetPlan.from_env().budget_for()) with LOOPSAFE_BUDGET_PLAN "
+        "(--json prints it) and LOOPSAFE_ROLE."
     )
     return 0
 
@@ -179,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with `argv` (default: ``sys.argv[1:]``); returns the exit status."""
     arguments = _parser().parse_args(argv)
     if arguments.command == "budget":
-        return _budget(arguments.max_connections, arguments.reserve, arguments.roles)
+        return _budget(arguments)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

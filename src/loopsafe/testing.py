@@ -14,7 +14,8 @@ Fixtures:
   has ended (pytest-asyncio's per-test loops close theirs at loop end; loops a test closed without
   shutdown have theirs dropped here, without I/O).
 
-`EmbeddedPostgres` and `EmbeddedRedis` start private servers for tests that stop or kill them.
+`EmbeddedPostgres` and `EmbeddedRedis` start private servers for tests that stop or kill them;
+`PgBouncer` puts a real pooler (transaction mode by default) in front of a PostgreSQL.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from ._registry import _all_states
-from ._servers import EmbeddedPostgres, EmbeddedRedis, free_port
+from ._registry import collect_abandoned
+from ._servers import EmbeddedPostgres, EmbeddedRedis, PgBouncer, free_port
 
-__all__ = ("EmbeddedPostgres", "EmbeddedRedis", "free_port")
+__all__ = ("EmbeddedPostgres", "EmbeddedRedis", "PgBouncer", "free_port")
 
 
 @pytest.fixture(scope="session")
@@ -60,5 +61,4 @@ def loopsafe_isolation() -> Iterator[None]:
     closed when that loop ends.
     """
     yield
-    # _all_states() drops the instances of every loop that is closed but still referenced.
-    _all_states()
+    collect_abandoned()

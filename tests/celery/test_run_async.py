@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 import math
 import os
@@ -252,7 +253,7 @@ def test_bad_timeouts_are_rejected(timeout: Any, error: type[Exception]) -> None
     coro = asyncio.sleep(0)
     with pytest.raises(error, match=r"run_async timeout must be a .*number of seconds"):
         run_async(coro, timeout=timeout)
-    assert coro.cr_frame is None  # closed, never run: no "never awaited" warning
+    assert inspect.getcoroutinestate(coro) == "CORO_CLOSED"  # never run, no "never awaited"
 
 
 # --- timeouts and interruptions ------------------------------------------------------------------

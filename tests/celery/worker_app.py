@@ -175,7 +175,7 @@ async def missing_row(row_id: int) -> None:
 tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="unset")
 
 
-@signals.task_prerun.connect
+@signals.task_prerun.connect  # type: ignore[untyped-decorator]  # Celery is untyped
 def _set_tenant(task_id: str = "", **_: Any) -> None:
     tenant.set(f"tenant-of-{task_id}")
 
@@ -192,7 +192,7 @@ return now
 async def _in_flight(key: str, seconds: float) -> None:
     """Hold a slot of `key`'s in-flight counter for `seconds`; `key`:max keeps the peak."""
     client = loopsafe.redis.get_redis()
-    await client.eval(_IN_FLIGHT, 2, f"{key}:now", f"{key}:max")  # type: ignore[misc]
+    await client.eval(_IN_FLIGHT, 2, f"{key}:now", f"{key}:max")
     try:
         await asyncio.sleep(seconds)
     finally:
@@ -261,7 +261,7 @@ async def block_the_loop(seconds: float) -> str:
     return "blocked"
 
 
-@app.task
+@app.task  # type: ignore[untyped-decorator]
 def add(a: int, b: int) -> int:
     """A plain sync task in the same worker."""
     return a + b

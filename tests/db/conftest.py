@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,11 +16,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from loopsafe.db import _default
-from loopsafe.testing import free_port
-
-PGBOUNCER = shutil.which("pgbouncer") or (
-    "/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None
-)
+from loopsafe.testing import PgBouncer
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -121,50 +112,36 @@ async def wait_for_connections(
     return count
 
 
-class PeakSampler:
-    """Samples the server's connection count for one application_name until stopped."""
+@contextlib.asynccontextmanager
+async def limited_role(postgres_url: str, limit: int) -> AsyncIterator[str]:
+    """A login role the server itself holds to `limit` connections; yields a URL that uses it.
 
-    def __init__(self, postgres_url: str, application_name: str) -> None:
-        self.url = postgres_url
-        self.application_name = application_name
-        self.peak = 0
-        self.samples = 0
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> PeakSampler:
-        self._connection = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
-        self._raw = Raw(self._connection)
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            count: int = await self._raw.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                self.application_name,
+    One connection more is refused by PostgreSQL ("too many connections for role", SQLSTATE
+    53300), however briefly it would have lasted: a budget test then fails instead of hoping a
+    sampler looked at the right moment. The role's backends leave the ProcArray before the client
+    sees its connection close, so a close followed at once by a connect is counted correctly.
+    """
+    role = f"loopsafe_{uuid.uuid4().hex[:12]}"
+    async with raw_connection(postgres_url) as raw:
+        await raw.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT {int(limit)}")
+    try:
+        yield make_url(postgres_url).set(username=role, password=None).render_as_string(False)
+    finally:
+        async with raw_connection(postgres_url) as raw:
+            # Only this test's own role: other databases' sessions are never touched.
+            await raw.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role
             )
-            self.peak = max(self.peak, count)
-            self.samples += 1
-            await asyncio.sleep(0.005)
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        assert self._task is not None
-        await self._task
-        await self._connection.close()
+            for _ in range(200):  # the terminated backends leave within moments
+                if not await raw.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = $1", role
+                ):
+                    break
+                await asyncio.sleep(0.05)
+            await raw.execute(f"DROP ROLE {role}")
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.05)
-    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-    raise RuntimeError(f"pgbouncer did not start on port {port}: {tail}")
+TOO_MANY = "too many connections for role"
 
 
 @pytest.fixture(scope="session")
@@ -173,55 +150,9 @@ def pgbouncer_url(postgres_url: str) -> Iterator[str]:
 
     Few server connections (3) for many clients, so clients really do share server sessions.
     """
-    if PGBOUNCER is None:
-        pytest.skip("the pgbouncer binary is not installed (Debian/Ubuntu: apt install pgbouncer)")
-    upstream = make_url(postgres_url)
-    user = upstream.username or "postgres"
-    directory = Path(tempfile.mkdtemp(prefix="loopsafe-pgbouncer-"))
-    directory.chmod(0o755)
-    port = free_port()
-    log = directory / "pgbouncer.log"
-    (directory / "users.txt").write_text(f'"{user}" ""\n')
-    (directory / "pgbouncer.ini").write_text(
-        "[databases]\n"
-        f"* = host={upstream.host or '127.0.0.1'} port={upstream.port or 5432}\n"
-        "[pgbouncer]\n"
-        f"listen_addr = 127.0.0.1\nlisten_port = {port}\n"
-        f"auth_type = trust\nauth_file = {directory / 'users.txt'}\n"
-        "pool_mode = transaction\ndefault_pool_size = 3\nmax_client_conn = 500\n"
-        "unix_socket_dir =\n"
-        f"logfile = {log}\n"
-        "ignore_startup_parameters = extra_float_digits,options\n"
-    )
-    for path in directory.iterdir():
-        path.chmod(0o644)
-    # PgBouncer refuses to run as root.
-    as_user = "nobody" if os.geteuid() == 0 else None
-    if as_user is not None:
-        log.touch()
-        os.chown(log, *_ids(as_user))
-    process = subprocess.Popen(
-        [PGBOUNCER, str(directory / "pgbouncer.ini")],
-        user=as_user,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     try:
-        _wait_for_port(port, process, log)
-        url = upstream.set(port=port, host="127.0.0.1")
-        yield url.render_as_string(hide_password=False)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:  # pragma: no cover - pgbouncer exits on SIGTERM
-            process.kill()
-            process.wait()
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def _ids(user: str) -> tuple[int, int]:
-    import pwd
-
-    account = pwd.getpwnam(user)
-    return account.pw_uid, account.pw_gid
+        bouncer = PgBouncer(postgres_url, default_pool_size=3, max_client_conn=500)
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    with bouncer:
+        yield bouncer.url

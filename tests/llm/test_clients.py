@@ -34,9 +34,7 @@ def make_clients(base_url: str) -> tuple[LoopLocal[httpx.AsyncClient], LoopLocal
     def llm() -> AsyncOpenAI:
         return AsyncOpenAI(base_url=base_url, api_key="test-key", max_retries=0, timeout=10)
 
-    # loop_local(**options) types the factory's result as `object` when `drop` is given (a core
-    # typing gap, reported); the runtime objects are the right ones.
-    return http_client, llm  # type: ignore[return-value]
+    return http_client, llm
 
 
 async def ask(llm: LoopLocal[AsyncOpenAI], prompt: str) -> tuple[str, str]:

@@ -1,4 +1,4 @@
-"""`python -m roadmap_app demo|api|worker|migrate`."""
+"""`python -m roadmap_app demo|serve|api|worker|migrate`."""
 
 from __future__ import annotations
 
@@ -7,16 +7,20 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from roadmap_app.config import PoolerName as Pooler
 
 __all__ = ("main",)
 
 
-async def _migrate(url: str) -> list[int]:
+async def _migrate(url: str, pooler: Pooler | None) -> list[int]:
     import loopsafe.db
     from roadmap_app.migrations import migrate
 
     # A pool of its own, without the app's budget: migrations run before anything else, once.
-    database = loopsafe.db.Database(url, name="migrations", poolclass="null")
+    database = loopsafe.db.Database(url, name="migrations", poolclass="null", pooler=pooler)
     try:
         async with database.get_engine().begin() as connection:
             return await migrate(connection)
@@ -24,9 +28,12 @@ async def _migrate(url: str) -> list[int]:
         await database.aclose()
 
 
-def migrate_database(url: str) -> list[int]:
-    """Bring the database at `url` to the current schema; return the versions applied now."""
-    return asyncio.run(_migrate(url))
+def migrate_database(url: str, *, pooler: Pooler | None = None) -> list[int]:
+    """Bring the database at `url` to the current schema; return the versions applied now.
+
+    `pooler="transaction"` when `url` goes through PgBouncer/Supabase transaction pooling.
+    """
+    return asyncio.run(_migrate(url, pooler))
 
 
 def _cmd_migrate(_: argparse.Namespace) -> int:
@@ -35,8 +42,9 @@ def _cmd_migrate(_: argparse.Namespace) -> int:
     from roadmap_app.config import get_settings
     from roadmap_app.migrations import SCHEMA_VERSION
 
-    url = get_settings().database_url
-    applied = migrate_database(url)
+    settings = get_settings()
+    url = settings.database_url
+    applied = migrate_database(url, pooler=settings.database_pooler)
     done = f"applied {', '.join(map(str, applied))}" if applied else "nothing to do"
     where = make_url(url).render_as_string(hide_password=True)
     print(f"schema version {SCHEMA_VERSION} on {where}: {done}")
@@ -53,6 +61,7 @@ def _cmd_api(args: argparse.Namespace) -> int:
         port=args.port,
         log_level=args.log_level,
         timeout_graceful_shutdown=3,
+        workers=args.workers,
     )
     return 0
 
@@ -71,8 +80,22 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     ]  # fmt: skip
     if args.name:
         argv += ["--hostname", args.name]
+    for option, value in (
+        ("--soft-time-limit", args.soft_time_limit),
+        ("--time-limit", args.time_limit),
+        ("--max-tasks-per-child", args.max_tasks_per_child),
+    ):
+        if value:
+            argv += [option, f"{value:g}"]
     app.worker_main(argv)
     return 0
+
+
+def _cmd_serve(_: argparse.Namespace) -> int:
+    from roadmap_app.config import get_settings
+    from roadmap_app.layout import Layout, serve
+
+    return serve(get_settings(), Layout.from_env())
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -108,9 +131,17 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=None, help="HTTP port (default: 8000 if free)")
     demo.set_defaults(run=_cmd_demo)
 
+    serve = commands.add_parser(
+        "serve",
+        help="production entrypoint: migrate, then run the API and a worker per queue, sized by "
+        "WEB_CONCURRENCY, CELERY_<QUEUE>_CONCURRENCY, … (see roadmap_app.layout)",
+    )
+    serve.set_defaults(run=_cmd_serve)
+
     api = commands.add_parser("api", help="serve the HTTP API and web page with uvicorn")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     api.add_argument("--log-level", default="info")
     api.set_defaults(run=_cmd_api)
 
@@ -119,6 +150,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, default=2)
     worker.add_argument("--pool", default="prefork", choices=("prefork", "solo", "threads"))
     worker.add_argument("--name", default=None, help="Celery node name, e.g. content@%%h")
+    worker.add_argument("--soft-time-limit", type=float, default=None, metavar="SECONDS")
+    worker.add_argument("--time-limit", type=float, default=None, metavar="SECONDS")
+    worker.add_argument("--max-tasks-per-child", type=int, default=None, metavar="N")
     worker.add_argument("--log-level", default="info")
     worker.set_defaults(run=_cmd_worker)
 

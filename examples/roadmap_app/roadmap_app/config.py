@@ -8,11 +8,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from loopsafe.db import BudgetPlan
+
 __all__ = ("Settings", "SettingsError", "get_settings")
 
 LLMProviderName = Literal["offline", "openai"]
-WorkerLoop = Literal["thread", "process"]
-_WORKER_LOOPS: dict[str, WorkerLoop | None] = {"": None, "thread": "thread", "process": "process"}
+PoolerName = Literal["transaction", "session"]
+ContentWrites = Literal["batched", "per-concept"]
 
 
 class SettingsError(ValueError):
@@ -61,6 +63,9 @@ _NUMBERS: dict[str, tuple[str, Callable[[str], float], float, float]] = {
     "llm_retries": ("LLM_RETRIES", int, 0, 10),
     "llm_timeout_s": ("LLM_TIMEOUT_S", float, 0.1, 3600.0),
     "content_batch_size": ("CONTENT_BATCH_SIZE", int, 1, 1000),
+    "content_db_semaphore": ("CONTENT_DB_SEMAPHORE", int, 1, 1000),
+    "database_pool_timeout_s": ("DATABASE_POOL_TIMEOUT_S", float, 0.1, 600.0),
+    "database_max_overflow": ("DATABASE_MAX_OVERFLOW", int, 0, 1000),
     "event_timeout_s": ("EVENT_TIMEOUT_S", float, 0.05, 60.0),
 }
 
@@ -90,9 +95,25 @@ class Settings:
     llm_timeout_s: float = 60.0
     content_batch_size: int = 8
     event_timeout_s: float = 1.0
-    # loopsafe.celery.install(app, loop=...): unset is its default (one shared loop per threads-
-    # pool worker, a loop per process for prefork).
-    worker_loop: WorkerLoop | None = None
+    # How content jobs write: "batched" (one writer per job, a connection only per batch
+    # commit) or "per-concept" (each concept holds a connection, inside an open transaction,
+    # across its three LLM calls: the original design, kept to reproduce its starvation), bounded
+    # by `content_db_semaphore` concepts per job.
+    content_write_mode: ContentWrites = "batched"
+    content_db_semaphore: int = 3
+    # DATABASE_POOLER=transaction for PgBouncer/Supabase transaction pooling.
+    database_pooler: PoolerName | None = None
+    database_pool_timeout_s: float = 30.0
+    # DATABASE_POOL_SIZE set: a fixed pool per loop and no budget (what the app did before
+    # budgets). Otherwise LOOPSAFE_BUDGET_PLAN + LOOPSAFE_ROLE give this process its role's
+    # share, or DATABASE_MAX_CONNECTIONS is shared evenly over LOOPSAFE_PROCESSES.
+    database_pool_size: int | None = None
+    database_max_overflow: int = 0
+    budget_plan: BudgetPlan | None = None
+    role: str | None = None
+    # CELERY_WORKER_LOOP=process: every task's coroutine on one loop per worker process (needs
+    # loopsafe.celery.install(app, loop=...)); "thread" is loopsafe's default.
+    celery_worker_loop: Literal["thread", "process"] = "thread"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -111,11 +132,23 @@ class Settings:
                 "LLM_PROVIDER=openai needs LLM_API_KEY (any non-empty value for local servers "
                 "such as Ollama or vLLM); unset LLM_BASE_URL to use the offline provider"
             )
-        worker_loop = env.get("ROADMAP_WORKER_LOOP", "").strip()
-        if worker_loop not in _WORKER_LOOPS:
+        pooler = _text(env, "DATABASE_POOLER", "none")
+        if pooler not in ("transaction", "session", "none"):
             raise SettingsError(
-                f"ROADMAP_WORKER_LOOP must be 'thread' or 'process', got {worker_loop!r}"
+                f"DATABASE_POOLER must be 'transaction', 'session' or 'none', got {pooler!r}"
             )
+        write_mode = _text(env, "CONTENT_WRITE_MODE", cls.content_write_mode)
+        if write_mode not in ("batched", "per-concept"):
+            raise SettingsError(
+                f"CONTENT_WRITE_MODE must be 'batched' or 'per-concept', got {write_mode!r}"
+            )
+        pool_size = int(_number(env, "DATABASE_POOL_SIZE", 0, int, low=1, high=1000)) or None
+        worker_loop = _text(env, "CELERY_WORKER_LOOP", "thread")
+        if worker_loop not in ("thread", "process"):
+            raise SettingsError(
+                f"CELERY_WORKER_LOOP must be 'thread' or 'process', got {worker_loop!r}"
+            )
+        plan, role = _budget_plan(env)
         numbers: dict[str, Any] = {
             field: _number(env, variable, getattr(cls, field), parse, low=low, high=high)
             for field, (variable, parse, low, high) in _NUMBERS.items()
@@ -129,13 +162,35 @@ class Settings:
             llm_base_url=env.get("LLM_BASE_URL") or None,
             llm_api_key=api_key,
             llm_model=_text(env, "LLM_MODEL", cls.llm_model),
-            worker_loop=_WORKER_LOOPS[worker_loop],
+            database_pooler=(
+                "transaction" if pooler == "transaction" else "session" if pooler == "session" else None
+            ),
+            content_write_mode="per-concept" if write_mode == "per-concept" else "batched",
+            database_pool_size=pool_size,
+            celery_worker_loop="process" if worker_loop == "process" else "thread",
+            budget_plan=plan,
+            role=role,
             **numbers,
         )
 
     def channel(self, roadmap_id: object) -> str:
         """The Redis pub/sub channel carrying one roadmap's progress events."""
         return f"{self.key_prefix}roadmap:{roadmap_id}:events"
+
+
+def _budget_plan(env: Mapping[str, str]) -> tuple[BudgetPlan | None, str | None]:
+    """LOOPSAFE_BUDGET_PLAN (JSON or a file) and LOOPSAFE_ROLE, checked against each other."""
+    raw = env.get("LOOPSAFE_BUDGET_PLAN", "").strip()
+    role = env.get("LOOPSAFE_ROLE", "").strip() or None
+    if not raw:
+        return None, role
+    try:
+        plan = BudgetPlan.load(raw, source="LOOPSAFE_BUDGET_PLAN")
+        if role is not None:
+            plan.budget_for(role)
+    except (ValueError, TypeError) as error:
+        raise SettingsError(str(error)) from None
+    return plan, role
 
 
 @functools.lru_cache(maxsize=1)

@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import loopsafe
 import loopsafe.db
+import loopsafe.db.metrics
+from roadmap_app.api.allowed_methods import answer_allowed_methods
+from roadmap_app.api.request_guard import RequestGuard
 from roadmap_app.api.routes import health, roadmaps, web
+from roadmap_app.api.security_headers import SecurityHeaders
 from roadmap_app.config import Settings, get_settings
 from roadmap_app.events import EventPublisher
 from roadmap_app.jobs import create_celery_app
 from roadmap_app.resources import configure_resources
 
 __all__ = ("create_app",)
+
+
+@functools.cache
+def _pool_metrics() -> None:
+    """Register the pool collector once per process, however many apps a test builds."""
+    loopsafe.db.metrics.register()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -48,4 +61,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
+    # A busy pool answers 503 + Retry-After instead of a 500 after the pool timeout.
+    loopsafe.db.install_fastapi(app)
+    _pool_metrics()
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """This process's Prometheus metrics, loopsafe's pool gauges and wait histogram included."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    answer_allowed_methods(app)
+    app.add_middleware(RequestGuard)
+    app.add_middleware(SecurityHeaders)
     return app

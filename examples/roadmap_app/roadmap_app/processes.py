@@ -60,10 +60,10 @@ def api_command(*, host: str, port: int) -> list[str]:
 
 class ManagedProcess:
     """A subprocess in its own process group (so a worker's prefork children go with it), its
-    output in a log file."""
+    output in a log file (or, with ``log_path=None``, on this process's own output)."""
 
     def __init__(
-        self, name: str, command: Sequence[str], *, env: Mapping[str, str], log_path: Path
+        self, name: str, command: Sequence[str], *, env: Mapping[str, str], log_path: Path | None
     ) -> None:
         self.name = name
         self.command = list(command)
@@ -73,14 +73,15 @@ class ManagedProcess:
         self._log: IO[Any] | None = None
 
     def start(self) -> ManagedProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("ab")
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             self.command,
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.STDOUT if self._log is not None else None,
             start_new_session=True,
         )
         return self
@@ -96,6 +97,8 @@ class ManagedProcess:
         return self.process is not None and self.process.poll() is None
 
     def log_text(self) -> str:
+        if self.log_path is None:
+            return ""
         try:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
@@ -129,6 +132,11 @@ class ManagedProcess:
         self._signal_group(signal.SIGKILL)
         self.process.wait(timeout=10)
         self._close_log()
+
+    def terminate(self) -> None:
+        """SIGTERM the group without waiting: to stop several processes at once, then `stop`."""
+        if self.process is not None and self.process.poll() is None:
+            self._signal_group(signal.SIGTERM)
 
     def stop(self, *, timeout: float = 15.0) -> int | None:
         """SIGTERM (Celery's warm shutdown, uvicorn's graceful one), then SIGKILL after `timeout`."""

@@ -28,7 +28,7 @@ log = logging.getLogger("roadmap_app.worker")
 settings = get_settings()
 configure_resources(settings)
 app = create_celery_app(settings)
-loopsafe.celery.install(app, loop=settings.worker_loop)
+loopsafe.celery.install(app, loop=settings.celery_worker_loop)
 
 
 async def enqueue(job: str, roadmap_id: uuid.UUID, *args: Any) -> None:

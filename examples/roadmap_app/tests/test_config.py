@@ -13,7 +13,6 @@ def test_defaults_use_the_offline_provider_and_local_servers() -> None:
     assert settings.database_url.startswith("postgresql://")
     assert settings.broker_url == settings.redis_url == "redis://127.0.0.1:6379/0"
     assert settings.channel("abc") == "roadmap:abc:events"
-    assert settings.worker_loop is None
 
 
 def test_values_are_read_and_the_broker_follows_redis() -> None:
@@ -24,10 +23,8 @@ def test_values_are_read_and_the_broker_follows_redis() -> None:
             "LLM_LATENCY_MS": "25",
             "LLM_FAILURE_RATE": "0.25",
             "DATABASE_MAX_CONNECTIONS": "50",
-            "ROADMAP_WORKER_LOOP": "process",
         }
     )
-    assert settings.worker_loop == "process"
     assert settings.broker_url == "redis://cache:6379/2"
     assert (settings.llm_latency_ms, settings.llm_failure_rate) == (25, 0.25)
     assert settings.database_max_connections == 50
@@ -60,8 +57,19 @@ def test_an_llm_base_url_selects_the_openai_provider() -> None:
             "DATABASE_MAX_CONNECTIONS must be between 2 and 100000",
         ),
         ({"LLM_PROVIDER": "claude"}, "LLM_PROVIDER must be 'offline' or 'openai', got 'claude'"),
+        ({"DATABASE_POOLER": "statement"}, "DATABASE_POOLER must be 'transaction', 'session' or"),
+        ({"CONTENT_WRITE_MODE": "eager"}, "CONTENT_WRITE_MODE must be 'batched' or 'per-concept'"),
+        ({"CONTENT_DB_SEMAPHORE": "0"}, "CONTENT_DB_SEMAPHORE must be between 1 and 1000"),
+        ({"DATABASE_POOL_SIZE": "0"}, "DATABASE_POOL_SIZE must be between 1 and 1000"),
+        ({"LOOPSAFE_BUDGET_PLAN": "{bad"}, "LOOPSAFE_BUDGET_PLAN is not valid JSON"),
+        (
+            {
+                "LOOPSAFE_BUDGET_PLAN": '{"max_connections": 20, "roles": {"web": {"processes": 1}}}',
+                "LOOPSAFE_ROLE": "content",
+            },
+            "role 'content' is not in the budget plan",
+        ),
         ({"LLM_PROVIDER": "openai"}, "LLM_PROVIDER=openai needs LLM_API_KEY"),
-        ({"ROADMAP_WORKER_LOOP": "fiber"}, "ROADMAP_WORKER_LOOP must be 'thread' or 'process'"),
     ],
 )
 def test_bad_values_raise_settings_error_naming_the_variable(
@@ -69,3 +77,23 @@ def test_bad_values_raise_settings_error_naming_the_variable(
 ) -> None:
     with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
         Settings.from_env(env)
+
+
+def test_deployment_knobs_for_a_transaction_pooler_and_a_role_plan() -> None:
+    plan = '{"max_connections": 50, "roles": {"web": {"processes": 2, "weight": 4}, "content": {"processes": 6}}}'
+    settings = Settings.from_env(
+        {
+            "DATABASE_POOLER": "transaction",
+            "LOOPSAFE_BUDGET_PLAN": plan,
+            "LOOPSAFE_ROLE": "web",
+            "CONTENT_WRITE_MODE": "per-concept",
+            "CONTENT_DB_SEMAPHORE": "8",
+            "DATABASE_POOL_TIMEOUT_S": "2.5",
+        }
+    )
+    assert settings.database_pooler == "transaction"
+    assert settings.budget_plan is not None
+    assert settings.budget_plan.budget_for(settings.role).per_process == 12  # 45 × 4/14, floored
+    assert (settings.content_write_mode, settings.content_db_semaphore) == ("per-concept", 8)
+    assert settings.database_pool_timeout_s == 2.5
+    assert Settings.from_env({"DATABASE_POOLER": "none"}).database_pooler is None

@@ -7,10 +7,10 @@ except ImportError as _error:  # pragma: no cover - exercised only without the e
         "loopsafe.db needs SQLAlchemy and asyncpg: pip install 'loopsafe[db]'"
     ) from _error
 
+from .._errors import DatabaseNotConfiguredError as DatabaseNotConfiguredError
 from .._public import claim_public_names
 from ._budget import PoolBudget as PoolBudget
 from ._database import Database as Database
-from ._database import DatabaseNotConfiguredError as DatabaseNotConfiguredError
 from ._default import configure as configure
 from ._default import get_database as get_database
 from ._default import get_engine as get_engine
@@ -20,15 +20,25 @@ from ._default import session as session
 from ._default import session_maker as session_maker
 from ._fastapi import lifespan as lifespan
 from ._fastapi import session_dependency as session_dependency
+from ._overload import install_fastapi as install_fastapi
+from ._overload import overload_handler as overload_handler
+from ._plan import BudgetPlan as BudgetPlan
+from ._plan import Role as Role
+from ._plan import RoleBudget as RoleBudget
 
 __all__ = (
+    "BudgetPlan",
     "Database",
     "DatabaseNotConfiguredError",
     "PoolBudget",
+    "Role",
+    "RoleBudget",
     "configure",
     "get_database",
     "get_engine",
+    "install_fastapi",
     "lifespan",
+    "overload_handler",
     "pool_status",
     "run_in_transaction",
     "session",

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pydantic import BaseModel, Field, model_validator
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from loopsafe.db import Database
@@ -204,22 +205,29 @@ async def _write_batches(
             if concept.id not in inserted:
                 continue  # saved meanwhile by another run of this job: already counted
             written += 1
-            progress.done += 1
-            stage = concept.stage_position
-            progress.stage_done[stage] = progress.stage_done.get(stage, 0) + 1
-            await notifier.emit(
-                roadmap_id,
-                "concept_saved",
-                concept_id=concept.id,
-                slug=concept.slug,
-                title=concept.title,
-                stage=stage,
-                done=progress.done,
-                total=progress.total,
-                stage_done=progress.stage_done[stage],
-                stage_total=progress.stage_total.get(stage, 0),
-            )
+            await _announce(roadmap_id, concept, progress, notifier)
     return written
+
+
+async def _announce(
+    roadmap_id: uuid.UUID, concept: ConceptRef, progress: Progress, notifier: Notifier
+) -> None:
+    """Count one concept as saved and tell the listeners."""
+    progress.done += 1
+    stage = concept.stage_position
+    progress.stage_done[stage] = progress.stage_done.get(stage, 0) + 1
+    await notifier.emit(
+        roadmap_id,
+        "concept_saved",
+        concept_id=concept.id,
+        slug=concept.slug,
+        title=concept.title,
+        stage=stage,
+        done=progress.done,
+        total=progress.total,
+        stage_done=progress.stage_done[stage],
+        stage_total=progress.stage_total.get(stage, 0),
+    )
 
 
 async def generate_missing_content(
@@ -230,12 +238,18 @@ async def generate_missing_content(
     notifier: Notifier,
     *,
     batch_size: int = 8,
+    hold_connections: int | None = None,
 ) -> ContentReport:
     """Generate and save content for every concept of the roadmap that has none yet.
 
     At most `options.concurrency` concepts are in flight. When one concept fails for good, the
     others are cancelled, whatever was finished is still saved (the checkpoint a resume starts
     from), and the `LLMError` is raised.
+
+    With `hold_connections` (``CONTENT_WRITE_MODE=per-concept``) each concept instead opens its
+    transaction first and keeps it, and its connection, across its three LLM calls, at most
+    `hold_connections` concepts at a time: the original design, whose held connections starve
+    the API behind a transaction pooler; kept so benchmarks can measure against it.
     """
     async with db.session() as session:
         roadmap = await repositories.get_roadmap(session, roadmap_id)
@@ -251,13 +265,28 @@ async def generate_missing_content(
     # Bounded, so finished concepts wait for the writer instead of piling up in memory.
     queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=batch_size * 2)
     todo = iter(missing)
+    hold = asyncio.Semaphore(hold_connections) if hold_connections is not None else None
+    held_written = 0
 
     async def produce() -> None:
+        nonlocal held_written
         for concept in todo:  # shared iterator: each concept is taken by exactly one producer
-            material = await generate_material(
-                llm, brief, concept, options, on_step=notifier, roadmap_id=roadmap_id
-            )
-            await queue.put((concept, material))
+            if hold is None:
+                material = await generate_material(
+                    llm, brief, concept, options, on_step=notifier, roadmap_id=roadmap_id
+                )
+                await queue.put((concept, material))
+                continue
+            async with hold, db.session() as session:
+                await session.execute(text("SELECT 1"))  # the transaction, and its connection
+                material = await generate_material(
+                    llm, brief, concept, options, on_step=notifier, roadmap_id=roadmap_id
+                )
+                rows = [material.to_row(concept.id)]
+                inserted = await repositories.save_content(session, roadmap_id, rows)
+            if concept.id in inserted:
+                held_written += 1
+                await _announce(roadmap_id, concept, progress, notifier)
 
     writer = asyncio.create_task(
         _write_batches(db, roadmap_id, queue, batch_size, progress, notifier),
@@ -300,4 +329,4 @@ async def generate_missing_content(
         generated = 0
     if failure is not None:
         raise failure
-    return ContentReport(generated=generated, skipped=skipped, progress=progress)
+    return ContentReport(generated=generated + held_written, skipped=skipped, progress=progress)

@@ -283,6 +283,9 @@ async def generate_content(
             rt.options,
             rt.events,
             batch_size=rt.settings.content_batch_size,
+            hold_connections=rt.settings.content_db_semaphore
+            if rt.settings.content_write_mode == "per-concept"
+            else None,
         ),
     )
     if report is None:

@@ -194,3 +194,29 @@ async def test_unknown_roadmap_is_a_lookup_error(configured: Settings) -> None:
         await generate_missing_content(
             loopsafe.db.get_database(), OfflineProvider(), missing, OPTIONS, RecordingNotifier()
         )
+
+
+async def test_per_concept_mode_holds_at_most_the_semaphore_of_connections_and_saves_all(
+    configured: Settings, database_url: str
+) -> None:
+    """The original design (a transaction per concept across its LLM calls), kept for the lab."""
+    roadmap_id, total = await _roadmap_with_curriculum("Learn Haskell")
+    database = loopsafe.db.get_database()
+    peak = 0
+
+    class Watching(CountingProvider):
+        async def complete_json(self, prompt: Prompt) -> dict[str, Any]:
+            nonlocal peak
+            peak = max(peak, int(database.pool_status()["checked_out"]))
+            return await super().complete_json(prompt)
+
+    notifier = RecordingNotifier()
+    report = await generate_missing_content(
+        database, Watching(), roadmap_id, OPTIONS, notifier, hold_connections=2
+    )
+    assert (report.generated, report.progress.done) == (total, total)
+    assert len(_saved(database_url, roadmap_id)) == total
+    # Connections are held during LLM calls, two at most (the semaphore), not four (concurrency).
+    assert peak == 2
+    saved = [e for e in notifier.events if e["type"] == "concept_saved"]
+    assert [e["done"] for e in saved] == list(range(1, total + 1))

@@ -1,4 +1,4 @@
-"""`/health`: database reachability and connection-pool state, Redis reachability."""
+"""`/health`: database reachability (down vs merely busy), connection-pool state, Redis."""
 
 from __future__ import annotations
 
@@ -42,26 +42,46 @@ async def _problem(check: Callable[[], Awaitable[None]]) -> str | None:
     return None
 
 
+def _busy(error: str | None, pool: dict[str, float]) -> bool:
+    """Whether a failed check only waited for this process's own pool: busy, not down.
+
+    Restarting a busy API would only add cold starts to the overload, so busy answers 200.
+    """
+    if error is None:
+        return False
+    return error.startswith("PoolExhaustedError") or (
+        error.startswith("no answer") and (pool["waiting"] > 0 or pool["usage"] >= 1)
+    )
+
+
 @router.get("/health")
 async def health(settings: SettingsDep) -> JSONResponse:
-    """200 when the database answers (Redis down only degrades: events fall back to polling),
-    503 otherwise. Includes this process's `pool_status()` and the shared connection budget."""
+    """200 when the database answers or only this process's pool is busy (Redis down only
+    degrades: events fall back to polling), 503 when the database is down. Includes this
+    process's `pool_status()` and its connection budget."""
     db_error, redis_error = await asyncio.gather(_problem(_select_one), _problem(_ping))
     budget = budget_for(settings)
+    pool = loopsafe.db.pool_status()
+    busy = _busy(db_error, pool)
+    down = db_error is not None and not busy
     body: dict[str, Any] = {
-        "status": "ok" if db_error is None and redis_error is None else "degraded",
+        "status": "down" if down else "busy" if busy else "degraded" if redis_error else "ok",
         "database": {
             "ok": db_error is None,
+            "busy": busy,
             "error": db_error,
-            "pool": loopsafe.db.pool_status(),
-            "budget": {
+            "pool": pool,
+            "budget": None
+            if budget is None
+            else {
                 "max_connections": budget.max_connections,
                 "processes": budget.processes,
                 "per_process": budget.per_process,
                 "pool_size": budget.pool_size,
                 "max_overflow": budget.max_overflow,
+                "role": settings.role,
             },
         },
         "redis": {"ok": redis_error is None, "error": redis_error},
     }
-    return JSONResponse(body, status_code=200 if db_error is None else 503)
+    return JSONResponse(body, status_code=503 if down else 200)

@@ -1,0 +1,859 @@
+"""The seed-004 incident in a lab: content generation against the web API behind a real PgBouncer.
+
+A FastAPI + Celery app behind a transaction pooler (about 50 server connections) ran ~21
+processes, each with its own pool; while content generation ran, the API could not get a
+connection and most of its requests timed out. This lab rebuilds that deployment from real
+parts and measures it, configuration by configuration, in one run:
+
+- PostgreSQL (``$LOOPSAFE_BENCH_DATABASE_URL``, else the local one at
+  ``postgresql://postgres@127.0.0.1:5432/test`` if it answers, else a private embedded one)
+  behind a real PgBouncer in transaction mode (``default_pool_size=50``, ``max_client_conn=200``);
+  Redis (``$LOOPSAFE_BENCH_REDIS_URL``, else a private one) as broker and event bus;
+- the example app started by its production entrypoint, ``python -m roadmap_app serve``:
+  uvicorn API workers and Celery prefork workers on the ``workflow``, ``content`` and ``logs``
+  queues, configured only through the environment (a profile is a set of variables);
+- the offline LLM at about 1 s ± 30 % per call, so generation is LLM-bound as in production;
+- an open-loop client (fixed arrival rate, 5 s timeout) on the read endpoints and one write
+  endpoint: an idle window, then K roadmaps of 30 concepts generated at once.
+
+Profiles: ``seed-before`` (the incident's settings), ``seed-fix`` (the team's hand-tuned fix),
+``loopsafe`` (the seed's layout with one role-weighted BudgetPlan, no connection held across an
+LLM call, batched saves) and ``loopsafe-shared-loop`` (the same on shared-loop workers, which
+needs ``loopsafe.celery.install(app, loop="process")``; reported as not available until then).
+
+Writes results/contention.md and results/contention.png. ``--quick`` runs a short version for CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import inspect
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import psycopg
+from sqlalchemy.engine import make_url
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _report import RESULTS, write_results
+
+import loopsafe.celery
+from loopsafe.testing import EmbeddedPostgres, EmbeddedRedis, PgBouncer, free_port
+from roadmap_app.__main__ import migrate_database
+from roadmap_app.config import Settings
+from roadmap_app.layout import Layout
+from roadmap_app.llm import OfflineProvider
+from roadmap_app.pipeline.calls import Brief, LLMOptions
+from roadmap_app.pipeline.curriculum import design_curriculum
+from roadmap_app.pipeline.intent import analyze_intent
+from roadmap_app.processes import ManagedProcess, wait_for_http
+
+LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/test"
+SERVER_POOL = 50  # PgBouncer default_pool_size: the server connections, as on Supabase
+MAX_CLIENTS = 200  # PgBouncer max_client_conn, like Supabase's client limit
+LLM_CONCURRENCY = 6  # concepts in flight per roadmap, the same in every profile
+CLIENT_TIMEOUT_S = 5.0
+SAMPLE_EVERY_S = 0.5
+APP_VARIABLES = ("LLM_", "DATABASE_", "LOOPSAFE_", "CELERY_", "CONTENT_", "WEB_", "REDIS_")
+WARMUP_S = 5.0  # load before the idle window that is not measured
+
+# The seed's layout: 4 uvicorn workers; content -c 6, workflow -c 4, logs -c 4.
+SEED_LAYOUT = {
+    "WEB_CONCURRENCY": "4",
+    "CELERY_CONTENT_CONCURRENCY": "6",
+    "CELERY_WORKFLOW_CONCURRENCY": "4",
+    "CELERY_LOGS_CONCURRENCY": "4",
+}
+PROFILES: dict[str, dict[str, str]] = {
+    "seed-before": {
+        **SEED_LAYOUT,
+        "DATABASE_POOL_SIZE": "2",
+        "DATABASE_MAX_OVERFLOW": "2",
+        "CONTENT_WRITE_MODE": "per-concept",
+        "CONTENT_DB_SEMAPHORE": "3",
+    },
+    "seed-fix": {
+        **SEED_LAYOUT,
+        "WEB_CONCURRENCY": "2",
+        "CELERY_CONTENT_CONCURRENCY": "3",
+        "DATABASE_POOL_SIZE": "5",
+        "DATABASE_MAX_OVERFLOW": "5",
+        "CONTENT_WRITE_MODE": "per-concept",
+        "CONTENT_DB_SEMAPHORE": "8",
+    },
+    "loopsafe": {
+        **SEED_LAYOUT,
+        # One plan for the whole deployment, derived by `serve` from the layout and the pooler's
+        # server connections (DATABASE_MAX_CONNECTIONS, set per run): a web process weighs 4
+        # worker processes.
+        "DATABASE_WEB_WEIGHT": "4",
+        "CONTENT_WRITE_MODE": "batched",
+        "CONTENT_BATCH_SIZE": "8",
+    },
+}
+# With too few server connections for the seed's 18 processes to get one each, the plan refuses
+# that layout (`python -m loopsafe budget` says what would fit); loopsafe runs a smaller one.
+SMALL_LAYOUT = {
+    "WEB_CONCURRENCY": "2",
+    "CELERY_WORKFLOW_CONCURRENCY": "2",
+    "CELERY_LOGS_CONCURRENCY": "2",
+}
+SHARED_LOOP = "loopsafe-shared-loop"
+# Request mix of the open-loop client: (weight, name). The write creates a roadmap that stops at
+# human review: a real write and a workflow job, without adding content generation.
+MIX = ((45, "get roadmap"), (30, "list"), (20, "health"), (5, "create"))
+
+
+def shared_loop_profile() -> dict[str, str]:
+    """`loopsafe` on shared-loop workers; raises when loopsafe.celery cannot run them yet."""
+    if "loop" not in inspect.signature(loopsafe.celery.install).parameters:
+        raise NotImplementedError(
+            f"{SHARED_LOOP} is not available: loopsafe.celery.install(app) has no loop= "
+            "parameter yet (the shared-loop worker mode has not landed)"
+        )
+    return {**PROFILES["loopsafe"], "CELERY_WORKER_LOOP": "process"}
+
+
+@dataclasses.dataclass
+class Request:
+    start: float  # seconds since the run's t0
+    latency: float
+    kind: str
+    outcome: str  # "ok", "timeout", "error <status or exception>"
+
+
+@dataclasses.dataclass
+class Sample:
+    t: float
+    sv_active: int
+    sv_total: int
+    cl_active: int
+    cl_waiting: int
+    maxwait_s: float
+    web_wait_s: float  # longest current wait at the pooler of an API connection
+    backends: int  # pg_stat_activity rows of the app's database
+    rss_mb: float
+    processes: int
+
+
+@dataclasses.dataclass
+class Run:
+    profile: str
+    requests: list[Request]
+    samples: list[Sample]
+    gen_start: float
+    gen_end: float
+    concepts: int
+    ideal_s: float
+    budget: str
+    pool_waits: tuple[int, float]  # API checkouts that waited > 1 ms, their total seconds
+    roadmaps: int
+    completed: int
+
+    def window(self, generation: bool) -> list[Request]:
+        if generation:
+            return [r for r in self.requests if self.gen_start <= r.start < self.gen_end]
+        return [r for r in self.requests if WARMUP_S <= r.start < self.gen_start]
+
+
+# -- servers ------------------------------------------------------------------------------------
+
+
+def _answers(url: str) -> bool:
+    try:
+        with psycopg.connect(url, connect_timeout=2):
+            return True
+    except psycopg.Error:
+        return False
+
+
+@contextlib.contextmanager
+def servers() -> Iterator[tuple[str, str]]:
+    """(PostgreSQL URL, Redis URL): configured, local, or private embedded ones."""
+    with contextlib.ExitStack() as stack:
+        database = os.environ.get("LOOPSAFE_BENCH_DATABASE_URL")
+        if not database:
+            database = LOCAL_URL if _answers(LOCAL_URL) else None
+        if not database:
+            database = stack.enter_context(EmbeddedPostgres()).url
+        redis_url = os.environ.get("LOOPSAFE_BENCH_REDIS_URL") or ""
+        if not redis_url:
+            redis_url = stack.enter_context(EmbeddedRedis()).url
+        yield database, redis_url
+
+
+def goals_with(concepts: int, count: int) -> list[str]:
+    """`count` goals whose offline curriculum has exactly `concepts` concepts (deterministic)."""
+    llm = OfflineProvider()
+    options = LLMOptions(concurrency=1)
+    topics = ["Python", "SQL", "Rust", "Go", "Kotlin", "Haskell", "Elixir", "Swift", "Scala",
+              "Ruby", "Julia", "R", "Java", "Lua", "Perl", "Dart", "Zig", "OCaml", "Clojure",
+              "Erlang", "C", "Fortran", "Prolog", "TypeScript", "Racket", "Nim", "Crystal"]  # fmt: skip
+    found: list[str] = []
+
+    async def size(goal: str) -> int:
+        brief = Brief(goal, "beginner", 5)
+        curriculum = await design_curriculum(
+            llm, brief, await analyze_intent(llm, brief, options), options
+        )
+        return sum(len(module.concepts) for stage in curriculum.stages for module in stage.modules)
+
+    for topic in topics:
+        for use in ("", " for data analysis", " for web services", " for games"):
+            goal = f"Learn {topic}{use}"
+            if asyncio.run(size(goal)) == concepts:
+                found.append(goal)
+                break
+        if len(found) == count:
+            return found
+    raise RuntimeError(f"found only {len(found)} goals with {concepts} concepts; add topics")
+
+
+# -- measuring ----------------------------------------------------------------------------------
+
+
+class Sampler(threading.Thread):
+    """Samples PgBouncer's pools and clients, pg_stat_activity and the app's RSS."""
+
+    def __init__(self, bouncer: PgBouncer, database_url: str, root_pid: int, t0: float) -> None:
+        super().__init__(daemon=True)
+        self.bouncer = bouncer
+        self.database = make_url(database_url).database
+        self.database_url = database_url
+        self.root = psutil.Process(root_pid)
+        self.t0 = t0
+        self.samples: list[Sample] = []
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        with psycopg.connect(self.database_url, autocommit=True) as pg:
+            while not self.stop_event.wait(SAMPLE_EVERY_S):
+                with contextlib.suppress(Exception):  # a sample lost beats a lab stopped
+                    self.samples.append(self._sample(pg))
+
+    def _sample(self, pg: psycopg.Connection[Any]) -> Sample:
+        pools = [p for p in self.bouncer.admin("SHOW POOLS") if p["database"] == self.database]
+        clients = self.bouncer.admin("SHOW CLIENTS")
+        web_wait = max(
+            (
+                int(c["wait"]) + int(c["wait_us"]) / 1e6
+                for c in clients
+                if c.get("application_name") == "roadmap:web" and c["state"] == "waiting"
+            ),
+            default=0.0,
+        )
+        backends = pg.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (self.database,),
+        ).fetchone()
+        processes = [self.root, *self.root.children(recursive=True)]
+        rss = 0
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                rss += process.memory_info().rss
+
+        def total(key: str) -> int:
+            return sum(int(p[key]) for p in pools)
+
+        return Sample(
+            t=time.monotonic() - self.t0,
+            sv_active=total("sv_active"),
+            sv_total=total("sv_active") + total("sv_idle") + total("sv_used"),
+            cl_active=total("cl_active"),
+            cl_waiting=total("cl_waiting"),
+            maxwait_s=max(
+                (int(p["maxwait"]) + int(p["maxwait_us"]) / 1e6 for p in pools), default=0.0
+            ),
+            web_wait_s=web_wait,
+            backends=int(backends[0]) if backends else 0,
+            rss_mb=rss / 2**20,
+            processes=len(processes),
+        )
+
+
+async def open_loop(
+    base_url: str, rate: float, ids: list[str], t0: float, stop: asyncio.Event
+) -> list[Request]:
+    """Fire requests at a fixed rate whatever the answers take (open loop) until `stop`."""
+    results: list[Request] = []
+    rng = random.Random(4)
+    kinds = [name for weight, name in MIX for _ in range(weight)]
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+    timeout = httpx.Timeout(CLIENT_TIMEOUT_S)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout) as client:
+
+        async def one(kind: str, start: float) -> None:
+            try:
+                if kind == "get roadmap":
+                    response = await client.get(f"/api/v1/roadmaps/{rng.choice(ids)}?content=false")
+                elif kind == "list":
+                    response = await client.get("/api/v1/roadmaps?limit=20")
+                elif kind == "health":
+                    response = await client.get("/health")
+                else:
+                    response = await client.post(
+                        "/api/v1/roadmaps",
+                        json={"goal": "Learn Go for web services", "review": True},
+                    )
+                ok = response.status_code < 400 and (
+                    kind != "health" or response.json()["status"] == "ok"
+                )
+                outcome = "ok" if ok else f"error {response.status_code}"
+            except httpx.TimeoutException:
+                outcome = "timeout"
+            except httpx.HTTPError as error:
+                outcome = f"error {type(error).__name__}"
+            results.append(Request(start - t0, time.monotonic() - start, kind, outcome))
+
+        tasks: set[asyncio.Task[None]] = set()
+        interval = 1.0 / rate
+        next_at = time.monotonic()
+        while not stop.is_set():
+            next_at += interval
+            task = asyncio.create_task(one(rng.choice(kinds), time.monotonic()))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        await asyncio.gather(*tasks)
+    return results
+
+
+def _api_pool_waits(base_url: str) -> tuple[int, float]:
+    """Checkouts that waited > 1 ms and their total seconds, over every API worker's /metrics."""
+    by_pid: dict[str, tuple[int, float]] = {}
+    with httpx.Client(base_url=base_url, timeout=5) as client:
+        for _ in range(40):  # each scrape reaches one uvicorn worker; enough to meet them all
+            with contextlib.suppress(httpx.HTTPError):
+                text = client.get("/metrics").text
+                buckets: dict[str, dict[str, float]] = {}
+                for line in text.splitlines():
+                    if not line.startswith("loopsafe_db_checkout_wait_seconds"):
+                        continue
+                    name, value = line.rsplit(" ", 1)
+                    labels = dict(
+                        part.split("=", 1) for part in name[name.index("{") + 1 : -1].split(",")
+                    )
+                    entry = buckets.setdefault(labels["pid"], {})
+                    if "_bucket" in name and labels["le"] == '"0.001"':
+                        entry["fast"] = float(value)
+                    elif name.startswith("loopsafe_db_checkout_wait_seconds_count"):
+                        entry["count"] = float(value)
+                    elif name.startswith("loopsafe_db_checkout_wait_seconds_sum"):
+                        entry["sum"] = float(value)
+                for pid, entry in buckets.items():
+                    by_pid[pid] = (int(entry["count"] - entry["fast"]), entry["sum"])
+    return sum(w for w, _ in by_pid.values()), sum(s for _, s in by_pid.values())
+
+
+# -- one profile ----------------------------------------------------------------------------------
+
+
+def run_profile(
+    name: str, overrides: dict[str, str], server_pool: int, args: argparse.Namespace,
+    database_url: str, redis_url: str, goals: list[str], log_dir: Path,
+) -> Run:  # fmt: skip
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute("TRUNCATE roadmaps, execution_logs CASCADE")
+    with PgBouncer(
+        database_url, default_pool_size=server_pool, max_client_conn=MAX_CLIENTS
+    ) as bouncer:
+        port = free_port()
+        prefix = f"contention{uuid.uuid4().hex[:8]}:"
+        env = {
+            # The profile alone configures the app: nothing of this shell's own settings leaks in.
+            **{k: v for k, v in os.environ.items() if not k.startswith(APP_VARIABLES)},
+            "DATABASE_URL": bouncer.url,
+            "DATABASE_POOLER": "transaction",
+            "REDIS_URL": redis_url,
+            "ROADMAP_KEY_PREFIX": prefix,
+            "LLM_PROVIDER": "offline",
+            "LLM_LATENCY_MS": str(args.latency_ms),
+            "LLM_JITTER_MS": str(round(args.latency_ms * 0.3)),
+            "LLM_CONCURRENCY": str(LLM_CONCURRENCY),
+            "LLM_TIMEOUT_S": "30",
+            "PORT": str(port),
+            "PYTHONUNBUFFERED": "1",
+            "DATABASE_MAX_CONNECTIONS": str(server_pool),
+            **overrides,
+        }
+        budget = _budget_text(env)
+        serve = ManagedProcess(
+            name, [sys.executable, "-m", "roadmap_app", "serve"], env=env,
+            log_path=log_dir / f"{name}.log",
+        ).start()  # fmt: skip
+        base_url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_http(f"{base_url}/health", timeout=180, process=serve)
+            deadline = time.monotonic() + 120
+            while serve.log_text().count(" ready.") < 3 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            return asyncio.run(
+                _measure(name, args, base_url, bouncer, database_url, serve, goals, budget)
+            )
+        finally:
+            serve.stop(timeout=30)
+
+
+def _fits(overrides: dict[str, str], server_pool: int) -> bool:
+    """Whether `serve` can plan this profile's layout within `server_pool` connections."""
+    env = {**overrides, "DATABASE_MAX_CONNECTIONS": str(server_pool)}
+    try:
+        Layout.from_env(env).plan(Settings.from_env(env))
+    except ValueError:
+        return False
+    return True
+
+
+def _budget_text(env: dict[str, str]) -> str:
+    settings = Settings.from_env(env)
+    layout = Layout.from_env(env)
+    counts = {"web": layout.web_workers, **{w.queue: w.concurrency for w in layout.workers}}
+    processes = sum(counts.values())
+    if settings.database_pool_size is not None:
+        per = settings.database_pool_size + settings.database_max_overflow
+        return f"none: {processes} processes × {per} = {processes * per} client connections"
+    plan = layout.plan(settings)
+    shares = ", ".join(f"{role} {plan.budget_for(role).per_process}" for role in plan.roles)
+    return f"plan: {plan.total} of {plan.usable} usable ({shares} per process)"
+
+
+async def _measure(
+    name: str, args: argparse.Namespace, base_url: str, bouncer: PgBouncer, database_url: str,
+    serve: ManagedProcess, goals: list[str], budget: str,
+) -> Run:  # fmt: skip
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        # The reads need roadmaps to read: the K that will be generated, created now and held
+        # for review, so the idle window reads the same rows the generation window does.
+        ids = []
+        for goal in goals:
+            response = await client.post("/api/v1/roadmaps", json={"goal": goal, "review": True})
+            response.raise_for_status()
+            ids.append(response.json()["task_id"])
+        for roadmap_id in ids:
+            for _ in range(300):
+                status = (await client.get(f"/api/v1/roadmaps/{roadmap_id}?content=false")).json()
+                if status["status"] == "human_review_pending":
+                    break
+                await asyncio.sleep(0.2)
+            else:
+                raise RuntimeError(
+                    f"{name}: roadmap {roadmap_id} never reached review:\n{serve.tail()}"
+                )
+        t0 = time.monotonic()
+        sampler = Sampler(bouncer, database_url, serve.pid, t0)
+        sampler.start()
+        stop = asyncio.Event()
+        load = asyncio.create_task(open_loop(base_url, args.rate, ids, t0, stop))
+        # The first requests meet cold API workers (first connections, imports): not measured.
+        await asyncio.sleep(WARMUP_S + args.idle)
+        gen_start = time.monotonic() - t0
+        # Approving the reviews starts content generation for all K roadmaps at once.
+        for roadmap_id in ids:
+            approve = await client.post(
+                f"/api/v1/roadmaps/{roadmap_id}/review", json={"approve": True}
+            )
+            approve.raise_for_status()
+        concepts, completed = await _wait_generated(database_url, ids, args.max_generation)
+        gen_end = time.monotonic() - t0
+        await asyncio.sleep(args.tail)
+        stop.set()
+        requests = await load
+    sampler.stop_event.set()
+    sampler.join()
+    return Run(
+        profile=name,
+        requests=requests,
+        samples=sampler.samples,
+        gen_start=gen_start,
+        gen_end=gen_end,
+        concepts=concepts,
+        ideal_s=args.ideal_s,
+        budget=budget,
+        pool_waits=await asyncio.to_thread(_api_pool_waits, base_url),
+        roadmaps=len(ids),
+        completed=completed,
+    )
+
+
+async def llm_bound_seconds(roadmaps: int, concepts: int, latency_ms: int) -> float:
+    """The LLM-bound ideal, measured: the same calls (3 per concept, latency ± 30 % as the offline
+    provider draws it, LLM_CONCURRENCY concepts in flight per roadmap, every roadmap at once) with
+    nothing else — no database, broker or process — in this process. Mean of 5 draws."""
+    jitter = latency_ms * 0.3
+
+    async def roadmap(rng: random.Random) -> None:
+        todo = iter(range(concepts))
+
+        async def producer() -> None:
+            for _ in todo:
+                for _ in range(3):
+                    await asyncio.sleep((latency_ms + rng.uniform(-jitter, jitter)) / 1000)
+
+        await asyncio.gather(*(producer() for _ in range(LLM_CONCURRENCY)))
+
+    async def one(seed: int) -> float:
+        rng = random.Random(seed)
+        start = time.monotonic()
+        await asyncio.gather(*(roadmap(rng) for _ in range(roadmaps)))
+        return time.monotonic() - start
+
+    return statistics.mean(await asyncio.gather(*(one(seed) for seed in range(5))))
+
+
+async def _wait_generated(database_url: str, ids: list[str], limit: float) -> tuple[int, int]:
+    """Poll the database until every roadmap is completed (or `limit` s); (concepts, completed)."""
+    deadline = time.monotonic() + limit
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as pg:
+        while True:
+            row = await (
+                await pg.execute(
+                    "SELECT (SELECT count(*) FROM concepts WHERE roadmap_id::text = ANY(%(ids)s)), "
+                    "(SELECT count(*) FROM roadmaps WHERE id::text = ANY(%(ids)s) "
+                    "AND status = 'completed')",
+                    {"ids": ids},
+                )
+            ).fetchone()
+            assert row is not None
+            concepts, completed = int(row[0]), int(row[1])
+            if completed == len(ids) or time.monotonic() > deadline:
+                return concepts, completed
+            await asyncio.sleep(0.25)
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def _latency(requests: list[Request]) -> dict[str, float]:
+    answered = [r.latency * 1000 for r in requests if r.outcome != "timeout"]
+    return {
+        "p50": _percentile(answered, 0.50),
+        "p95": _percentile(answered, 0.95),
+        "p99": _percentile(answered, 0.99),
+        "errors": sum(r.outcome.startswith("error") for r in requests),
+        "timeouts": sum(r.outcome == "timeout" for r in requests),
+        "n": len(requests),
+    }
+
+
+def _row(run: Run) -> list[object]:
+    idle, gen = _latency(run.window(False)), _latency(run.window(True))
+    during = [s for s in run.samples if run.gen_start <= s.t <= run.gen_end] or run.samples
+    took = run.gen_end - run.gen_start
+    return [
+        run.profile,
+        f"{idle['p50']:.0f} / {idle['p95']:.0f} / {idle['p99']:.0f}",
+        f"{idle['errors']:.0f} / {idle['timeouts']:.0f} of {idle['n']:.0f}",
+        f"{gen['p50']:.0f} / {gen['p95']:.0f} / {gen['p99']:.0f}",
+        f"{gen['errors']:.0f} / {gen['timeouts']:.0f} of {gen['n']:.0f}",
+        f"{gen['p99'] / idle['p99']:.1f}×" if idle["p99"] > 0 else "n/a",
+        f"{max((s.sv_active for s in during), default=0)} / {max((s.sv_total for s in run.samples), default=0)}",
+        f"{max((s.cl_active + s.cl_waiting for s in run.samples), default=0)}",
+        f"{max((s.cl_waiting for s in during), default=0)}",
+        f"{max((s.maxwait_s for s in during), default=0):.1f} / {max((s.web_wait_s for s in during), default=0):.2f}",
+        f"{max((s.backends for s in run.samples), default=0)}",
+        f"{run.pool_waits[0]} ({run.pool_waits[1]:.1f} s)",
+        f"{took:.1f} s = {100 * run.ideal_s / took:.0f} %"
+        if run.completed == run.roadmaps
+        else f"unfinished: {run.completed}/{run.roadmaps} after {took:.0f} s",
+        f"{max((s.rss_mb for s in run.samples), default=0):.0f} MB / {max((s.processes for s in run.samples), default=0)}",
+    ]
+
+
+COLUMNS = [
+    "profile",
+    "idle p50/p95/p99 ms",
+    "idle errors/timeouts",
+    "generation p50/p95/p99 ms",
+    "generation errors/timeouts",
+    "p99 gen/idle",
+    "server conns: peak sv_active (gen) / open",
+    "peak client conns",
+    "peak cl_waiting",
+    "maxwait s: all / API",
+    "peak pg backends",
+    "API pool waits > 1 ms",
+    "generation time = % of LLM ideal",
+    "RSS / processes",
+]
+
+
+def _goals(run: Run, budget_total: int | None) -> list[str]:
+    idle, gen = _latency(run.window(False)), _latency(run.window(True))
+    during = [s for s in run.samples if run.gen_start <= s.t <= run.gen_end] or run.samples
+    errors = gen["errors"] + gen["timeouts"] + idle["errors"] + idle["timeouts"]
+    peak_clients = max((s.cl_active + s.cl_waiting for s in run.samples), default=0)
+    api_wait = max((s.web_wait_s for s in during), default=0.0)
+    took = run.gen_end - run.gen_start
+    share = 100 * run.ideal_s / took if took > 0 else 0.0
+
+    def mark(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    lines = [
+        f"- 0 API errors: {mark(errors == 0)} ({errors:.0f} errors + timeouts)",
+        f"- API p99 during generation ≤ 2× idle p99: {mark(gen['p99'] <= 2 * idle['p99'])} "
+        f"({gen['p99']:.0f} ms vs {idle['p99']:.0f} ms)",
+    ]
+    if budget_total is not None:
+        peak_server = max((s.sv_active for s in run.samples), default=0)
+        lines.append(
+            f"- server connections never above the budget ({budget_total}): "
+            f"{mark(peak_server <= budget_total and peak_clients <= budget_total)} (peak sv_active "
+            f"{peak_server}, peak client connections {peak_clients})"
+        )
+    lines += [
+        f"- API maxwait at the pooler ≈ 0: {mark(api_wait < 0.05)} ({api_wait:.2f} s)",
+        f"- ≥ 90 % of the LLM-bound ideal: {mark(share >= 90)} ({share:.0f} %, "
+        f"{took:.1f} s vs {run.ideal_s:.1f} s)",
+    ]
+    return lines
+
+
+def chart(runs: list[Run], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(runs), 2, figsize=(13, 3.2 * len(runs)), squeeze=False)
+    for (latency_ax, pool_ax), run in zip(axes, runs, strict=True):
+        for ax in (latency_ax, pool_ax):
+            ax.axvspan(0, WARMUP_S, color="#dddddd", alpha=0.6, label="warm-up (not measured)")
+            ax.axvspan(run.gen_start, run.gen_end, color="#f3d9a4", alpha=0.6, label="generation")
+        ok = [r for r in run.requests if r.outcome == "ok"]
+        bad = [r for r in run.requests if r.outcome != "ok"]
+        latency_ax.scatter(
+            [r.start for r in ok], [r.latency * 1000 for r in ok], s=3, color="#3b6ea5", label="ok"
+        )
+        latency_ax.scatter(
+            [r.start for r in bad],
+            [r.latency * 1000 for r in bad],
+            s=8,
+            color="#c0392b",
+            marker="x",
+            label="error / timeout",
+        )
+        latency_ax.set_yscale("log")
+        latency_ax.set_ylabel("API latency (ms)")
+        latency_ax.set_title(f"{run.profile}: API latency over time")
+        latency_ax.legend(loc="upper left", fontsize=7)
+        t = [s.t for s in run.samples]
+        pool_ax.plot(t, [s.sv_active for s in run.samples], label="sv_active", color="#3b6ea5")
+        pool_ax.plot(t, [s.cl_waiting for s in run.samples], label="cl_waiting", color="#c0392b")
+        pool_ax.plot(
+            t, [s.cl_active for s in run.samples], label="cl_active", color="#7f8c8d", lw=0.8
+        )
+        pool_ax.set_title(f"{run.profile}: PgBouncer pool")
+        pool_ax.set_ylabel("connections")
+        pool_ax.legend(loc="upper left", fontsize=7)
+        for ax in (latency_ax, pool_ax):
+            ax.set_xlabel("s")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def report(
+    runs: list[Run], args: argparse.Namespace, unavailable: dict[str, str], name: str
+) -> None:
+    rows = [_row(run) for run in runs]
+    rows += [[profile, why, *[""] * (len(COLUMNS) - 2)] for profile, why in unavailable.items()]
+    others = _other_load()
+    notes = [
+        f"K = {args.roadmaps} roadmaps × {args.concepts} concepts generated at once after a "
+        f"{args.idle:g} s idle window; open-loop client at {args.rate:g} requests/s "
+        f"({', '.join(f'{w} % {n}' for w, n in MIX)}), {CLIENT_TIMEOUT_S:g} s timeout; offline LLM "
+        f"{args.latency_ms} ms ± 30 % per call, {LLM_CONCURRENCY} concepts in flight per roadmap. "
+        f"PgBouncer {_pgbouncer_version()} in transaction mode, default_pool_size = "
+        f"{args.server_pool} (rows marked 'server pool N': N), max_client_conn = {MAX_CLIENTS}. "
+        "Every process started by `python -m roadmap_app serve`; the first "
+        f"{WARMUP_S:g} s of load are not measured.",
+        "",
+        "Latencies are of answered requests; errors are HTTP ≥ 400 (a 503 from an exhausted pool "
+        f"counts) or /health not ok. The LLM-bound ideal ({args.ideal_s:.1f} s) is measured in the "
+        "same run: the same LLM calls with the same latency draws and concurrency, all roadmaps at "
+        "once, and nothing else (no database, broker or processes). Server connections are "
+        "PgBouncer's (sv_active in use; open = active + idle + used); client connections are the "
+        "app's connections to PgBouncer (cl_active + cl_waiting); maxwait is PgBouncer's longest "
+        "client wait, overall and for API connections (SHOW CLIENTS, application_name "
+        "roadmap:web). API pool waits come from each API worker's /metrics.",
+        "",
+        "Budgets: " + "; ".join(f"{run.profile}: {run.budget}" for run in runs) + ". Where the "
+        "seed's 18 processes cannot each get a connection from the plan (fewer than 20 server "
+        "connections: `python -m loopsafe budget` refuses it and says what fits), loopsafe runs "
+        "2 API workers and workflow / logs -c 2 instead.",
+        "",
+        f"Machine: {os.cpu_count()} cores, shared; load average at the end "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}; other work running meanwhile: {others}.",
+    ]
+    for run in runs:
+        if run.profile.startswith("loopsafe"):
+            total = _plan_total(run.budget)
+            notes += ["", f"Goals for `{run.profile}`:", *_goals(run, total)]
+    notes += ["", f"![API latency and PgBouncer pool over time]({name}.png)"]
+    chart(runs, RESULTS / f"{name}.png")
+    write_results(
+        name,
+        "Content generation vs the web API behind PgBouncer (seed-004 lab)",
+        COLUMNS,
+        rows,
+        notes="\n".join(notes),
+    )
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps([_summary(run) for run in runs], indent=1) + "\n"
+    )
+
+
+def _summary(run: Run) -> dict[str, Any]:
+    return {
+        "profile": run.profile,
+        "idle": _latency(run.window(False)),
+        "generation": _latency(run.window(True)),
+        "generation_s": run.gen_end - run.gen_start,
+        "ideal_s": run.ideal_s,
+        "peak_sv_active": max((s.sv_active for s in run.samples), default=0),
+        "peak_cl_waiting": max((s.cl_waiting for s in run.samples), default=0),
+        "max_api_wait_s": max((s.web_wait_s for s in run.samples), default=0.0),
+        "budget": run.budget,
+    }
+
+
+def _plan_total(budget: str) -> int | None:
+    if not budget.startswith("plan: "):
+        return None
+    return int(budget.split()[1])
+
+
+def _pgbouncer_version() -> str:
+    import subprocess
+
+    from loopsafe._servers import _pgbouncer_binary
+
+    binary = _pgbouncer_binary()
+    if binary is None:
+        return "(missing)"
+    output = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    return output.split()[1] if output.split() else "?"
+
+
+def _other_load() -> str:
+    """What else used the CPU on this shared machine (process names and CPU time), for honesty."""
+    mine = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
+    busy: dict[str, float] = {}
+    for process in psutil.process_iter(["name", "cpu_percent"]):
+        if process.pid in mine:
+            continue
+        with contextlib.suppress(psutil.Error):
+            busy[process.info["name"]] = busy.get(process.info["name"], 0) + process.cpu_percent(
+                0.1
+            )
+    top = sorted(((cpu, name) for name, cpu in busy.items() if cpu > 5), reverse=True)[:6]
+    return ", ".join(f"{name} {cpu:.0f} % CPU" for cpu, name in top) or "nothing notable"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short run for CI (about 2 minutes)")
+    parser.add_argument("--profiles", default=",".join([*PROFILES, SHARED_LOOP]))
+    parser.add_argument("--roadmaps", type=int, default=6)
+    parser.add_argument("--concepts", type=int, default=30)
+    parser.add_argument("--rate", type=float, default=20.0, help="API requests per second")
+    parser.add_argument("--idle", type=float, default=20.0, help="idle window, seconds")
+    parser.add_argument("--tail", type=float, default=3.0, help="seconds measured after generation")
+    parser.add_argument("--latency-ms", type=int, default=1000, help="offline LLM latency per call")
+    parser.add_argument(
+        "--server-pool", type=int, default=SERVER_POOL, help="PgBouncer default_pool_size"
+    )
+    parser.add_argument(
+        "--starvation-pool", type=int, default=15,
+        help="also run seed-before and loopsafe with this few server connections (0: don't)",
+    )  # fmt: skip
+    parser.add_argument("--max-generation", type=float, default=300.0)
+    parser.add_argument("--name", default="contention", help="results/<name>.md/.png")
+    args = parser.parse_args()
+    if args.quick:
+        args.roadmaps, args.idle, args.tail, args.latency_ms = 2, 5.0, 1.0, 300
+        args.max_generation, args.starvation_pool = 90.0, 0
+        if "--profiles" not in sys.argv:
+            args.profiles = f"seed-before,loopsafe,{SHARED_LOOP}"
+        if args.name == "contention":
+            args.name = "contention-quick"
+    wanted = [p.strip() for p in args.profiles.split(",") if p.strip()]
+    unknown = set(wanted) - {*PROFILES, SHARED_LOOP}
+    if unknown:
+        parser.error(f"unknown profiles: {', '.join(sorted(unknown))}")
+    goals = goals_with(args.concepts, args.roadmaps)
+    args.ideal_s = asyncio.run(llm_bound_seconds(args.roadmaps, args.concepts, args.latency_ms))
+    runs: list[Run] = []
+    unavailable: dict[str, str] = {}
+    plan = [(profile, args.server_pool) for profile in wanted]
+    if args.starvation_pool:
+        plan += [
+            (profile, args.starvation_pool)
+            for profile in ("seed-before", "loopsafe")
+            if profile in wanted
+        ]
+    with servers() as (database_url, redis_url), tempfile.TemporaryDirectory() as logs:
+        migrate_database(database_url)
+        for profile, server_pool in plan:
+            try:
+                overrides = shared_loop_profile() if profile == SHARED_LOOP else PROFILES[profile]
+            except NotImplementedError as error:
+                print(error, file=sys.stderr)
+                unavailable[profile] = str(error).split(": ", 1)[1]
+                continue
+            label = profile
+            if profile.startswith("loopsafe") and not _fits(overrides, server_pool):
+                overrides = {**overrides, **SMALL_LAYOUT}
+                label = f"{profile}, web 2 / workflow 2 / logs 2"
+            if server_pool != args.server_pool:
+                label = f"{label} (server pool {server_pool})"
+            print(f"== {label}", file=sys.stderr, flush=True)
+            try:
+                runs.append(
+                    run_profile(
+                        label,
+                        overrides,
+                        server_pool,
+                        args,
+                        database_url,
+                        redis_url,
+                        goals,
+                        Path(logs),
+                    )
+                )
+            except Exception:
+                log = Path(logs) / f"{label}.log"
+                print(
+                    log.read_text(errors="replace")[-4000:] if log.exists() else "", file=sys.stderr
+                )
+                raise
+    report(runs, args, unavailable, args.name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""The production layout: process counts and knobs from the environment, the plan, the commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from roadmap_testkit import delete_keys, make_env, wait_for_status
+
+from loopsafe.db import BudgetPlan
+from roadmap_app.config import Settings, SettingsError
+from roadmap_app.layout import Layout, process_env
+from roadmap_app.processes import ManagedProcess, free_port, wait_for_http
+
+
+def test_layout_reads_every_knob_and_builds_worker_commands() -> None:
+    layout = Layout.from_env(
+        {
+            "WEB_CONCURRENCY": "4",
+            "CELERY_CONTENT_CONCURRENCY": "6",
+            "CELERY_CONTENT_TIME_LIMIT_S": "120",
+            "CELERY_MAX_TASKS_PER_CHILD": "50",
+            "PORT": "9001",
+        }
+    )
+    assert layout.web_workers == 4
+    content = next(w for w in layout.workers if w.queue == "content")
+    assert (content.concurrency, content.time_limit_s) == (6, 120.0)
+    commands = dict(layout.commands())
+    assert commands["web"][-6:] == ["--host", "127.0.0.1", "--port", "9001", "--workers", "4"]
+    assert commands["content"][-10:] == [
+        "--concurrency", "6", "--name", "content@%h", "--soft-time-limit", "120",
+        "--time-limit", "150", "--max-tasks-per-child", "50",
+    ]  # fmt: skip
+    assert set(commands) == {"web", "workflow", "content", "logs"}
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY must be between 1 and 64"),
+        ({"CELERY_LOGS_CONCURRENCY": "many"}, "CELERY_LOGS_CONCURRENCY must be a whole number"),
+        ({"CELERY_CONTENT_TIME_LIMIT_S": "0"}, "CELERY_CONTENT_TIME_LIMIT_S must be between"),
+        ({"DATABASE_WEB_WEIGHT": "-1"}, "DATABASE_WEB_WEIGHT must be between"),
+        ({"PORT": "70000"}, "PORT must be between 1 and 65535"),
+    ],
+)
+def test_bad_layout_values_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Layout.from_env(env)
+
+
+def test_the_plan_protects_the_api_and_fits_the_limit() -> None:
+    layout = Layout.from_env(
+        {"WEB_CONCURRENCY": "2", "CELERY_CONTENT_CONCURRENCY": "6", "DATABASE_WEB_WEIGHT": "4"}
+    )
+    settings = Settings.from_env({"DATABASE_MAX_CONNECTIONS": "50"})
+    env = process_env(settings, layout, {"PATH": "/bin"})
+    plan = BudgetPlan.from_mapping(json.loads(env["LOOPSAFE_BUDGET_PLAN"]))
+    assert plan == layout.plan(settings)
+    assert plan.budget_for("web").per_process > plan.budget_for("content").per_process
+    assert plan.total <= 45
+    # Fixed pools (DATABASE_POOL_SIZE) or a plan given by the operator are left alone.
+    fixed = Settings.from_env({"DATABASE_POOL_SIZE": "2", "DATABASE_MAX_OVERFLOW": "2"})
+    assert "LOOPSAFE_BUDGET_PLAN" not in process_env(fixed, layout, {})
+
+
+def test_a_layout_too_big_for_the_limit_is_refused() -> None:
+    layout = Layout.from_env({"CELERY_CONTENT_CONCURRENCY": "40"})
+    with pytest.raises(SettingsError, match=r"DATABASE_MAX_CONNECTIONS: .*What would fit"):
+        layout.plan(Settings.from_env({"DATABASE_MAX_CONNECTIONS": "20"}))
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.celery
+@pytest.mark.slow
+def test_serve_runs_the_whole_layout_with_role_budgets_and_stops_cleanly(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    prefix = f"rmserve{uuid.uuid4().hex[:8]}:"
+    env = make_env(
+        database_url, redis_url, prefix, PORT=str(port), WEB_CONCURRENCY="1",
+        CELERY_WORKFLOW_CONCURRENCY="1", CELERY_CONTENT_CONCURRENCY="1",
+        CELERY_LOGS_CONCURRENCY="1", DATABASE_MAX_CONNECTIONS="20",
+    )  # fmt: skip
+    serve = ManagedProcess(
+        "serve", [sys.executable, "-m", "roadmap_app", "serve"], env=env, log_path=tmp_path / "log"
+    ).start()
+    try:
+        health = wait_for_http(f"http://127.0.0.1:{port}/health", timeout=90, process=serve).json()
+        # 18 usable: web weight 4 of 7 units → 10 connections for the one API process.
+        assert health["database"]["budget"]["role"] == "web"
+        assert health["database"]["budget"]["per_process"] == 10
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            created = client.post("/api/v1/roadmaps", json={"goal": "Learn SQL"}).json()
+            wait_for_status(client, created["task_id"], "completed", timeout=90)
+    finally:
+        assert serve.stop(timeout=30) == 0, serve.tail()
+        delete_keys(redis_url, prefix)
+
+
+def test_a_shared_loop_worker_app_loads(database_url: str, redis_url: str) -> None:
+    env = make_env(database_url, redis_url, "rmloop:", CELERY_WORKER_LOOP="process")
+    result = subprocess.run(
+        [sys.executable, "-c", "import roadmap_app.worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_worker_loop_setting_is_validated() -> None:
+    with pytest.raises(SettingsError, match="CELERY_WORKER_LOOP must be 'thread' or 'process'"):
+        Settings.from_env({"CELERY_WORKER_LOOP": "fiber"})

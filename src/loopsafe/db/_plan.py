@@ -1,0 +1,290 @@
+"""BudgetPlan: one connection limit shared between roles (web, workers…) with protected shares."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from ._budget import PoolBudget, _min_max_connections, _usable
+
+__all__ = ("BudgetPlan", "Role", "RoleBudget")
+
+
+@dataclass(frozen=True)
+class Role:
+    """The processes of one kind in a deployment, and how much of the limit they deserve.
+
+    ``processes`` counts every process of the role across all hosts, ``loops`` the event loops in
+    each (a Celery threads pool of 8 has 8). ``weight`` is the share of one process relative to
+    the other roles' processes (a web process with weight 3 gets three times a weight-1 worker
+    process). ``minimum`` is what each process of the role is guaranteed whatever the weights
+    (default: one connection per loop).
+
+    Raises `TypeError`/`ValueError` for invalid numbers. Since 0.2.0.
+    """
+
+    processes: int
+    loops: int = 1
+    weight: float = 1.0
+    minimum: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("processes", "loops", "minimum"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"Role.{name} must be an int, got {value!r}")
+        if self.processes < 1 or self.loops < 1:
+            raise ValueError(
+                f"Role.processes and Role.loops must be at least 1, got {self.processes} and "
+                f"{self.loops}"
+            )
+        if self.minimum < 0:
+            raise ValueError(f"Role.minimum must be >= 0 connections, got {self.minimum}")
+        weight = self.weight
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise TypeError(f"Role.weight must be a number, got {weight!r}")
+        if not (math.isfinite(weight) and weight > 0):
+            raise ValueError(f"Role.weight must be a finite number > 0, got {weight!r}")
+
+    @property
+    def floor_per_loop(self) -> int:
+        """Connections each loop is guaranteed: ``minimum`` spread over the loops, at least 1."""
+        return max(1, math.ceil(self.minimum / self.loops))
+
+
+@dataclass(frozen=True)
+class RoleBudget(PoolBudget):
+    """`PoolBudget` for one process of a `BudgetPlan` role: ``processes`` and
+    ``loops_per_process`` are the role's, ``per_loop`` is the share the plan gave each loop.
+
+    Pass it to `Database(budget=...)` like any `PoolBudget`. Since 0.2.0.
+    """
+
+    role: str = "default"
+    loop_share: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.loop_share, bool) or not isinstance(self.loop_share, int):
+            raise TypeError(f"RoleBudget.loop_share must be an int, got {self.loop_share!r}")
+        if self.loop_share < 1 or self.total > self.usable:
+            raise ValueError(
+                f"RoleBudget.loop_share={self.loop_share} must be at least 1 and keep the role's "
+                f"{self.processes} × {self.loops_per_process} loops within {self.usable} usable "
+                "connections; build it with BudgetPlan.budget_for()."
+            )
+
+    @property
+    def per_loop(self) -> int:
+        """Connections one event loop of this role may hold (``pool_size + max_overflow``)."""
+        return self.loop_share
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """A server's connection limit planned once for a whole deployment, role by role.
+
+    Each role's processes get a share proportional to their ``weight``, never below the role's
+    ``minimum``; every process caps itself at its share (a `RoleBudget`), so the sum over all
+    processes of all roles never exceeds ``usable = floor(max_connections × (1 − reserve))`` and
+    no worker can take the connections planned for a web process. Shares are whole connections
+    per loop, rounded down: what rounding leaves over stays unused.
+
+    Raises `ValueError` when the roles' minimums (at least one connection per loop) do not fit,
+    with what would fit. Since 0.2.0.
+    """
+
+    max_connections: int
+    roles: Mapping[str, Role] = field(hash=False)
+    reserve: float = 0.1
+    _shares: Mapping[str, int] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.roles, Mapping) or not self.roles:
+            raise ValueError(
+                f"BudgetPlan.roles must map at least one role name to a Role, got {self.roles!r}"
+            )
+        for name, role in self.roles.items():
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError(f"BudgetPlan role names must be non-empty strings, got {name!r}")
+            if not isinstance(role, Role):
+                raise TypeError(f"BudgetPlan.roles[{name!r}] must be a Role, got {role!r}")
+        object.__setattr__(self, "roles", MappingProxyType(dict(self.roles)))
+        max_connections, reserve = self.max_connections, self.reserve
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise TypeError(f"BudgetPlan.max_connections must be an int, got {max_connections!r}")
+        if max_connections < 1:
+            raise ValueError(
+                f"BudgetPlan.max_connections must be at least 1, got {max_connections}"
+            )
+        if isinstance(reserve, bool) or not isinstance(reserve, (int, float)):
+            raise TypeError(f"BudgetPlan.reserve must be a float in [0, 1), got {reserve!r}")
+        if not 0 <= reserve < 1:
+            raise ValueError(f"BudgetPlan.reserve must be in [0, 1), got {reserve!r}")
+        needed = _floors(self.roles)
+        if needed > self.usable:
+            raise ValueError(
+                f"BudgetPlan cannot give every role its minimum: the roles need {needed} "
+                f"connections (at least one per loop, or the role's minimum) but only {self.usable}"
+                f" of {self.max_connections} are usable after the {self.reserve:.0%} reserve. "
+                f"What would fit: max_connections ≥ {self.minimum_max_connections()}, fewer "
+                "processes or loops, or lower minimums."
+            )
+        object.__setattr__(self, "_shares", _allocate(self.usable, self.roles))
+
+    @property
+    def usable(self) -> int:
+        """Connections the whole deployment may hold: ``floor(max_connections × (1 − reserve))``."""
+        return _usable(self.max_connections, self.reserve)
+
+    def budget_for(self, role: str | None = None) -> RoleBudget:
+        """The budget of one process of `role` (default: ``$LOOPSAFE_ROLE``).
+
+        Raises `ValueError` for a role the plan does not name, or when neither is given.
+        Since 0.2.0.
+        """
+        if role is None:
+            role = os.environ.get("LOOPSAFE_ROLE", "").strip()
+            if not role:
+                raise ValueError(
+                    "BudgetPlan.budget_for() needs a role: pass one or set LOOPSAFE_ROLE to one of "
+                    f"{', '.join(self.roles)}."
+                )
+        if role not in self.roles:
+            raise ValueError(
+                f"role {role!r} is not in the budget plan, whose roles are "
+                f"{', '.join(self.roles)}; fix LOOPSAFE_ROLE or the plan."
+            )
+        spec = self.roles[role]
+        return RoleBudget(
+            max_connections=self.max_connections,
+            processes=spec.processes,
+            loops_per_process=spec.loops,
+            reserve=self.reserve,
+            role=role,
+            loop_share=self._shares[role],
+        )
+
+    @property
+    def total(self) -> int:
+        """Connections all processes of all roles together may hold (≤ `usable`)."""
+        return sum(self.budget_for(name).total for name in self.roles)
+
+    def minimum_max_connections(self) -> int:
+        """The smallest ``max_connections`` at which this plan's roles fit."""
+        return _min_max_connections(_floors(self.roles), self.reserve)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> BudgetPlan:
+        """A plan from its JSON form: ``{"max_connections": 50, "reserve": 0.1, "roles":
+        {"web": {"processes": 2, "weight": 3}, "content": {"processes": 6}}}``.
+
+        Raises `ValueError` naming what is missing or of the wrong kind. Since 0.2.0.
+        """
+        if not isinstance(data, Mapping) or not isinstance(data.get("roles"), Mapping):
+            raise ValueError(
+                'a budget plan is an object with "max_connections" and "roles" '
+                '({"web": {"processes": 2, "weight": 3}, ...}), got ' + repr(data)[:200]
+            )
+        unknown = set(data) - {"max_connections", "reserve", "roles"}
+        if unknown:
+            raise ValueError(f"unknown budget plan keys: {', '.join(sorted(unknown))}")
+        roles = {}
+        for name, spec in data["roles"].items():
+            try:
+                roles[name] = Role(**spec)
+            except TypeError as error:
+                raise ValueError(f"budget plan role {name!r}: {error}") from None
+        if "max_connections" not in data:
+            raise ValueError('a budget plan needs "max_connections"')
+        return cls(data["max_connections"], roles, data.get("reserve", 0.1))
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The JSON form `from_mapping` reads. Since 0.2.0."""
+        return {
+            "max_connections": self.max_connections,
+            "reserve": self.reserve,
+            "roles": {
+                name: {"processes": r.processes, "loops": r.loops, "weight": r.weight,
+                       "minimum": r.minimum}
+                for name, r in self.roles.items()
+            },
+        }  # fmt: skip
+
+    @classmethod
+    def from_env(cls) -> BudgetPlan:
+        """The plan in ``$LOOPSAFE_BUDGET_PLAN``: its JSON form inline, or a path to a JSON file.
+
+        Every process of the deployment reads the same plan, and ``$LOOPSAFE_ROLE`` names its own
+        role (see `budget_for`). Raises `ValueError` when the variable is unset, the file is
+        missing or the JSON is invalid. Since 0.2.0.
+        """
+        raw = os.environ.get("LOOPSAFE_BUDGET_PLAN", "").strip()
+        if not raw:
+            raise ValueError(
+                "BudgetPlan.from_env() needs LOOPSAFE_BUDGET_PLAN: the plan as JSON "
+                '({"max_connections": 50, "roles": {"web": {"processes": 2, "weight": 3}}}) '
+                "or the path of a file holding it."
+            )
+        return cls.load(raw, source="LOOPSAFE_BUDGET_PLAN")
+
+    @classmethod
+    def load(cls, plan: str, *, source: str = "the budget plan") -> BudgetPlan:
+        """A plan from its JSON form given inline (starting with ``{``) or as a file path.
+
+        Raises `ValueError` naming `source` when the file cannot be read or the JSON is invalid.
+        Since 0.2.0.
+        """
+        text = plan
+        if not plan.lstrip().startswith("{"):
+            try:
+                text = Path(plan).read_text()
+            except OSError as error:
+                raise ValueError(
+                    f"{source} names the file {plan!r}, which cannot be read: {error.strerror}"
+                ) from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{source} is not valid JSON: {error}") from None
+        return cls.from_mapping(data)
+
+
+def _floors(roles: Mapping[str, Role]) -> int:
+    """Connections the roles' guaranteed minimums add up to."""
+    return sum(role.processes * role.loops * role.floor_per_loop for role in roles.values())
+
+
+def _allocate(usable: int, roles: Mapping[str, Role]) -> dict[str, int]:
+    """Connections per loop for each role; the caller has checked that the floors fit.
+
+    Water-filling: split what is left by weight over the processes of the roles not yet fixed;
+    a role whose weighted share falls below its floor is fixed at the floor, and the rest is
+    split again. Flooring each share keeps the sum within `usable`.
+    """
+    fixed: dict[str, int] = {}
+    while True:
+        free = usable - sum(roles[n].processes * roles[n].loops * s for n, s in fixed.items())
+        open_roles = [name for name in roles if name not in fixed]
+        if not open_roles:
+            return fixed
+        # Fractions, not floats: a share computed as 2.9999… must not round down, nor 3.0000…1 up.
+        weights = sum(Fraction(roles[n].processes) * Fraction(roles[n].weight) for n in open_roles)
+        shares = {
+            name: math.floor(
+                Fraction(free) * Fraction(roles[name].weight) / weights / roles[name].loops
+            )
+            for name in open_roles
+        }
+        starved = [name for name in open_roles if shares[name] < roles[name].floor_per_loop]
+        if not starved:
+            return {**fixed, **shares}
+        for name in starved:
+            fixed[name] = roles[name].floor_per_loop
