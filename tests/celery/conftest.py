@@ -114,17 +114,20 @@ class Worker:
         self.extra = dict(extra)
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, within: float = 60.0) -> Worker:
+    def command(self, args: list[str]) -> list[str]:
+        """The ``celery worker`` command line for this worker's app, queue and `args`."""
         name = f"{uuid.uuid4().hex[:8]}@loopsafe-tests"
-        command = [
+        return [
             sys.executable, "-m", "celery", "-A", WORKER_APP, "worker",
             "-Q", self.env.queue, "-n", name, "-l", "INFO",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
-            *self.args,
+            *args,
         ]  # fmt: skip
+
+    def start(self, within: float = 60.0) -> Worker:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                command,
+                self.command(self.args),
                 cwd=ROOT,
                 env=self.env.variables(self.extra),
                 stdout=log,

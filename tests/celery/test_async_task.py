@@ -102,13 +102,19 @@ def test_timeout_option_cancels_a_slow_run(app: Celery) -> None:
     assert cleanup == ["cleaned up"]
 
 
-@pytest.mark.parametrize("timeout", [0, -2, math.nan, "3", True], ids=repr)
-def test_bad_timeout_option_is_rejected(app: Celery, timeout: Any) -> None:
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [(0, ValueError), (-2, ValueError), (math.nan, ValueError), (math.inf, ValueError),
+     ("3", TypeError), (True, TypeError)],
+    ids=repr,
+)  # fmt: skip
+def test_bad_timeout_option_is_rejected(app: Celery, timeout: Any, error: type[Exception]) -> None:
     async def body() -> None:
         return None
 
-    with pytest.raises(ValueError, match="timeout must be a positive number"):
+    with pytest.raises(error, match=r"async_task timeout must be a .*number of seconds"):
         async_task(app, timeout=timeout)(body)
+    assert "body" not in {name.rpartition(".")[2] for name in app.tasks}
 
 
 def test_only_async_functions_can_be_decorated(app: Celery) -> None:

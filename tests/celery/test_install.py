@@ -7,7 +7,7 @@ import logging
 import math
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from celery import Celery, signals
@@ -16,8 +16,18 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 import loopsafe.db
 from loopsafe import LoopLocal
-from loopsafe.celery import UnsupportedPoolError, _signals, async_task, install, run_async
-from loopsafe.celery._signals import check_pool, pool_kind, worker_budget_shape
+from loopsafe.celery import (
+    UnsupportedPoolError,
+    WorkerBudgetError,
+    _run_async,
+    _signals,
+    async_task,
+    close_all_loops,
+    install,
+    run_async,
+)
+from loopsafe.celery._pool import check_pool, pool_kind
+from loopsafe.celery._signals import worker_budget_shape
 from loopsafe.db import PoolBudget
 
 
@@ -47,6 +57,8 @@ def app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Celery]:
     from celery import _state
 
     monkeypatch.setattr(_signals, "_settings", _signals._WorkerSettings())
+    # A worker built with loop="process" switches this process's run_async to a shared loop.
+    monkeypatch.setattr(_run_async, "_settings", _run_async._Settings())
     # Building a worker's pool step marks the process as a worker: result.get() would then refuse
     # to block for every later test in this process.
     will_block = _state.task_join_will_block()
@@ -97,10 +109,62 @@ def test_install_twice_adds_one_bootstep(app: Celery) -> None:
     assert len(steps) == 1
 
 
-@pytest.mark.parametrize("timeout", [0, -1, math.nan, "5", True], ids=repr)
-def test_install_rejects_bad_default_timeouts(app: Celery, timeout: Any) -> None:
-    with pytest.raises(ValueError, match="default_timeout must be a positive number"):
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [(0, ValueError), (-1, ValueError), (math.nan, ValueError), (math.inf, ValueError),
+     ("5", TypeError), (True, TypeError)],
+    ids=repr,
+)  # fmt: skip
+def test_install_rejects_bad_default_timeouts(
+    app: Celery, timeout: Any, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match=r"install\(\) default_timeout must be a .*number of seconds"):
         install(app, default_timeout=timeout)
+    assert not [step for step in app.steps["worker"] if step.name == "loopsafe.celery.install"]
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"loop": "fiber"}, ValueError, "loop must be 'thread' or 'process', got 'fiber'"),
+        ({"loop_factory": 5}, TypeError, "loop_factory must make an event loop"),
+        ({"blocked_after": 0}, ValueError, "blocked_after must be a finite number of seconds"),
+        ({"drain_timeout": math.inf}, ValueError, "drain_timeout must be a finite number"),
+    ],
+    ids=str,
+)
+def test_install_rejects_bad_options_and_installs_nothing(
+    app: Celery, options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        install(app, **options)
+    assert not [step for step in app.steps["worker"] if step.name == "loopsafe.celery.install"]
+
+
+class CustomPool(SoloPool):  # type: ignore[misc]
+    """A pool loopsafe knows nothing about."""
+
+
+def test_process_loop_refuses_a_pool_it_does_not_know(app: Celery) -> None:
+    install(app, loop="process")
+    with pytest.raises(
+        UnsupportedPoolError, match=r"loop='process'\) cannot serve the custom pool"
+    ):
+        app.WorkController(app=app, pool_cls=CustomPool, concurrency=4)
+    assert _run_async.loop_settings()[0] is False  # run_async still runs on the thread's loop
+
+
+@pytest.mark.parametrize(
+    ("pool", "shared"),
+    [("threads", True), ("prefork", False), ("solo", False), (CustomPool, False)],
+)
+def test_by_default_only_the_threads_pool_shares_one_loop(
+    app: Celery, pool: object, shared: bool
+) -> None:
+    install(app)
+    app.WorkController(app=app, pool_cls=pool, concurrency=4)
+    assert _run_async.loop_settings()[0] is shared
+    close_all_loops()
 
 
 # --- time limits for pools that have none ---------------------------------------------------------
@@ -206,27 +270,33 @@ def test_worker_budget_shape(kind: str, concurrency: int, shape: tuple[int, int]
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize(("processes", "warned"), [(2, True), (5, False)])
-def test_budget_too_small_for_the_worker_is_reported(
+@pytest.mark.parametrize(
+    ("pool", "concurrency", "loop", "fails"),
+    [
+        ("prefork", 4, "thread", "in 4 process"),
+        ("prefork", 2, "thread", None),
+        ("threads", 8, "thread", "with 8 loop.*loop='process'"),
+        ("threads", 8, "process", None),
+        ("threads", 8, None, None),
+    ],
+)
+def test_a_worker_the_budget_cannot_serve_fails_at_start_up(
     app: Celery,
     postgres_url: str,
     monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-    processes: int,
-    warned: bool,
+    pool: str,
+    concurrency: int,
+    loop: Literal["thread", "process"] | None,
+    fails: str | None,
 ) -> None:
     from loopsafe.db import _default
 
     monkeypatch.setattr(_default, "_default", _default._default)  # restored after the test
-    loopsafe.db.configure(postgres_url, budget=PoolBudget(100, processes=processes))
-    caplog.set_level(logging.WARNING, logger="loopsafe")
-    install(app)
-    app.WorkController(app=app, pool_cls="prefork", concurrency=4)
-    mismatches = [
-        getattr(record, "loopsafe_fields", {})
-        for record in caplog.records
-        if getattr(record, "loopsafe_event", None) == "loopsafe.celery_budget_mismatch"
-    ]
-    assert bool(mismatches) is warned
-    if warned:
-        assert "processes>=4" in mismatches[0]["needs"]
+    loopsafe.db.configure(postgres_url, budget=PoolBudget(100, processes=2))
+    install(app, loop=loop)
+    if fails is None:
+        app.WorkController(app=app, pool_cls=pool, concurrency=concurrency)
+    else:
+        with pytest.raises(WorkerBudgetError, match=rf"{fails}"):
+            app.WorkController(app=app, pool_cls=pool, concurrency=concurrency)
+    close_all_loops()

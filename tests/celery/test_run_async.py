@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 import math
 import os
@@ -18,7 +19,14 @@ from typing import Any
 import pytest
 
 from loopsafe import LoopLocal
-from loopsafe.celery import _bridge, close_all_loops, close_thread_loop, run_async
+from loopsafe.celery import (
+    _limits,
+    _run_async,
+    _runner,
+    close_all_loops,
+    close_thread_loop,
+    run_async,
+)
 from tests.conftest import LOOP_FACTORIES
 
 from ..forking import in_child, libc_fork
@@ -78,7 +86,7 @@ def eventually(condition: Callable[[], bool], what: str, within: float = 10.0) -
 def run_async_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run the test with run_async's loops made by each loop implementation in turn."""
     close_all_loops()
-    monkeypatch.setattr(_bridge, "_loop_factory", LOOP_FACTORIES[request.param])
+    monkeypatch.setattr(_run_async._settings, "loop_factory", LOOP_FACTORIES[request.param])
     return str(request.param)
 
 
@@ -130,7 +138,7 @@ def test_loop_of_a_thread_that_ended_is_closed_cleanly(run_async_loop: str) -> N
     (res,) = made
     eventually(lambda: res.loop.is_closed(), "the ended thread's loop is closed")
     assert res.closed_in == [res.loop]  # closed inside its own loop, not dropped
-    assert res.loop not in [record.loop for record in _bridge._records]
+    assert res.loop not in [record.loop for record in _runner._records]
 
 
 def test_close_thread_loop_closes_resources_inside_their_loop(run_async_loop: str) -> None:
@@ -235,10 +243,17 @@ def test_non_coroutines_are_rejected_with_a_clear_error(
         run_async(make())
 
 
-@pytest.mark.parametrize("timeout", [0, -1.5, math.nan, "5", True], ids=repr)
-def test_bad_timeouts_are_rejected(timeout: Any) -> None:
-    with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
-        run_async(asyncio.sleep(0), timeout=timeout)
+@pytest.mark.parametrize(
+    ("timeout", "error"),
+    [(0, ValueError), (-1.5, ValueError), (math.nan, ValueError), (math.inf, ValueError),
+     ("5", TypeError), (True, TypeError)],
+    ids=repr,
+)  # fmt: skip
+def test_bad_timeouts_are_rejected(timeout: Any, error: type[Exception]) -> None:
+    coro = asyncio.sleep(0)
+    with pytest.raises(error, match=r"run_async timeout must be a .*number of seconds"):
+        run_async(coro, timeout=timeout)
+    assert inspect.getcoroutinestate(coro) == "CORO_CLOSED"  # never run, no "never awaited"
 
 
 # --- timeouts and interruptions ------------------------------------------------------------------
@@ -263,7 +278,7 @@ def test_timeout_cancels_the_coroutine_after_its_cleanup(run_async_loop: str) ->
 def test_cleanup_after_a_timeout_is_bounded(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(_bridge, "DEFAULT_CLEANUP_TIMEOUT", 0.05)
+    monkeypatch.setattr(_limits, "DEFAULT_CLEANUP_TIMEOUT", 0.05)
     caplog.set_level(logging.WARNING, logger="loopsafe")
 
     async def slow_cleanup() -> None:
@@ -278,15 +293,21 @@ def test_cleanup_after_a_timeout_is_bounded(
     assert "loopsafe.run_async_cleanup_timeout" in events
 
 
-def test_a_coroutine_that_swallows_the_timeout_returns_its_value() -> None:
+def test_a_coroutine_that_swallows_the_timeout_still_times_out() -> None:
+    """Past its bound a call fails, whatever the coroutine made of the cancellation."""
+    finished: list[str] = []
+
     async def stubborn() -> str:
         try:
             await asyncio.sleep(30)
         except asyncio.CancelledError:
+            finished.append("swallowed the cancellation")
             return "finished anyway"
         return "not reached"
 
-    assert run_async(stubborn(), timeout=0.05) == "finished anyway"
+    with pytest.raises(TimeoutError, match=r"stubborn\(\) did not finish within 0.05 s"):
+        run_async(stubborn(), timeout=0.05)
+    assert finished == ["swallowed the cancellation"]
 
 
 @pytest.mark.parametrize("exc_type", [Interrupt, KeyboardInterrupt])
@@ -299,7 +320,7 @@ def test_exception_raised_in_the_waiting_thread_cancels_the_coroutine(
     if run_async_loop == "uvloop" and exc_type is Interrupt:
         # uvloop runs Python signal handlers inside a loop callback, where asyncio semantics
         # swallow an Exception: such types must be registered (install() does it for Celery's).
-        monkeypatch.setattr(_bridge, "_interrupt_types", (Interrupt,))
+        monkeypatch.setattr(_limits, "_interrupt_types", (Interrupt,))
     cleanup: list[str] = []
     alarm(0.2, exc_type)
     with pytest.raises(exc_type, match="raised by a signal handler"):
@@ -320,8 +341,8 @@ def test_signal_exception_inside_a_loop_callback_still_reaches_the_caller(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """asyncio only logs exceptions from plain callbacks: registered interrupts are delivered."""
-    monkeypatch.setattr(_bridge, "_interrupt_types", ())
-    _bridge.register_interrupt(Interrupt)
+    monkeypatch.setattr(_limits, "_interrupt_types", ())
+    _limits.register_interrupt(Interrupt)
     cleanup: list[str] = []
 
     async def busy_callback_then_sleep() -> None:
@@ -340,7 +361,7 @@ def test_task_deadline_limits_calls_without_their_own_timeout() -> None:
         return Interrupt(f"{what} over budget of {seconds:g} s")
 
     cleanup: list[str] = []
-    _bridge.set_thread_deadline(0.2, make_error)
+    _limits.set_thread_deadline(0.2, make_error)
     try:
         assert run_async(asyncio.sleep(0, result="quick")) == "quick"
         with pytest.raises(Interrupt, match=r"_sleep_with_cleanup\(\) over budget of 0.2 s"):
@@ -351,7 +372,7 @@ def test_task_deadline_limits_calls_without_their_own_timeout() -> None:
             run_async(_sleep_with_cleanup(cleanup))
         assert cleanup == ["cleaned up"]
     finally:
-        _bridge.set_thread_deadline(None)
+        _limits.set_thread_deadline(None)
     assert run_async(asyncio.sleep(0.3, result="no budget now")) == "no budget now"
 
 
@@ -421,6 +442,97 @@ def test_unbounded_nesting_fails_clearly() -> None:
 
     with pytest.raises(RuntimeError, match=r"nested 8 deep .* await the coroutine directly"):
         run_async(recurse(), timeout=30)
+
+
+# --- loop_factory and the shared process loop ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(LOOP_FACTORIES))
+def test_loop_factory_makes_the_thread_loop_without_a_policy(name: str) -> None:
+    made = run_async(use_resource(), loop_factory=LOOP_FACTORIES[name])
+    assert type(made.loop).__module__.partition(".")[0] == name  # asyncio.… or uvloop.…
+    # The thread's loop is kept: a later call with another factory runs on it.
+    assert run_async(use_resource(), loop_factory=asyncio.new_event_loop) is made
+
+
+@pytest.fixture(params=list(LOOP_FACTORIES))
+def process_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """run_async as in a ``loop="process"`` worker: one shared loop thread, each loop type."""
+    monkeypatch.setattr(_run_async, "_settings", _run_async._Settings())
+    _run_async.set_loop_factory(LOOP_FACTORIES[request.param])
+    _run_async.use_process_loop(True, blocked_after=0.2)
+    yield str(request.param)
+    close_all_loops()
+
+
+def test_threads_share_the_process_loop_and_run_concurrently(process_loop: str) -> None:
+    barrier = threading.Barrier(4)
+    seen: list[tuple[Resource, str]] = []
+
+    async def meet(name: str) -> tuple[Resource, str]:
+        # All four must be on the loop at once to pass: proof that they run concurrently.
+        await asyncio.wait_for(asyncio.to_thread(barrier.wait), 10)
+        return resource.get(), request_id.get()
+
+    def call(name: str) -> None:
+        request_id.set(name)
+        seen.append(run_async(meet(name)))
+
+    threads = [threading.Thread(target=call, args=(f"thread-{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(made) for made, _ in seen}) == 1  # one resource for every thread
+    assert {made.thread for made, _ in seen} == {"loopsafe-process-loop"}
+    assert sorted(name for _, name in seen) == [f"thread-{n}" for n in range(4)]
+    closed = seen[0][0]
+    assert close_all_loops() == 1
+    assert closed.closed_in == [closed.loop]  # closed inside the shared loop when it stopped
+
+
+def test_process_loop_timeouts_and_interrupts_cancel_only_that_coroutine(
+    process_loop: str, alarm: Callable[[float, type[BaseException]], None]
+) -> None:
+    cleanup: list[str] = []
+    neighbour: list[str] = []
+
+    def run_neighbour() -> None:
+        neighbour.append(run_async(asyncio.sleep(0.6, result="neighbour done")))
+
+    thread = threading.Thread(target=run_neighbour)
+    thread.start()
+    with pytest.raises(TimeoutError, match=r"_sleep_with_cleanup\(\) did not finish within 0.2 s"):
+        run_async(_sleep_with_cleanup(cleanup), timeout=0.2)
+    alarm(0.2, KeyboardInterrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_async(_sleep_with_cleanup(cleanup))
+    thread.join()
+    assert cleanup == ["cleaned up", "cleaned up"]
+    assert neighbour == ["neighbour done"]
+    assert run_async(other_tasks()) == []
+
+
+def test_a_task_blocking_the_process_loop_is_named_in_a_warning(
+    process_loop: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="loopsafe")
+
+    async def blocks() -> str:
+        time.sleep(0.8)  # noqa: ASYNC251 - the mistake the warning exists for
+        return "done"
+
+    _limits.set_thread_deadline(None, task="tests.blocks[42]")
+    try:
+        assert run_async(blocks()) == "done"
+    finally:
+        _limits.set_thread_deadline(None)
+    warnings = [
+        getattr(record, "loopsafe_fields", {})
+        for record in caplog.records
+        if getattr(record, "loopsafe_event", None) == "loopsafe.celery_loop_blocked"
+    ]
+    assert [fields["task"] for fields in warnings] == ["tests.blocks[42]"]
 
 
 # --- fork -----------------------------------------------------------------------------------------

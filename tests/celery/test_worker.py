@@ -24,9 +24,11 @@ TASKS = 60
 POOLS = {
     # Recycling children every 3 tasks forks ~20 processes from a parent holding a live pool.
     "prefork": ["-P", "prefork", "-c", "2", "--max-tasks-per-child", "3"],
-    "threads": ["-P", "threads", "-c", "4"],
+    "threads": ["-P", "threads", "-c", "4"],  # the default: one shared loop
+    "threads, loop=thread": ["-P", "threads", "-c", "4"],
     "solo": ["-P", "solo"],
 }
+ENVIRONMENTS = {"threads, loop=thread": {"LOOPSAFE_CELERY_LOOP": "thread"}}
 
 
 def connections_of(env: WorkerEnv) -> int:
@@ -82,7 +84,7 @@ def check_workload(results: list[dict[str, Any]]) -> None:
 def test_async_tasks_on_a_real_worker(pool: str, worker_env: WorkerEnv, start_worker: Any) -> None:
     from celery.exceptions import SoftTimeLimitExceeded
 
-    worker = start_worker(worker_env, POOLS[pool])
+    worker = start_worker(worker_env, POOLS[pool], ENVIRONMENTS.get(pool, {}))
     client = worker_env.client()
     try:
         marker = f"soft-{uuid.uuid4().hex[:8]}"

@@ -8,16 +8,20 @@ forks: the classic trap (children inherit a live pool bound to the parent's loop
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
+import threading
+import time
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, signals
 from sqlalchemy import text
 
+import loopsafe.db
 import loopsafe.redis
 from loopsafe.celery import async_task, install, run_async
-from loopsafe.db import configure, session
+from loopsafe.db import PoolBudget, configure, session
 
 BROKER_URL = os.environ["LOOPSAFE_CELERY_BROKER"]
 BACKEND_URL = os.environ["LOOPSAFE_CELERY_BACKEND"]
@@ -49,19 +53,41 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     result_expires=3600,
     worker_prefetch_multiplier=1,
-    worker_enable_remote_control=False,
+    # revoke(terminate=True) needs remote control; the other tests do without the pidbox.
+    worker_enable_remote_control=bool(os.environ.get("LOOPSAFE_CELERY_REMOTE_CONTROL")),
     worker_hijack_root_logger=True,
     task_serializer="json",
     result_serializer="json",
     result_accept_content=["json"],
 )
-install(app)
+# LOOPSAFE_CELERY_LOOP=process: the shared-loop tests (on uvloop, to cover loop_factory);
+# =thread: per-thread loops even in the threads pool; unset: install()'s default.
+LOOP = os.environ.get("LOOPSAFE_CELERY_LOOP")
+if LOOP == "process":
+    import uvloop
+
+    install(
+        app,
+        loop="process",
+        loop_factory=uvloop.new_event_loop,
+        blocked_after=0.3,
+        drain_timeout=float(os.environ.get("LOOPSAFE_CELERY_DRAIN_TIMEOUT", "30")),
+    )
+elif LOOP == "thread":
+    install(app, loop="thread")
+else:
+    install(app)
 # The tests count loopsafe's debug events: every resource created must be closed in its loop.
 # Until the worker sets up logging (after this import), events go to stderr through this.
 logging.basicConfig(level=logging.INFO, format="[import] %(message)s")
 logging.getLogger("loopsafe").setLevel(logging.DEBUG)
 
-configure(DATABASE_URL, name=DATABASE_NAME)
+BUDGET_PROCESSES = os.environ.get("LOOPSAFE_CELERY_BUDGET_PROCESSES")
+configure(
+    DATABASE_URL,
+    name=DATABASE_NAME,
+    budget=PoolBudget(50, processes=int(BUDGET_PROCESSES)) if BUDGET_PROCESSES else None,
+)
 loopsafe.redis.configure(REDIS_URL)
 
 
@@ -99,7 +125,7 @@ async def sleep_past_soft_limit(marker: str) -> None:
             )
 
 
-@async_task(app, acks_late=True)
+@async_task(app, acks_late=True, reject_on_worker_lost=True)
 async def slow_the_first_time(key: str) -> dict[str, Any]:
     """First delivery: marks `key` and sleeps (the worker gets killed). Redelivery: returns."""
     client = loopsafe.redis.get_redis()
@@ -141,3 +167,101 @@ async def missing_row(row_id: int) -> None:
         found = (await db.execute(text("SELECT 1 WHERE false"))).first()
     if found is None:
         raise LookupError(f"no row {row_id}")
+
+
+# --- the shared process loop (LOOPSAFE_CELERY_LOOP=process) ----------------------------------------
+
+#: Set by a task_prerun receiver in the worker thread; the coroutine must see it.
+tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="unset")
+
+
+@signals.task_prerun.connect  # type: ignore[untyped-decorator]  # Celery is untyped
+def _set_tenant(task_id: str = "", **_: Any) -> None:
+    tenant.set(f"tenant-of-{task_id}")
+
+
+_IN_FLIGHT = """
+local now = redis.call('incr', KEYS[1])
+if now > tonumber(redis.call('get', KEYS[2]) or '0') then redis.call('set', KEYS[2], now) end
+redis.call('expire', KEYS[1], 600)
+redis.call('expire', KEYS[2], 600)
+return now
+"""
+
+
+async def _in_flight(key: str, seconds: float) -> None:
+    """Hold a slot of `key`'s in-flight counter for `seconds`; `key`:max keeps the peak."""
+    client = loopsafe.redis.get_redis()
+    await client.eval(_IN_FLIGHT, 2, f"{key}:now", f"{key}:max")
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        await client.decr(f"{key}:now")
+
+
+@async_task(app, bind=True)
+async def where_am_i(self: Task, key: str) -> dict[str, Any]:
+    """Where the coroutine ran, what it saw of its task, and how many ran at once."""
+    await _in_flight(key, 0.5)
+    async with session() as db:
+        await db.execute(text("SELECT 1"))
+    loop = asyncio.get_running_loop()
+    return {
+        "request_id": self.request.id,
+        "tenant": tenant.get(),
+        "loop": f"{type(loop).__module__}.{type(loop).__name__}:{id(loop)}",
+        "thread": threading.current_thread().name,
+        "pid": os.getpid(),
+        "loops": loopsafe.db.pool_status()["loops"],
+    }
+
+
+@async_task(app, rate_limit="30/m")
+async def rate_limited(key: str) -> None:
+    """At most one every two seconds: two of them never run at the same time."""
+    await _in_flight(key, 0.2)
+
+
+async def _mark_started(marker: str) -> None:
+    await loopsafe.redis.get_redis().set(f"{marker}:started", 1, ex=600)
+
+
+async def _record_cleanup(marker: str) -> None:
+    async with session() as db:
+        await db.execute(
+            text(f"INSERT INTO {TABLE} (marker, note) VALUES (:marker, 'cleanup ran')"),
+            {"marker": marker},
+        )
+
+
+@async_task(app)  # type: ignore[untyped-decorator]
+async def sleep_with_cleanup(marker: str, seconds: float) -> str:
+    """Marks itself started, sleeps; its cleanup records that it ran, however it ended."""
+    await _mark_started(marker)
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        await _record_cleanup(marker)
+    return "slept"
+
+
+@async_task(app, time_limit=1)
+async def sleep_past_hard_limit(marker: str) -> None:
+    """Sleeps far beyond its (hard) time limit; its cleanup records that it ran."""
+    try:
+        await asyncio.sleep(30)
+    finally:
+        await _record_cleanup(marker)
+
+
+@async_task(app)  # type: ignore[untyped-decorator]
+async def block_the_loop(seconds: float) -> str:
+    """The classic mistake: a blocking call inside a coroutine."""
+    time.sleep(seconds)  # noqa: ASYNC251 - on purpose: the blocked-loop report must name us
+    return "blocked"
+
+
+@app.task  # type: ignore[untyped-decorator]
+def add(a: int, b: int) -> int:
+    """A plain sync task in the same worker."""
+    return a + b

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
 import os
 import socket
@@ -15,7 +14,7 @@ from typing import Any
 import loopsafe.celery
 import loopsafe.db
 from roadmap_app import repositories
-from roadmap_app.config import SettingsError, get_settings
+from roadmap_app.config import get_settings
 from roadmap_app.events import EventPublisher
 from roadmap_app.jobs import TASK_PREFIX, create_celery_app, send_job
 from roadmap_app.llm import LLMProvider, get_provider
@@ -29,15 +28,7 @@ log = logging.getLogger("roadmap_app.worker")
 settings = get_settings()
 configure_resources(settings)
 app = create_celery_app(settings)
-if settings.celery_worker_loop == "thread":
-    loopsafe.celery.install(app)
-elif "loop" in inspect.signature(loopsafe.celery.install).parameters:
-    loopsafe.celery.install(app, loop=settings.celery_worker_loop)  # type: ignore[call-arg,unused-ignore]
-else:
-    raise SettingsError(
-        "CELERY_WORKER_LOOP=process needs loopsafe.celery.install(app, loop='process'), which "
-        "this version of loopsafe does not have yet; unset CELERY_WORKER_LOOP"
-    )
+loopsafe.celery.install(app, loop=settings.celery_worker_loop)
 
 
 async def enqueue(job: str, roadmap_id: uuid.UUID, *args: Any) -> None:

@@ -5,10 +5,11 @@ Importing it does not import Celery: `run_async` works in any synchronous code. 
 """
 
 from .._public import claim_public_names
-from ._bridge import close_all_loops as close_all_loops
-from ._bridge import close_thread_loop as close_thread_loop
-from ._bridge import run_async as run_async
-from ._signals import UnsupportedPoolError as UnsupportedPoolError
+from ._pool import UnsupportedPoolError as UnsupportedPoolError
+from ._run_async import close_all_loops as close_all_loops
+from ._run_async import close_thread_loop as close_thread_loop
+from ._run_async import run_async as run_async
+from ._signals import WorkerBudgetError as WorkerBudgetError
 from ._signals import install as install
 from ._task import AsyncTask as AsyncTask
 from ._task import async_task as async_task
@@ -16,6 +17,7 @@ from ._task import async_task as async_task
 __all__ = (
     "AsyncTask",
     "UnsupportedPoolError",
+    "WorkerBudgetError",
     "async_task",
     "close_all_loops",
     "close_thread_loop",

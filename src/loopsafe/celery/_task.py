@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 from collections.abc import Callable, Coroutine
@@ -17,7 +18,8 @@ from typing import (
     overload,
 )
 
-from ._bridge import positive_seconds, run_async
+from .._validate import seconds
+from ._run_async import run_async
 
 if TYPE_CHECKING:
     import celery
@@ -134,22 +136,55 @@ def _register(
         )
     options = dict(task_options)
     timeout = options.pop("timeout", None)
-    if timeout is not None and not positive_seconds(timeout):
-        raise ValueError(
-            f"async_task timeout must be a positive number of seconds or None, got {timeout!r}"
-        )
+    if timeout is not None:
+        timeout = seconds("async_task timeout", timeout)
+
+    registered: list[Any] = []
 
     @functools.wraps(function)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        return run_async(function(*args, **kwargs), timeout=timeout)
+        task = registered[0]
+        # Celery keeps the request in a thread-local stack, which a coroutine running on the
+        # shared process loop cannot see: hand it over in a context variable (run_async copies
+        # the caller's context into the coroutine).
+        token = _request.set((task.name, task.request))
+        try:
+            return run_async(function(*args, **kwargs), timeout=timeout)
+        finally:
+            _request.reset(token)
 
     # Celery builds its argument check from the task body's own signature (not __wrapped__):
     # give it the coroutine function's, so a wrong call fails at .delay(), not in the worker.
     run.__signature__ = inspect.signature(function)  # type: ignore[attr-defined]
     if app is None:
-        from celery import shared_task
+        from celery import Task, shared_task
 
+        options["base"] = _request_aware(options.get("base") or Task)
         task = shared_task(**options)(run)
     else:
+        options["base"] = _request_aware(options.get("base") or app.Task)
         task = app.task(**options)(run)
+    registered.append(task)
     return cast("AsyncTask[P, R]", task)
+
+
+_request: contextvars.ContextVar[tuple[str, Any]] = contextvars.ContextVar(
+    "loopsafe.celery.request"
+)
+
+
+@functools.cache
+def _request_aware(base: type[Any]) -> type[Any]:
+    """`base` (a Celery Task class) whose ``request`` also works on the shared process loop."""
+
+    class RequestAware(base):  # type: ignore[misc]
+        @property
+        def request(self) -> Any:
+            if self.request_stack.top is None:
+                current = _request.get(None)
+                if current is not None and current[0] == self.name:
+                    return current[1]
+            return self._get_request()
+
+    RequestAware.__name__ = RequestAware.__qualname__ = base.__name__
+    return RequestAware
