@@ -389,9 +389,9 @@ class Database:
         Keys: ``loops`` (live engines), ``pool_size``, ``max_overflow``, ``checked_out``,
         ``checked_in``, ``overflow`` (connections open beyond pool_size), ``capacity`` (the most
         connections this process may open; with a budget, its per-process share; 0 means
-        unbounded, a NullPool without budget). Since 0.1.0. Since 0.2.0 also ``usage``
-        (``checked_out / capacity``, 0.0 when unbounded), ``waiting`` (checkouts waiting for a
-        connection now) and ``longest_wait`` (seconds the oldest of them has waited).
+        unbounded, a NullPool without budget), ``usage`` (``checked_out / capacity``, 0.0 when
+        unbounded), ``waiting`` (checkouts waiting for a connection now) and ``longest_wait``
+        (seconds the oldest of them has waited). Since 0.1.0.
         """
         with self._live_lock:
             bounds = list(self._live)
