@@ -20,6 +20,8 @@ Profiles: ``seed-before`` (the incident's settings), ``seed-fix`` (the team's ha
 ``loopsafe`` (the seed's layout with one role-weighted BudgetPlan, no connection held across an
 LLM call, batched saves) and ``loopsafe-shared-loop`` (the same on shared-loop workers, which
 needs ``loopsafe.celery.install(app, loop="process")``; reported as not available until then).
+``seed-before`` and ``loopsafe`` run again with fewer server connections (``--starvation-pools``,
+default 20 and 15) to find where the seed's configuration starves.
 
 Writes results/contention.md and results/contention.png. ``--quick`` runs a short version for CI.
 """
@@ -807,15 +809,18 @@ def main() -> None:
         "--server-pool", type=int, default=SERVER_POOL, help="PgBouncer default_pool_size"
     )
     parser.add_argument(
-        "--starvation-pool", type=int, default=15,
-        help="also run seed-before and loopsafe with this few server connections (0: don't)",
-    )  # fmt: skip
-    parser.add_argument("--max-generation", type=float, default=300.0)
+        "--starvation-pools",
+        default="20,15",
+        help="also run seed-before and loopsafe with these few server connections ('' for none)",
+    )
+    parser.add_argument(
+        "--max-generation", type=float, default=300.0, help="give up waiting after this many s"
+    )
     parser.add_argument("--name", default="contention", help="results/<name>.md/.png")
     args = parser.parse_args()
     if args.quick:
         args.roadmaps, args.idle, args.tail, args.latency_ms = 2, 5.0, 1.0, 300
-        args.max_generation, args.starvation_pool = 90.0, 0
+        args.max_generation, args.starvation_pools = 90.0, ""
         if "--profiles" not in sys.argv:
             args.profiles = f"seed-before,loopsafe,{SHARED_LOOP}"
         if args.name == "contention":
@@ -829,12 +834,8 @@ def main() -> None:
     runs: list[Run] = []
     unavailable: dict[str, str] = {}
     plan = [(profile, args.server_pool) for profile in wanted]
-    if args.starvation_pool:
-        plan += [
-            (profile, args.starvation_pool)
-            for profile in ("seed-before", "loopsafe")
-            if profile in wanted
-        ]
+    for pool in (int(n) for n in args.starvation_pools.split(",") if n.strip()):
+        plan += [(profile, pool) for profile in ("seed-before", "loopsafe") if profile in wanted]
     with servers() as (database_url, redis_url), tempfile.TemporaryDirectory() as logs:
         migrate_database(database_url)
         for profile, server_pool in plan:
