@@ -84,17 +84,17 @@ if _WORKER_DB:
     global_engine = create_async_engine(_asyncpg(_WORKER_DB))
 
 
-@async_task(app)
+@async_task(app)  # type: ignore[untyped-decorator]  # Celery's task decorators are untyped
 async def select_loopsafe() -> int:
     return await select_one(worker_database.get_engine())
 
 
-@app.task
+@app.task  # type: ignore[untyped-decorator]
 def select_asyncio_run() -> int:
     return asyncio.run(select_one(null_engine))
 
 
-@app.task
+@app.task  # type: ignore[untyped-decorator]
 def select_async_to_sync() -> int:
     return int(async_to_sync(select_one)(global_engine))
 

@@ -47,7 +47,7 @@ def rss_growth(get: Callable[[], object]) -> float:
     for _ in range(LOOPS):
         asyncio.run(task())
     gc.collect()
-    return (process.memory_info().rss - before) / 2**20
+    return float(process.memory_info().rss - before) / 2**20
 
 
 def main() -> None:

@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+import loopsafe
+
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 T = TypeVar("T")
 
@@ -55,3 +57,25 @@ def run_on_new_loop(factory: LoopFactory, coroutine: Coroutine[Any, Any, T]) -> 
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+def logged(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
+    """The fields of every `event` loopsafe logged during the test, in order."""
+    return [
+        getattr(record, "loopsafe_fields", {})
+        for record in caplog.records
+        if getattr(record, "loopsafe_event", None) == event
+    ]
+
+
+def attach_a_new_loop() -> None:
+    """Run a loopsafe lookup on a brand-new loop: a moment where abandoned instances are dropped.
+
+    Reads (len(), stats()) never drop anything; a new loop attached is the documented point.
+    """
+    local = loopsafe.LoopLocal(object, name="tests.attach_a_new_loop")
+
+    async def touch() -> None:
+        local.get()
+
+    asyncio.run(touch())

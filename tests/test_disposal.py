@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
+import loopsafe
 from loopsafe import LoopLocal, aclose_all
 
-from .conftest import LoopFactory
+from .conftest import LoopFactory, attach_a_new_loop, logged
 
 
 class Counted:
@@ -127,8 +128,8 @@ def test_a_failing_or_hanging_close_never_stops_the_others(
     asyncio.run(main())
     assert closed == ["last", "first"]
     assert sorted(dropped) == ["fails", "hangs", "stubborn"]
-    failures = [r for r in caplog.records if r.loopsafe_event == "loopsafe.instance_close_failed"]
-    assert sorted(r.loopsafe_fields["registry"] for r in failures) == [
+    failures = logged(caplog, "loopsafe.instance_close_failed")
+    assert sorted(fields["registry"] for fields in failures) == [
         "fails",
         "hangs",
         "stubborn",
@@ -194,23 +195,29 @@ def test_a_loop_closed_without_shutdown_drops_its_instances_and_says_so(
     async def use() -> Counted:
         return local.get()
 
-    # Still referenced (the resource points at its loop): found at the next lookup.
+    # Still referenced (the resource points at its loop): no longer live, dropped at the next
+    # collection point, never by a read.
     kept_loop = loop_factory()
     kept = kept_loop.run_until_complete(use())
     kept_loop.close()
     assert len(local) == 0
+    loopsafe.stats()
+    assert not kept.dropped
+    attach_a_new_loop()
     assert kept.dropped
 
-    # Unreferenced: dropped when the loop is garbage collected.
+    # Unreferenced: handed over when the loop is garbage collected, dropped at the next point.
     gone_loop = loop_factory()
     gone = gone_loop.run_until_complete(use())
     gone_loop.close()
     del gone_loop
-    gone.loop = None  # type: ignore[assignment]
+    gone.loop = None
     gc.collect()
+    assert not gone.dropped  # no user code ran inside garbage collection
+    attach_a_new_loop()
     assert gone.dropped
 
-    abandoned = [r for r in caplog.records if r.loopsafe_event == "loopsafe.instance_abandoned"]
+    abandoned = logged(caplog, "loopsafe.instance_abandoned")
     assert len(abandoned) == 2
-    assert {r.loopsafe_fields["registry"] for r in abandoned} == {"abandoned-probe"}
+    assert {fields["registry"] for fields in abandoned} == {"abandoned-probe"}
     assert local.peek() is None

@@ -14,6 +14,7 @@ import pytest
 import loopsafe
 from loopsafe import LoopLocal
 
+from .conftest import logged
 from .forking import in_child, libc_fork
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -135,9 +136,9 @@ def test_reset_after_fork_logs_and_forgets_everything(caplog: pytest.LogCaptureF
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
-    resets = [r for r in caplog.records if r.loopsafe_event == "loopsafe.fork_reset"]
+    resets = logged(caplog, "loopsafe.fork_reset")
     assert resets
-    assert resets[-1].loopsafe_fields["dropped"] >= 1
+    assert resets[-1]["dropped"] >= 1
 
 
 def test_fork_hook_is_registered_in_a_fresh_interpreter() -> None:
@@ -160,3 +161,59 @@ raise SystemExit(os.waitstatus_to_exitcode(status))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_fork_without_hooks_never_hands_out_or_closes_inherited_instances_on_the_inherited_loop() -> (
+    None
+):
+    """What holds for a fork that skips os.register_at_fork (see the registry's docstring).
+
+    On the inherited loop object: `peek()` never returns the parent's instance, and running that
+    loop to its end drops the parent's instance without closing it (no goodbye on a shared socket).
+    """
+    local = _make_local()
+    loop = asyncio.new_event_loop()
+    try:
+        parent_conn = loop.run_until_complete(_get(local))
+
+        def child() -> dict[str, Any]:
+            async def peek() -> bool:
+                return local.peek() is None
+
+            peeked_nothing = loop.run_until_complete(peek())
+            loop.run_until_complete(loop.shutdown_asyncgens())  # the inherited loop's end
+            return {
+                "pid": os.getpid(),
+                "peeked_nothing": peeked_nothing,
+                "closed_by": parent_conn.closed_by,
+                "dropped_by": parent_conn.dropped_by,
+            }
+
+        report = in_child(child, fork=libc_fork)
+        assert report["peeked_nothing"] is True
+        assert report["closed_by"] == []
+        assert report["dropped_by"] == [report["pid"]]
+        assert loop.run_until_complete(_get(local)) is parent_conn
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    assert parent_conn.closed_by == [os.getpid()]
+
+
+def test_reset_after_fork_is_the_fix_for_a_child_that_reuses_the_inherited_loop_first() -> None:
+    local = _make_local()
+    loop = asyncio.new_event_loop()
+    try:
+        parent_conn = loop.run_until_complete(_get(local))
+
+        def child() -> dict[str, Any]:
+            loopsafe.reset_after_fork()
+            conn = loop.run_until_complete(_get(local))
+            return {"fresh": conn is not parent_conn, "dropped_by": parent_conn.dropped_by}
+
+        report = in_child(child, fork=libc_fork)
+        assert report["fresh"] is True
+        assert len(report["dropped_by"]) == 1
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()

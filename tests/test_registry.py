@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import subprocess
 import sys
 import threading
 import types
 import weakref
-from typing import Any
 
 import pytest
 
 import loopsafe
 from loopsafe import LoopLocal, LoopsafeError, NoRunningLoopError, loop_local
+from loopsafe._registry import RegistryStats
 
 from .conftest import LoopFactory
 
@@ -44,24 +45,54 @@ async def test_get_returns_one_instance_per_loop_and_the_same_on_repeat() -> Non
     assert first.loop is asyncio.get_running_loop()
 
 
-@pytest.mark.both_loops
-async def test_concurrent_first_use_in_one_loop_runs_the_factory_once() -> None:
-    calls = 0
+def test_threads_racing_on_their_first_uses_get_one_instance_per_loop_and_exact_counts() -> None:
+    """Eight threads start a new loop each round, all at once, and hit one registry together.
 
-    def factory() -> Resource:
-        nonlocal calls
-        calls += 1
-        return Resource()
+    Each loop's factory runs once; the counters, updated from every thread, add up exactly.
+    The switch interval is cut to a microsecond so threads really interleave inside `get()`.
+    """
+    local = LoopLocal(Resource, name="thread-race")
+    threads_count, rounds = 8, 10
+    barrier = threading.Barrier(threads_count)
+    seen: list[Resource] = []
+    failures: list[BaseException] = []
 
-    local = LoopLocal(factory)
+    async def first_uses() -> Resource:
+        barrier.wait(timeout=30)
+        first = local.get()
+        for _ in range(50):
+            assert local.get() is first
+        return first
 
-    async def use() -> Resource:
-        await asyncio.sleep(0)
-        return local.get()
+    def worker() -> None:
+        try:
+            for _ in range(rounds):
+                seen.append(asyncio.run(first_uses()))
+        except BaseException as exc:
+            failures.append(exc)
+            barrier.abort()
 
-    results = await asyncio.gather(*(use() for _ in range(100)))
-    assert calls == 1
-    assert len({id(result) for result in results}) == 1
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=worker) for _ in range(threads_count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        sys.setswitchinterval(interval)
+    assert failures == []
+    assert len(seen) == threads_count * rounds
+    assert len({id(resource) for resource in seen}) == len(seen)  # all alive: ids are unique
+    assert len({id(resource.loop) for resource in seen}) == len(seen)
+    row = _row("thread-race")
+    assert (row["created"], row["loops"], row["closed"], row["live"]) == (
+        len(seen),
+        len(seen),
+        len(seen),
+        0,
+    )
 
 
 def test_reused_loop_ids_never_hand_out_a_dead_loops_instance(loop_factory: LoopFactory) -> None:
@@ -184,8 +215,24 @@ async def test_a_failing_factory_stores_nothing_and_the_next_get_retries() -> No
 def test_bad_arguments_are_refused_with_clear_errors() -> None:
     with pytest.raises(TypeError, match="LoopLocal factory must be callable, got 42"):
         LoopLocal(42)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="close_timeout must be > 0 seconds, got 0"):
+    with pytest.raises(
+        ValueError, match="close_timeout must be a finite number of seconds > 0, got 0"
+    ):
         LoopLocal(Resource, close_timeout=0)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -1.0, 0])
+def test_close_timeout_must_be_finite_and_positive(bad: float) -> None:
+    with pytest.raises(ValueError, match=rf"close_timeout must be a finite .* > 0, got {bad!r}"):
+        LoopLocal(Resource, close_timeout=bad)
+    with pytest.raises(ValueError, match="close_timeout must be a finite"):
+        loop_local(close_timeout=bad)
+
+
+@pytest.mark.parametrize("bad", [True, "10", None])
+def test_close_timeout_must_be_a_number_not_a_bool(bad: object) -> None:
+    with pytest.raises(TypeError, match=r"close_timeout must be a number of seconds, got "):
+        LoopLocal(Resource, close_timeout=bad)  # type: ignore[arg-type]
 
 
 async def test_peek_never_creates() -> None:
@@ -328,7 +375,7 @@ def test_stats_has_one_row_per_registry_with_counters() -> None:
     assert repr(local) == "<LoopLocal 'stats-probe' live=0>"
 
 
-def _row(name: str) -> dict[str, Any]:
+def _row(name: str) -> RegistryStats:
     rows = [row for row in loopsafe.stats() if row["name"] == name]
     assert len(rows) == 1
     return rows[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import threading
 from typing import Any
@@ -39,6 +40,10 @@ class Thing:
         return self.closed_in is not None or self.dropped
 
 
+async def _attach(local: LoopLocal[Thing]) -> None:
+    local.get()
+
+
 class RegistryMachine(RuleBasedStateMachine):
     """Model: for each open loop, which instance each registry holds (at most one)."""
 
@@ -46,7 +51,10 @@ class RegistryMachine(RuleBasedStateMachine):
         super().__init__()
         self.locals = [
             LoopLocal(
-                lambda n=n: Thing(f"r{n}"), aclose=Thing.aclose, drop=Thing.drop, name=f"r{n}"
+                functools.partial(Thing, f"r{n}"),
+                aclose=Thing.aclose,
+                drop=Thing.drop,
+                name=f"r{n}",
             )
             for n in range(2)
         ]
@@ -144,6 +152,8 @@ class RegistryMachine(RuleBasedStateMachine):
                 loop.close()
         for local in self.locals:
             assert len(local) == 0
+        # A new loop is where instances of loops closed without disposal are dropped.
+        asyncio.run(_attach(self.locals[0]))
         leaked = [thing for thing in self.everything if not thing.released]
         assert not leaked, f"never closed nor dropped: {leaked}"
 

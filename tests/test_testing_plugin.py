@@ -15,7 +15,8 @@ class Client:
     def __init__(self):
         self.loop = asyncio.get_running_loop()
     async def aclose(self):
-        closed.append(self.loop)
+        # (the loop it was made on, the loop closing it): both kept alive, so ids stay unique
+        closed.append((self.loop, asyncio.get_running_loop()))
 
 @loop_local
 def client() -> Client:
@@ -25,9 +26,10 @@ def client() -> Client:
 async def test_each_test_loop_gets_its_own_client(n):
     assert client().loop is asyncio.get_running_loop()
 
-def test_every_per_test_loop_closed_its_client():
+def test_every_per_test_loop_closed_its_own_client_inside_itself():
     assert len(closed) == 5
-    assert len(set(map(id, closed))) >= 1
+    assert all(made_on is closed_on for made_on, closed_on in closed)
+    assert len({id(made_on) for made_on, _ in closed}) == 5  # five distinct loops
 
 def test_fixtures_are_served(postgres_url, redis_url):
     assert postgres_url == "postgresql://u@127.0.0.1:1/db"

@@ -9,28 +9,54 @@ How disposal finds the end of a loop without patching `loop.close`: the first in
 loop arms a tiny async generator suspended at its first ``yield``. asyncio (and uvloop) track async
 generators per loop and `shutdown_asyncgens()` — which `asyncio.run`, `asyncio.Runner`, `anyio.run`
 and `run_async`'s own shutdown all call before closing — resumes it, so its ``finally`` block closes
-every instance *inside* that loop. A loop closed any other way is collected with its state, whose
-``__del__`` drops the instances without I/O and logs ``loopsafe.instance_abandoned``.
+every instance *inside* that loop.
+
+A loop closed any other way leaves its instances behind; they are dropped without I/O (and
+``loopsafe.instance_abandoned`` is logged) at well-defined moments only: when a new loop is
+attached, or at interpreter exit. A loop that is garbage collected first hands them over from its
+state's ``__del__``, which runs no user code (it may run in any thread, inside any lock). Reads
+(`len()`, `stats()`) never drop anything.
+
+Fork: the at-fork hook forgets everything in the child. A fork that skips it (a C extension calling
+fork() directly) is caught by the process id check on every path but one: `get()` on a loop whose
+instance is already cached, which stays one attribute read and one dict lookup (a pid check is a
+system call that would triple it). So a child forked without the hook that runs the *inherited*
+loop object before anything else, and calls `get()` first, is served the parent's instance; such a
+child must call `reset_after_fork()`. Loop-end disposal checks the pid, so the parent's
+connections are never closed from the child.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import collections
 import inspect
 import os
 import threading
 import weakref
-from asyncio.events import _get_running_loop
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Any, Generic, TypeVar, cast, overload
+from typing import Any, Generic, Protocol, TypedDict, TypeVar, cast, overload
 
-from . import _fork
+from . import _fork, _validate
+from ._asyncio_compat import asyncgens_shut_down, get_running_loop_or_none
+from ._bound import DEFAULT_GRACE, await_bounded
 from ._errors import LoopsafeError, NoRunningLoopError
 from ._log import get_logger
 
-__all__ = ("LoopLocal", "aclose_all", "describe_loop", "loop_local", "reset_after_fork", "stats")
+__all__ = (
+    "LoopLocal",
+    "RegistryStats",
+    "aclose_all",
+    "collect_abandoned",
+    "describe_loop",
+    "loop_local",
+    "reset_after_fork",
+    "stats",
+)
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 _log = get_logger("loopsafe.registry")
 
@@ -40,6 +66,8 @@ DEFAULT_CLOSE_TIMEOUT = 10.0
 #: Loop iterations granted to other async generators' ``finally`` blocks (which may still use our
 #: resources) before disposal starts: `shutdown_asyncgens` closes them all concurrently.
 _GRACE_ITERATIONS = 3
+#: Lifetime counters of each registry, as `stats()` reports them.
+_COUNTERS = ("loops", "created", "closed", "dropped", "abandoned", "failed")
 
 _lock = threading.Lock()
 _states: weakref.WeakSet[_LoopState] = weakref.WeakSet()
@@ -47,6 +75,11 @@ _fallback_states: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopStat
     weakref.WeakKeyDictionary()
 )
 _locals: weakref.WeakSet[LoopLocal[Any]] = weakref.WeakSet()
+# What collected loops left behind: (loop description, owning pid, instances newest first). A deque
+# because `_LoopState.__del__` appends from garbage collection, where taking a lock could deadlock.
+_abandoned: collections.deque[tuple[str, int, list[tuple[LoopLocal[Any], Any]]]] = (
+    collections.deque()
+)
 
 
 class _LoopState:
@@ -78,10 +111,13 @@ class _LoopState:
 
     def __del__(self) -> None:
         # Runs when the loop that owned this state is garbage collected. Anything still here was
-        # never closed: the loop ended without shutdown_asyncgens() or aclose_all().
-        if self.instances and self.pid == os.getpid():
-            for local, instance in _pop_all(self):
-                local._abandon(instance, self.description)
+        # never closed: the loop ended without shutdown_asyncgens() or aclose_all(). No user code
+        # and no lock here: hand the instances to the next collection point.
+        if self.instances:
+            items = list(self.instances.items())
+            self.instances.clear()
+            items.reverse()
+            _abandoned.append((self.description, self.pid, items))
 
 
 def _pop_all(state: _LoopState) -> list[tuple[LoopLocal[Any], Any]]:
@@ -111,22 +147,41 @@ def _attach_state(loop: asyncio.AbstractEventLoop) -> _LoopState:
         except AttributeError:  # a loop class with __slots__
             _fallback_states[loop] = state
         _states.add(state)
-        others = [other for other in _states if other is not state]
-    _sweep_closed(others)
+    collect_abandoned()
     return state
 
 
-def _sweep_closed(states: list[_LoopState]) -> None:
-    """Drop the instances of loops that were closed without disposal but are still referenced.
+def collect_abandoned() -> int:
+    """Drop, without I/O, what loops that ended without disposal left behind; returns how many.
 
-    Such a loop is not collected while something (often the resource itself) points at it, so
-    waiting for the state's ``__del__`` would keep its sockets open; a new loop is a good moment.
+    Covers loops that were garbage collected and loops that are closed but still referenced (often
+    by the resource itself, so they would never be collected). Runs when a new loop is attached and
+    at interpreter exit; the pytest plugin runs it after each test.
     """
+    dropped = 0
+    while _abandoned:
+        try:
+            where, pid, items = _abandoned.popleft()
+        except IndexError:  # another thread took the last one
+            break
+        for local, instance in items:
+            if pid == os.getpid():
+                local._abandon(instance, where)
+            else:  # inherited through a fork that skipped the hook: the parent's, not abandoned
+                local._drop_quietly(instance, where, event="loopsafe.instance_dropped")
+            dropped += 1
+    with _lock:
+        states = list(_states)
     for state in states:
         loop = state.loop_ref()
         if loop is not None and loop.is_closed() and state.instances:
             for local, instance in _pop_all(state):
                 local._abandon(instance, state.description)
+                dropped += 1
+    return dropped
+
+
+atexit.register(collect_abandoned)
 
 
 def describe_loop(loop: asyncio.AbstractEventLoop | None) -> str:
@@ -136,7 +191,7 @@ def describe_loop(loop: asyncio.AbstractEventLoop | None) -> str:
     state = _state_of(loop)
     if state is not None:
         return state.description
-    if loop is asyncio._get_running_loop():  # not seen by loopsafe yet, but it runs right here
+    if loop is get_running_loop_or_none():  # not seen by loopsafe yet, but it runs right here
         return f"{type(loop).__name__} 0x{id(loop):x} in thread {threading.current_thread().name!r}"
     return f"{type(loop).__name__} 0x{id(loop):x}"
 
@@ -153,9 +208,9 @@ async def _finalizer(state: _LoopState) -> AsyncGenerator[None, None]:
 
 def _arm_finalizer(loop: asyncio.AbstractEventLoop, state: _LoopState) -> None:
     """Start the state's finalizer generator so the loop's shutdown_asyncgens() will resume it."""
-    if state.finalizer is not None or getattr(loop, "_asyncgens_shutdown_called", False):
+    if state.finalizer is not None or asyncgens_shut_down(loop):
         # After shutdown_asyncgens() asyncio would warn about (and never close) a new generator;
-        # instances made that late are closed by aclose_all() or dropped when the loop is collected.
+        # instances made that late are closed by aclose_all() or dropped at a collection point.
         return
     finalizer = _finalizer(state)
     step = finalizer.__anext__()
@@ -171,6 +226,9 @@ def _arm_finalizer(loop: asyncio.AbstractEventLoop, state: _LoopState) -> None:
 
 async def _dispose(state: _LoopState) -> None:
     """Close every instance of this loop, newest first, each isolated and bounded in time."""
+    # A child forked without the at-fork hook may run the parent's loop to its end: its instances
+    # hold the parent's sockets and must be dropped, never closed.
+    _fork.check_pid()
     while True:
         items = _pop_all(state)
         if not items:
@@ -212,6 +270,7 @@ class LoopLocal(Generic[T]):
         "__weakref__",
         "_aclose",
         "_counts",
+        "_counts_lock",
         "_drop",
         "_factory",
         "close_timeout",
@@ -229,16 +288,14 @@ class LoopLocal(Generic[T]):
     ) -> None:
         if not callable(factory):
             raise TypeError(f"LoopLocal factory must be callable, got {factory!r}")
-        if close_timeout <= 0:
-            raise ValueError(f"close_timeout must be > 0 seconds, got {close_timeout!r}")
+        self.close_timeout = _validate.seconds("close_timeout", close_timeout)
         self._factory = factory
         self._aclose = aclose
         self._drop = drop
         self.name: str = name or getattr(factory, "__qualname__", None) or repr(factory)
-        self.close_timeout = close_timeout
-        self._counts = dict.fromkeys(
-            ("loops", "created", "closed", "dropped", "abandoned", "failed"), 0
-        )
+        self._counts = dict.fromkeys(_COUNTERS, 0)
+        # Counters change in whichever thread runs a loop's disposal or a collection.
+        self._counts_lock = threading.Lock()
         with _lock:
             _locals.add(self)
 
@@ -250,7 +307,7 @@ class LoopLocal(Generic[T]):
 
         Raises `NoRunningLoopError` when called outside a running event loop.
         """
-        loop = _get_running_loop()
+        loop = get_running_loop_or_none()
         if loop is not None:
             state = getattr(loop, _STATE_ATTR, None)
             if state is not None:
@@ -289,20 +346,19 @@ class LoopLocal(Generic[T]):
             state.instances[self] = instance
             if self not in state.seen:
                 state.seen.add(self)
-                self._counts["loops"] += 1
-            self._counts["created"] += 1
+                self._count("loops")
+            self._count("created")
             _arm_finalizer(loop, state)
         _log.debug("loopsafe.instance_created", registry=self.name, loop=state.description)
         return instance
 
     def peek(self) -> T | None:
         """Return the running loop's instance if it has one; never creates one. None outside a loop."""
-        loop = _get_running_loop()
+        loop = get_running_loop_or_none()
         if loop is None:
             return None
-        _fork.check_pid()
         state = _state_of(loop)
-        if state is None:
+        if state is None or state.pid != os.getpid():  # a parent's, through a hookless fork
             return None
         return cast("T | None", state.instances.get(self))
 
@@ -312,6 +368,7 @@ class LoopLocal(Generic[T]):
         Errors from the close function propagate (the instance is forgotten either way).
         """
         loop = asyncio.get_running_loop()
+        _fork.check_pid()
         state = _state_of(loop)
         if state is None:
             return
@@ -322,7 +379,10 @@ class LoopLocal(Generic[T]):
         await self._close(instance, state.description, isolated=False)
 
     def clear(self) -> None:
-        """Forget every loop's instance in this process without I/O, calling ``drop`` on each."""
+        """Forget every loop's instance in this process without I/O, calling ``drop`` on each.
+
+        Touches this registry only.
+        """
         for state in _all_states():
             with state.lock:
                 if self not in state.instances:
@@ -331,8 +391,21 @@ class LoopLocal(Generic[T]):
             self._drop_quietly(instance, state.description, event="loopsafe.instance_dropped")
 
     def __len__(self) -> int:
-        """Live instances of this registry in this process."""
-        return sum(1 for state in _all_states() if self in state.instances)
+        """Instances of this registry on this process's open loops (a pure read: drops nothing).
+
+        An instance whose loop was closed without disposal no longer counts, though it is dropped
+        only at the next collection point (see `collect_abandoned`).
+        """
+        pid = os.getpid()
+        return sum(
+            1
+            for state in _all_states()
+            if state.pid == pid and _is_open(state) and self in state.instances
+        )
+
+    def _count(self, counter: str) -> None:
+        with self._counts_lock:
+            self._counts[counter] += 1
 
     async def _close(self, instance: T, where: str, *, isolated: bool) -> None:
         """Close one instance in the running loop; isolated closes log failures instead of raising."""
@@ -342,12 +415,13 @@ class LoopLocal(Generic[T]):
             else:
                 closing = _default_aclose(instance)
             if closing is not None:
-                await _bounded(closing, self.close_timeout)
+                timeout = self.close_timeout
+                await await_bounded(closing, timeout, grace=min(timeout, DEFAULT_GRACE))
         except asyncio.CancelledError:
             self._drop_quietly(instance, where, event="loopsafe.instance_abandoned")
             raise
         except Exception as exc:
-            self._counts["failed"] += 1
+            self._count("failed")
             _log.warning(
                 "loopsafe.instance_close_failed",
                 registry=self.name,
@@ -358,7 +432,7 @@ class LoopLocal(Generic[T]):
             if not isolated:
                 raise
             return
-        self._counts["closed"] += 1
+        self._count("closed")
         _log.debug("loopsafe.instance_closed", registry=self.name, loop=where)
 
     def _abandon(self, instance: T, where: str) -> None:
@@ -377,7 +451,7 @@ class LoopLocal(Generic[T]):
                 error=f"{type(exc).__name__}: {exc}",
             )
         if event == "loopsafe.instance_abandoned":
-            self._counts["abandoned"] += 1
+            self._count("abandoned")
             _log.warning(
                 event,
                 registry=self.name,
@@ -385,7 +459,7 @@ class LoopLocal(Generic[T]):
                 hint="the loop ended without asyncio.run()/shutdown_asyncgens() or aclose_all()",
             )
         elif event is not None:
-            self._counts["dropped"] += 1
+            self._count("dropped")
             _log.debug(event, registry=self.name, loop=where)
 
 
@@ -400,64 +474,59 @@ def _creating_on_this_thread() -> set[LoopLocal[Any]]:
     return active
 
 
-class _CloseTimeoutError(TimeoutError):
-    pass
-
-
-async def _bounded(closing: Awaitable[object], timeout: float) -> None:
-    """Await `closing` for at most `timeout` seconds, even if it ignores cancellation."""
-    task = asyncio.ensure_future(closing)
-    done, _ = await asyncio.wait({task}, timeout=timeout)
-    if task in done:
-        task.result()
-        return
-    task.cancel()
-    # A close function that swallows cancellation must not hold the loop's shutdown hostage:
-    # give it one more short moment, then move on (the loop will report the task if it lingers).
-    await asyncio.wait({task}, timeout=min(timeout, 1.0))
-    raise _CloseTimeoutError(f"did not finish within {timeout:g} s")
+def _is_open(state: _LoopState) -> bool:
+    loop = state.loop_ref()
+    return loop is not None and not loop.is_closed()
 
 
 def _all_states() -> list[_LoopState]:
-    _fork.check_pid()
     with _lock:
-        states = list(_states)
-    _sweep_closed(states)
-    return states
+        return list(_states)
+
+
+class _LoopLocalDecorator(Protocol):
+    """What ``loop_local(...)`` with options returns: keeps the decorated factory's type."""
+
+    def __call__(self, factory: Callable[[], T], /) -> LoopLocal[T]: ...
 
 
 @overload
 def loop_local(factory: Callable[[], T], /) -> LoopLocal[T]: ...
 
 
+# The callbacks take Any here: binding T from them would type the result by the callback's
+# parameter (`drop=list[object].append` made every such registry a LoopLocal[object]).
 @overload
 def loop_local(
     factory: None = None,
     /,
     *,
-    aclose: Callable[[T], Awaitable[object]] | None = None,
-    drop: Callable[[T], object] | None = None,
+    aclose: Callable[[Any], Awaitable[object]] | None = None,
+    drop: Callable[[Any], object] | None = None,
     name: str | None = None,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
-) -> Callable[[Callable[[], T]], LoopLocal[T]]: ...
+) -> _LoopLocalDecorator: ...
 
 
 def loop_local(
     factory: Callable[[], T] | None = None,
     /,
     *,
-    aclose: Callable[[T], Awaitable[object]] | None = None,
-    drop: Callable[[T], object] | None = None,
+    aclose: Callable[[Any], Awaitable[object]] | None = None,
+    drop: Callable[[Any], object] | None = None,
     name: str | None = None,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
-) -> LoopLocal[T] | Callable[[Callable[[], T]], LoopLocal[T]]:
+) -> LoopLocal[T] | _LoopLocalDecorator:
     """Decorate a zero-argument factory into a `LoopLocal`; calling the result returns `get()`.
 
     Usable bare (``@loop_local``) or with options (``@loop_local(aclose=..., name=...)``).
     Since 0.1.0.
     """
 
-    def decorate(function: Callable[[], T]) -> LoopLocal[T]:
+    # Checked now, so a bad option fails where it is written rather than where it is applied.
+    _validate.seconds("close_timeout", close_timeout)
+
+    def decorate(function: Callable[[], U]) -> LoopLocal[U]:
         return LoopLocal(function, aclose=aclose, drop=drop, name=name, close_timeout=close_timeout)
 
     if factory is not None:
@@ -493,6 +562,7 @@ def reset_after_fork() -> None:
             local._drop_quietly(instance, state.description, event="loopsafe.instance_dropped")
             dropped += 1
         state.pid = os.getpid()
+    dropped += collect_abandoned()
     _log.info("loopsafe.fork_reset", pid=os.getpid(), dropped=dropped)
 
 
@@ -501,22 +571,53 @@ def _reinit_after_fork() -> None:
     # Another parent thread may have held the lock when the process forked.
     _lock = threading.Lock()
     _creating = threading.local()
+    for local in list(_locals):
+        local._counts_lock = threading.Lock()
     reset_after_fork()
 
 
 _fork.on_fork_in_child(_reinit_after_fork)
 
 
-def stats() -> list[dict[str, Any]]:
+class RegistryStats(TypedDict):
+    """One row of `stats()`: a registry's name, its live instances, and its lifetime counters."""
+
+    name: str
+    live: int
+    loops: int
+    created: int
+    closed: int
+    dropped: int
+    abandoned: int
+    failed: int
+
+
+def stats() -> list[RegistryStats]:
     """One row per live registry: name, live instances, and lifetime counters.
 
-    ``loops`` counts the distinct event loops the registry has served an instance to.
+    ``loops`` counts the distinct event loops the registry has served an instance to. A pure
+    read: it drops nothing (see `LoopLocal` for when abandoned instances are collected).
 
     Keys: ``name``, ``live``, ``loops``, ``created``, ``closed``, ``dropped``, ``abandoned``,
     ``failed``. Since 0.1.0.
     """
     with _lock:
         locals_ = list(_locals)
-    rows = [{"name": local.name, "live": len(local), **local._counts} for local in locals_]
-    rows.sort(key=lambda row: str(row["name"]))
+    rows: list[RegistryStats] = []
+    for local in locals_:
+        with local._counts_lock:
+            counts = dict(local._counts)
+        rows.append(
+            RegistryStats(
+                name=local.name,
+                live=len(local),
+                loops=counts["loops"],
+                created=counts["created"],
+                closed=counts["closed"],
+                dropped=counts["dropped"],
+                abandoned=counts["abandoned"],
+                failed=counts["failed"],
+            )
+        )
+    rows.sort(key=lambda row: row["name"])
     return rows

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ._registry import _all_states
+from ._registry import collect_abandoned
 from ._servers import EmbeddedPostgres, EmbeddedRedis, PgBouncer, free_port
 
 __all__ = ("EmbeddedPostgres", "EmbeddedRedis", "PgBouncer", "free_port")
@@ -61,5 +61,4 @@ def loopsafe_isolation() -> Iterator[None]:
     closed when that loop ends.
     """
     yield
-    # _all_states() drops the instances of every loop that is closed but still referenced.
-    _all_states()
+    collect_abandoned()

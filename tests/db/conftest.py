@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
 from loopsafe.db import _default
 from loopsafe.testing import PgBouncer
@@ -111,38 +112,36 @@ async def wait_for_connections(
     return count
 
 
-class PeakSampler:
-    """Samples the server's connection count for one application_name until stopped."""
+@contextlib.asynccontextmanager
+async def limited_role(postgres_url: str, limit: int) -> AsyncIterator[str]:
+    """A login role the server itself holds to `limit` connections; yields a URL that uses it.
 
-    def __init__(self, postgres_url: str, application_name: str) -> None:
-        self.url = postgres_url
-        self.application_name = application_name
-        self.peak = 0
-        self.samples = 0
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> PeakSampler:
-        self._connection = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
-        self._raw = Raw(self._connection)
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            count: int = await self._raw.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                self.application_name,
+    One connection more is refused by PostgreSQL ("too many connections for role", SQLSTATE
+    53300), however briefly it would have lasted: a budget test then fails instead of hoping a
+    sampler looked at the right moment. The role's backends leave the ProcArray before the client
+    sees its connection close, so a close followed at once by a connect is counted correctly.
+    """
+    role = f"loopsafe_{uuid.uuid4().hex[:12]}"
+    async with raw_connection(postgres_url) as raw:
+        await raw.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT {int(limit)}")
+    try:
+        yield make_url(postgres_url).set(username=role, password=None).render_as_string(False)
+    finally:
+        async with raw_connection(postgres_url) as raw:
+            # Only this test's own role: other databases' sessions are never touched.
+            await raw.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role
             )
-            self.peak = max(self.peak, count)
-            self.samples += 1
-            await asyncio.sleep(0.005)
+            for _ in range(200):  # the terminated backends leave within moments
+                if not await raw.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = $1", role
+                ):
+                    break
+                await asyncio.sleep(0.05)
+            await raw.execute(f"DROP ROLE {role}")
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        assert self._task is not None
-        await self._task
-        await self._connection.close()
+
+TOO_MANY = "too many connections for role"
 
 
 @pytest.fixture(scope="session")

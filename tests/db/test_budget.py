@@ -53,13 +53,17 @@ def test_infeasible_budget_says_what_would_fit() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"max_connections": 0, "processes": 1}, ValueError, "max_connections must be at least 1"),
-        ({"max_connections": 10, "processes": 0}, ValueError, "processes must be at least 1"),
+        ({"max_connections": 0, "processes": 1}, ValueError, "max_connections must be an int >= 1"),
+        ({"max_connections": 10, "processes": 0}, ValueError, "processes must be an int >= 1"),
         (
             {"max_connections": 10, "processes": 1, "loops_per_process": 0},
             ValueError,
-            "loops_per_process must be at least 1",
+            "loops_per_process must be an int >= 1",
         ),
+        ({"max_connections": 10, "processes": True}, TypeError, "processes must be an int"),
+        ({"max_connections": 10, "processes": 1, "reserve": float("nan")}, ValueError, "got nan"),
+        ({"max_connections": 10, "processes": 1, "reserve": float("inf")}, ValueError, "got inf"),
+        ({"max_connections": 10, "processes": 1, "reserve": True}, TypeError, "reserve must be"),
         ({"max_connections": 10, "processes": 1, "reserve": 1.0}, ValueError, r"\[0, 1\)"),
         ({"max_connections": 10, "processes": 1, "reserve": -0.1}, ValueError, r"\[0, 1\)"),
         ({"max_connections": 10.5, "processes": 1}, TypeError, "max_connections must be an int"),

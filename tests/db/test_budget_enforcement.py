@@ -1,9 +1,15 @@
-"""A budget is a promise: real processes and loops under load never hold more than their share."""
+"""A budget is a promise: real processes and loops under load never hold more than their share.
+
+The server enforces it: every test connects as a role with a CONNECTION LIMIT equal to the budget,
+so a single connection too many, however short-lived, fails the test (see `limited_role`). Each
+budgeted test has an unbudgeted control that shows the limit biting under the same load.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import textwrap
 import threading
@@ -14,7 +20,7 @@ from sqlalchemy import text
 from loopsafe import PoolExhaustedError
 from loopsafe.db import Database, PoolBudget
 
-from .conftest import PeakSampler
+from .conftest import TOO_MANY, limited_role
 
 # One worker process: 60 concurrent sessions, each holding its connection for a moment.
 WORKER = textwrap.dedent(
@@ -45,20 +51,21 @@ WORKER = textwrap.dedent(
 
 
 async def _run_workers(
-    postgres_url: str, name: str, *, processes: int, budgeted: bool, sessions: int = 60
-) -> tuple[int, list[dict[str, int]]]:
-    """Start `processes` workers, release them together, return the server-side peak."""
+    url: str, name: str, *, processes: int, budgeted: bool, sessions: int = 60
+) -> list[tuple[int, bytes, bytes]]:
+    """Start `processes` workers, release them together; (exit code, stdout, stderr) of each."""
     workers = [
         await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
             WORKER,
-            postgres_url,
+            url,
             name,
             str(processes if budgeted else 0),
             str(sessions),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         for _ in range(processes)
     ]
@@ -66,44 +73,47 @@ async def _run_workers(
         for worker in workers:
             assert worker.stdout is not None
             assert (await asyncio.wait_for(worker.stdout.readline(), 60)).strip() == b"ready"
-        async with PeakSampler(postgres_url, f"loopsafe:{name}") as sampler:
-            for worker in workers:
-                assert worker.stdin is not None
-                worker.stdin.write(b"go\n")
-                await worker.stdin.drain()
-            outputs = [await asyncio.wait_for(worker.communicate(), 90) for worker in workers]
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write(b"go\n")
+            await worker.stdin.drain()
+        outputs = [await asyncio.wait_for(worker.communicate(), 90) for worker in workers]
     finally:
         for worker in workers:
             if worker.returncode is None:
                 worker.kill()
                 await worker.wait()
-    assert all(worker.returncode == 0 for worker in workers)
-    statuses = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
-    assert sampler.samples > 3
-    return sampler.peak, statuses
+    return [
+        (worker.returncode or 0, out, err)
+        for worker, (out, err) in zip(workers, outputs, strict=True)
+    ]
 
 
 @pytest.mark.slow
 async def test_six_processes_stay_within_a_budget_of_twenty(
     postgres_url: str, db_name: str
 ) -> None:
-    """6 processes × 60 concurrent sessions, max_connections=20: at most 18 on the server."""
-    peak, statuses = await _run_workers(postgres_url, db_name, processes=6, budgeted=True)
-    assert peak <= 18
-    assert peak >= 6  # the sampler saw real load
-    for status in statuses:
+    """6 processes × 60 concurrent sessions, max_connections=20: the server allows 18, never refuses."""
+    async with limited_role(postgres_url, 18) as url:
+        results = await _run_workers(url, db_name, processes=6, budgeted=True)
+    for code, out, err in results:
+        assert code == 0, err.decode()
+        status = json.loads(out.strip().splitlines()[-1])
         assert status["capacity"] == 3  # 18 usable / 6 processes
         assert status["checked_out"] == 0
 
 
 @pytest.mark.slow
-async def test_without_a_budget_the_same_load_exceeds_it(postgres_url: str, db_name: str) -> None:
-    """Control: the sampler does see more than 18 when nothing holds the processes back."""
-    peak, _ = await _run_workers(postgres_url, db_name, processes=2, budgeted=False)
-    assert peak > 18
+async def test_without_a_budget_the_same_load_is_refused_by_the_server(
+    postgres_url: str, db_name: str
+) -> None:
+    """Control: unbudgeted pools (12 connections each) run into the role's limit of 18."""
+    async with limited_role(postgres_url, 18) as url:
+        results = await _run_workers(url, db_name, processes=2, budgeted=False)
+    assert any(code != 0 and TOO_MANY in err.decode() for code, _, err in results), results
 
 
-def _hammer(db: Database, sessions: int, start: threading.Barrier) -> None:
+def _hammer(db: Database, sessions: int, start: threading.Barrier, errors: list[str]) -> None:
     async def one() -> None:
         async with db.session() as session:
             await session.execute(text("SELECT pg_sleep(0.02)"))
@@ -112,7 +122,10 @@ def _hammer(db: Database, sessions: int, start: threading.Barrier) -> None:
         await asyncio.to_thread(start.wait)
         await asyncio.gather(*(one() for _ in range(sessions)))
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except Exception as exc:
+        errors.append(f"{type(exc).__name__}: {exc}")
 
 
 @pytest.mark.parametrize("budgeted", [True, False])
@@ -122,18 +135,19 @@ async def test_more_loops_than_budgeted_wait_instead_of_exceeding(
     """A process budgeted for 1 loop runs 3: the process-wide cap (4) still holds."""
     budget = PoolBudget(max_connections=4, processes=1, reserve=0) if budgeted else None
     options = {} if budgeted else {"pool_size": 2, "max_overflow": 2}
-    db = Database(postgres_url, name=db_name, budget=budget, engine_options=options)
-    start = threading.Barrier(3)
-    async with PeakSampler(postgres_url, app_name) as sampler:
-        threads = [threading.Thread(target=_hammer, args=(db, 12, start)) for _ in range(3)]
+    errors: list[str] = []
+    async with limited_role(postgres_url, 4) as url:
+        db = Database(url, name=db_name, budget=budget, engine_options=options)
+        start = threading.Barrier(3)
+        threads = [threading.Thread(target=_hammer, args=(db, 12, start, errors)) for _ in range(3)]
         for thread in threads:
             thread.start()
         for thread in threads:
             await asyncio.to_thread(thread.join)
     if budgeted:
-        assert sampler.peak <= 4
+        assert errors == []
     else:  # control: each loop's pool alone allows 4, so 3 loops go past the process's share
-        assert sampler.peak > 4
+        assert any(TOO_MANY in error for error in errors), errors
 
 
 async def test_exhausted_pool_raises_naming_the_budget(postgres_url: str, db_name: str) -> None:
@@ -141,10 +155,11 @@ async def test_exhausted_pool_raises_naming_the_budget(postgres_url: str, db_nam
     db = Database(postgres_url, name=db_name, budget=budget, engine_options={"pool_timeout": 0.2})
     async with db.session() as session:
         await session.execute(text("SELECT 1"))
-        with pytest.raises(PoolExhaustedError, match=r"PoolBudget\(max_connections=1.*gives this"):
+        with pytest.raises(TimeoutError) as caught:  # a PoolExhaustedError is also a TimeoutError
             async with db.session():
                 pass
-        assert isinstance(PoolExhaustedError("x"), TimeoutError)
+        assert isinstance(caught.value, PoolExhaustedError)
+        assert re.search(r"PoolBudget\(max_connections=1.*gives this", str(caught.value))
     async with db.session() as session:  # and the pool is fine afterwards
         await session.execute(text("SELECT 1"))
 
@@ -165,17 +180,26 @@ async def test_exhausted_process_quota_raises_across_loops(postgres_url: str, db
     await asyncio.to_thread(asyncio.run, other_loop())
 
 
+@pytest.mark.parametrize("budgeted", [True, False])
 async def test_null_pool_respects_the_budget(
-    postgres_url: str, db_name: str, app_name: str
+    postgres_url: str, db_name: str, budgeted: bool
 ) -> None:
-    budget = PoolBudget(max_connections=3, processes=1, reserve=0)
-    db = Database(postgres_url, name=db_name, budget=budget, poolclass="null")
+    """15 concurrent sessions, a connection each, against a server that allows 3."""
+    budget = PoolBudget(max_connections=3, processes=1, reserve=0) if budgeted else None
+    async with limited_role(postgres_url, 3) as url:
+        db = Database(url, name=db_name, budget=budget, poolclass="null")
 
-    async def one() -> None:
-        async with db.session() as session:
-            await session.execute(text("SELECT pg_sleep(0.02)"))
+        async def one() -> None:
+            async with db.session() as session:
+                await session.execute(text("SELECT pg_sleep(0.02)"))
 
-    async with PeakSampler(postgres_url, app_name) as sampler:
-        await asyncio.gather(*(one() for _ in range(15)))
-    assert 1 <= sampler.peak <= 3
-    assert db.pool_status()["capacity"] == 3
+        outcomes = await asyncio.gather(*(one() for _ in range(15)), return_exceptions=True)
+        if budgeted:
+            assert db.pool_status()["capacity"] == 3
+        await db.aclose()
+    refused = [outcome for outcome in outcomes if outcome is not None]
+    if budgeted:
+        assert refused == []
+    else:  # control: without a budget the server refuses the connections past 3
+        assert refused
+        assert all(TOO_MANY in str(error) for error in refused), refused

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import subprocess
+import sys
 import threading
 import types
 from collections.abc import Callable
@@ -18,6 +20,7 @@ import loopsafe
 import loopsafe.db
 from loopsafe.db import Database, DatabaseNotConfiguredError, PoolBudget
 
+from ..conftest import attach_a_new_loop
 from .conftest import raw_connection, server_connections, wait_for_connections
 
 SELECT_APP = text("SELECT current_setting('application_name')")
@@ -164,13 +167,25 @@ def test_url_defaults_to_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"name": ""}, ValueError, "name must be a non-empty string"),
         ({"pooler": "statement"}, ValueError, "pooler must be"),
         ({"poolclass": "static"}, ValueError, "poolclass must be"),
-        ({"connect_retries": -1}, ValueError, "connect_retries must be >= 0"),
+        ({"connect_retries": -1}, ValueError, "connect_retries must be an int >= 0, got -1"),
         ({"connect_retries": 1.5}, TypeError, "connect_retries must be an int"),
+        (
+            {"connect_retries": True},
+            TypeError,
+            r"connect_retries must be an int, got True \(bool\)",
+        ),
         ({"budget": 10}, TypeError, "budget must be a loopsafe.db.PoolBudget"),
         ({"engine_options": {"poolclass": object}}, ValueError, "poolclass='queue' or 'null'"),
         ({"engine_options": [("echo", True)]}, TypeError, "engine_options must be a mapping"),
         ({"engine_options": {"connect_args": 1}}, TypeError, "connect_args'] must be a mapping"),
-        ({"engine_options": {"pool_timeout": 0}}, ValueError, "pool_timeout'] must be > 0"),
+        ({"engine_options": {"pool_timeout": 0}}, ValueError, "pool_timeout'] must be a finite"),
+        (
+            {"engine_options": {"pool_timeout": float("nan")}},
+            ValueError,
+            r"pool_timeout'\] must be a finite number of seconds > 0, got nan",
+        ),
+        ({"engine_options": {"pool_timeout": float("inf")}}, ValueError, "got inf"),
+        ({"engine_options": {"pool_timeout": True}}, TypeError, "got True"),
         (
             {"budget": PoolBudget(10, 1), "engine_options": {"pool_size": 3}},
             ValueError,
@@ -243,7 +258,7 @@ def test_loop_closed_without_shutdown_drops_its_connections(
     with caplog.at_level(logging.INFO, logger="loopsafe"):
         del loop
         gc.collect()
-        loopsafe.stats()  # any lookup sweeps loops that closed without disposal
+        attach_a_new_loop()  # where loops that closed without disposal are collected
     assert db.pool_status()["loops"] == 0
     assert "loopsafe.db.engine_dropped" in caplog.text
     assert asyncio.run(wait_for_connections(postgres_url, app_name, 0)) == 0
@@ -400,3 +415,21 @@ def test_public_names_are_exported_sorted() -> None:
     }
     assert public == set(loopsafe.db.__all__)
     assert loopsafe.db.Database.__module__ == "loopsafe.db"
+
+
+def test_a_missing_driver_fails_at_construction_naming_the_extra() -> None:
+    code = """
+import sys
+sys.modules["asyncpg"] = None  # as if the driver were not installed
+import loopsafe.db
+try:
+    loopsafe.db.Database("postgresql://user@localhost/app")
+except ImportError as exc:
+    print(exc)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "loopsafe.db Database 'default' uses the asyncpg driver, which is not installed: "
+        "pip install 'loopsafe[db]'"
+    )

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import loopsafe.db
+from loopsafe.db._status import PoolStatus
 
 from .conftest import server_connections, wait_for_connections
 
@@ -34,7 +35,7 @@ def make_app(table: str) -> FastAPI:
         return {"count": rows}
 
     @app.get("/health")
-    async def health() -> dict[str, int]:
+    async def health() -> PoolStatus:
         return loopsafe.db.pool_status()
 
     return app

@@ -6,6 +6,7 @@ import json
 import math
 from fractions import Fraction
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from hypothesis import given
@@ -64,11 +65,11 @@ def test_infeasible_plan_says_what_would_fit() -> None:
         (lambda: Role(1, loops=0), ValueError, "at least 1"),
         (lambda: Role(1, weight=0), ValueError, "weight must be a finite number > 0"),
         (lambda: Role(1, weight=float("nan")), ValueError, "finite"),
-        (lambda: Role(1, weight="2"), TypeError, "weight must be a number"),
+        (lambda: Role(1, weight=cast(Any, "2")), TypeError, "weight must be a number"),
         (lambda: Role(1, minimum=-1), ValueError, "minimum must be >= 0"),
-        (lambda: Role(1.5), TypeError, "processes must be an int"),
+        (lambda: Role(cast(Any, 1.5)), TypeError, "processes must be an int"),
         (lambda: BudgetPlan(50, {}), ValueError, "at least one role"),
-        (lambda: BudgetPlan(50, {"web": 2}), TypeError, "must be a Role"),
+        (lambda: BudgetPlan(50, {"web": cast(Any, 2)}), TypeError, "must be a Role"),
         (lambda: BudgetPlan(50, {"": Role(1)}), ValueError, "non-empty strings"),
         (lambda: BudgetPlan(0, {"web": Role(1)}), ValueError, "max_connections must be at least 1"),
         (lambda: BudgetPlan(50, {"web": Role(1)}, reserve=1), ValueError, r"\[0, 1\)"),

@@ -17,6 +17,7 @@ import loopsafe.db.metrics
 from loopsafe import PoolExhaustedError
 from loopsafe.db import Database, PoolBudget
 
+from ..conftest import logged
 from ..forking import in_child
 
 TWO = PoolBudget(max_connections=2, processes=1, reserve=0)  # pool 1 + overflow 1
@@ -88,13 +89,8 @@ async def test_a_long_hold_and_sustained_usage_are_logged_with_the_code_path(
             await asyncio.sleep(0.1)
     finally:
         await db.aclose()
-    events = [
-        r for r in caplog.records if getattr(r, "loopsafe_event", "").startswith("loopsafe.db.")
-    ]
-    pressure = [
-        r.loopsafe_fields for r in events if r.loopsafe_event == "loopsafe.db.pool_pressure"
-    ]
-    held = [r.loopsafe_fields for r in events if r.loopsafe_event == "loopsafe.db.connection_held"]
+    pressure = logged(caplog, "loopsafe.db.pool_pressure")
+    held = logged(caplog, "loopsafe.db.connection_held")
     assert len(pressure) == 1
     assert pressure[0]["capacity"] == 2
     assert pressure[0]["database"] == db_name

@@ -151,13 +151,26 @@ async def test_retries_run_out(postgres_url: str, db_name: str) -> None:
     assert calls == 2
 
 
-@pytest.mark.parametrize("retries", [-1, 1.5, True])
-async def test_bad_retries_are_rejected(postgres_url: str, retries: object) -> None:
-    async def nothing(session: AsyncSession) -> None:
-        return None
+@pytest.mark.parametrize(
+    ("retries", "error", "match"),
+    [
+        (-1, ValueError, "retries must be an int >= 0, got -1"),
+        (1.5, TypeError, r"retries must be an int, got 1\.5 \(float\)"),
+        (True, TypeError, r"retries must be an int, got True \(bool\)"),
+    ],
+)
+async def test_bad_retries_are_rejected(
+    postgres_url: str, retries: object, error: type[Exception], match: str
+) -> None:
+    calls = 0
 
-    with pytest.raises(ValueError, match="retries must be an int >= 0"):
-        await Database(postgres_url).run_in_transaction(nothing, retries=retries)  # type: ignore[arg-type]
+    async def counted(session: AsyncSession) -> None:
+        nonlocal calls
+        calls += 1
+
+    with pytest.raises(error, match=match):
+        await Database(postgres_url).run_in_transaction(counted, retries=retries)  # type: ignore[arg-type]
+    assert calls == 0  # refused before anything ran
 
 
 @pytest.mark.both_loops

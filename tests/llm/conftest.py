@@ -1,16 +1,27 @@
-"""A real OpenAI-compatible HTTP server for the LLM client tests: a tiny ASGI app under uvicorn."""
+"""A real OpenAI-compatible HTTP server for the LLM client tests: a tiny ASGI app under uvicorn.
+
+Besides echoing, it plays a provider with a rate limit. A model named ``busy:<cap>:<ms>:<tag>``
+answers after ``<ms>`` milliseconds and with 429 + Retry-After whenever more than ``<cap>`` such
+calls are in flight; ``throttle:<seconds>:<tag>`` answers its first call with 429 and
+``Retry-After: <seconds>``. ``GET /v1/stats/<tag>`` reports what calls under a tag saw.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 
+from loopsafe.llm import _settings
+from loopsafe.redis import _client as redis_client
 from loopsafe.testing import free_port
 
 Scope = MutableMapping[str, Any]
@@ -34,6 +45,60 @@ async def _respond(send: Send, status: int, payload: object) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def _respond_429(send: Send, retry_after: str) -> None:
+    body = json.dumps({"error": {"message": "rate limited", "type": "rate_limit"}}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", retry_after.encode()),
+    ]
+    await send({"type": "http.response.start", "status": 429, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class TagStats:
+    """What the calls under one tag saw: served, rejected with 429, and the most at once."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.served = 0
+        self.rejected = 0
+
+
+#: Per tag; touched only on the server's own event loop.
+STATS: dict[str, TagStats] = {}
+
+
+async def _limited_provider(model: str, send: Send) -> bool:
+    """Play a provider with a limit for ``busy:``/``throttle:`` models; False for any other."""
+    kind, _, rest = model.partition(":")
+    if kind == "busy":
+        cap, delay_ms, tag = rest.split(":", 2)
+        stats = STATS.setdefault(tag, TagStats())
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        try:
+            if stats.in_flight > int(cap):
+                stats.rejected += 1
+                await _respond_429(send, "1")
+                return True
+            await asyncio.sleep(int(delay_ms) / 1000)
+            stats.served += 1
+        finally:
+            stats.in_flight -= 1
+        return False
+    if kind == "throttle":
+        seconds, tag = rest.split(":", 1)
+        stats = STATS.setdefault(tag, TagStats())
+        if stats.rejected == 0:
+            stats.rejected += 1
+            await _respond_429(send, seconds)
+            return True
+        stats.served += 1
+    return False
+
+
 async def openai_compatible_app(scope: Scope, receive: Receive, send: Send) -> None:
     """Answers /v1/models and /v1/chat/completions like an OpenAI server (echoing the prompt).
 
@@ -55,8 +120,14 @@ async def openai_compatible_app(scope: Scope, receive: Receive, send: Send) -> N
             },
         )
         return
+    if scope["path"].startswith("/v1/stats/"):
+        stats = STATS.get(scope["path"].removeprefix("/v1/stats/"), TagStats())
+        await _respond(send, 200, {k: v for k, v in vars(stats).items() if k != "in_flight"})
+        return
     if scope["path"] == "/v1/chat/completions" and scope["method"] == "POST":
         request = json.loads(body)
+        if await _limited_provider(request["model"], send):
+            return
         prompt = request["messages"][-1]["content"]
         await _respond(
             send,
@@ -105,3 +176,33 @@ def llm_server_url() -> Iterator[str]:
     yield f"http://127.0.0.1:{port}/v1"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_llm_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts unconfigured, with no provider keys from the machine's environment."""
+    for variable in (
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_BASE_URL",
+        "LOOPSAFE_LLM_NAMESPACE",
+        "LOOPSAFE_PROCESSES",
+    ):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(_settings, "_settings", None)
+    monkeypatch.setattr(redis_client, "_settings", None)
+
+
+@pytest.fixture
+def namespace() -> str:
+    """Redis key prefix no other test (or engineer sharing the server) uses."""
+    return f"loopsafe-test:{uuid.uuid4().hex[:12]}"
+
+
+def stats(base_url: str, tag: str) -> dict[str, int]:
+    """What the test server saw for the calls under `tag`."""
+    response = httpx.get(f"{base_url}/stats/{tag}", timeout=10)
+    response.raise_for_status()
+    found: dict[str, int] = response.json()
+    return found

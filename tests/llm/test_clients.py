@@ -1,171 +1,104 @@
-"""The docs/llm_clients.md recipe: loop_local httpx.AsyncClient and openai.AsyncOpenAI clients
-talk to a real OpenAI-compatible server from many loops, threads and a forked child."""
+"""The docs/llm_clients.md recipe for any other client: a per-loop SDK object over
+`loopsafe.llm.get_http(name)`, against a real OpenAI-compatible server, over loops and a fork."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
-import threading
 from typing import Any
 
 import httpx
 import pytest
-from openai import AsyncOpenAI
 
-from loopsafe import LoopLocal, aclose_all, loop_local
+import loopsafe.llm
+from loopsafe import aclose_all, loop_local
 
 from ..conftest import LoopFactory, run_on_new_loop
 from ..forking import in_child
 
+
+class EchoAPI:
+    """An SDK of the usual shape: it takes an `httpx.AsyncClient` and closes it in `aclose()`."""
+
+    def __init__(self, http_client: httpx.AsyncClient) -> None:
+        self.http = http_client
+
+    async def ask(self, prompt: str) -> tuple[str, str]:
+        """The answer, and the client address the server saw (tells pooled connections apart)."""
+        response = await self.http.post(
+            "chat/completions",
+            json={"model": "echo-1", "messages": [{"role": "user", "content": prompt}]},
+        )
+        body = response.json()
+        return body["choices"][0]["message"]["content"], body["system_fingerprint"]
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
 # --- the recipe (keep in step with docs/llm_clients.md) ---------------------------------------
 
-# What a forked child inherited: kept alive and untouched, so nothing in the child ever closes
-# (or unregisters from the parent's event loop) a socket the parent is still using.
-_inherited: list[object] = []
 
-
-def make_clients(base_url: str) -> tuple[LoopLocal[httpx.AsyncClient], LoopLocal[AsyncOpenAI]]:
-    @loop_local(name="test-http", drop=_inherited.append)
-    def http_client() -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=base_url, timeout=10)
-
-    @loop_local(name="test-llm", drop=_inherited.append)
-    def llm() -> AsyncOpenAI:
-        return AsyncOpenAI(base_url=base_url, api_key="test-key", max_retries=0, timeout=10)
-
-    # loop_local(**options) types the factory's result as `object` when `drop` is given (a core
-    # typing gap, reported); the runtime objects are the right ones.
-    return http_client, llm  # type: ignore[return-value]
-
-
-async def ask(llm: LoopLocal[AsyncOpenAI], prompt: str) -> tuple[str, str]:
-    """One chat completion; returns the answer and the client address the server saw."""
-    async with asyncio.timeout(10):  # a broken connection must fail the test, not hang it
-        reply = await llm().chat.completions.create(
-            model="echo-1", messages=[{"role": "user", "content": prompt}]
-        )
-    assert reply.system_fingerprint is not None
-    return str(reply.choices[0].message.content), reply.system_fingerprint
+@loop_local(name="echo-api")
+def echo_api() -> EchoAPI:
+    return EchoAPI(http_client=loopsafe.llm.get_http("echo"))
 
 
 # -------------------------------------------------------------------------------------------------
 
 
-def test_httpx_client_one_per_loop_closed_inside_its_loop(
-    llm_server_url: str, loop_factory: LoopFactory
-) -> None:
-    http_client, _ = make_clients(llm_server_url)
-
-    async def use() -> httpx.AsyncClient:
-        client = http_client()
-        assert client is http_client()
-        response = await client.get("models")
-        assert response.json()["data"][0]["id"] == "echo-1"
-        assert not client.is_closed
-        return client
-
-    clients = [run_on_new_loop(loop_factory, use()) for _ in range(3)]
-    assert len({id(client) for client in clients}) == 3
-    assert all(client.is_closed for client in clients)
+async def ask(prompt: str) -> tuple[str, str]:
+    return await echo_api().ask(prompt)
 
 
-def test_openai_client_from_several_loops(llm_server_url: str, loop_factory: LoopFactory) -> None:
-    _, llm = make_clients(llm_server_url)
+@pytest.fixture(autouse=True)
+def configured(llm_server_url: str) -> None:
+    loopsafe.llm.configure(http={"echo": {"base_url": llm_server_url, "timeout": 10}})
 
-    async def use(n: int) -> AsyncOpenAI:
-        answer, first_peer = await ask(llm, f"q{n}")
-        _, second_peer = await ask(llm, f"q{n} again")
+
+def test_one_client_per_loop_closed_inside_its_loop(loop_factory: LoopFactory) -> None:
+    async def use(n: int) -> EchoAPI:
+        answer, first_peer = await echo_api().ask(f"q{n}")
+        _, second_peer = await echo_api().ask(f"q{n} again")
         assert answer == f"echo: q{n}"
         assert first_peer == second_peer  # one pooled connection per loop, reused
-        return llm()
+        assert echo_api() is echo_api()
+        return echo_api()
 
     clients = [run_on_new_loop(loop_factory, use(n)) for n in range(3)]
     assert len({id(client) for client in clients}) == 3
-    assert all(client.is_closed() for client in clients)
-
-
-def test_openai_client_from_threads_each_with_its_own_loop(llm_server_url: str) -> None:
-    _, llm = make_clients(llm_server_url)
-    barrier = threading.Barrier(4)
-    results: dict[int, tuple[AsyncOpenAI, set[str], list[str]]] = {}
-    errors: list[BaseException] = []
-
-    async def use(worker: int) -> None:
-        barrier.wait(timeout=20)
-        answers, peers = [], set()
-        for n in range(3):
-            answer, peer = await ask(llm, f"{worker}-{n}")
-            answers.append(answer)
-            peers.add(peer)
-        results[worker] = (llm(), peers, answers)
-
-    def run(worker: int) -> None:
-        try:
-            asyncio.run(use(worker))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(w,)) for w in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not errors
-    assert sorted(results) == [0, 1, 2, 3]
-    for worker, (client, peers, answers) in results.items():
-        assert answers == [f"echo: {worker}-{n}" for n in range(3)]
-        assert len(peers) == 1
-        assert client.is_closed()
-    assert len({id(client) for client, _, _ in results.values()}) == 4
-    assert len({next(iter(peers)) for _, peers, _ in results.values()}) == 4
-
-
-@pytest.mark.both_loops
-async def test_concurrent_requests_on_one_loop_share_one_client(llm_server_url: str) -> None:
-    _, llm = make_clients(llm_server_url)
-    answers = await asyncio.gather(*(ask(llm, f"c{n}") for n in range(8)))
-    assert [answer for answer, _ in answers] == [f"echo: c{n}" for n in range(8)]
-    assert len(llm) == 1
-    client = llm()
-    await aclose_all()
-    assert client.is_closed()
+    assert all(client.http.is_closed for client in clients)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_gets_new_clients_and_the_parents_connections_survive(
-    llm_server_url: str, loop_factory: LoopFactory
+    loop_factory: LoopFactory,
 ) -> None:
-    http_client, llm = make_clients(llm_server_url)
     loop = loop_factory()
-
-    async def parent_peers() -> tuple[str, str]:
-        _, llm_peer = await ask(llm, "parent")
-        async with asyncio.timeout(10):
-            response = await http_client().get("models")
-        return llm_peer, response.json()["data"][0]["owned_by"]
-
     try:
-        before = loop.run_until_complete(parent_peers())
+        _, before = loop.run_until_complete(ask("parent"))
 
         def child() -> dict[str, Any]:
             async def work() -> dict[str, Any]:
                 gc.collect()  # whatever was inherited must not be collected into closing sockets
-                answer, llm_peer = await ask(llm, "child")
-                response = await http_client().get("models")
-                return {
-                    "answer": answer,
-                    "peers": [llm_peer, response.json()["data"][0]["owned_by"]],
-                }
+                answer, peer = await echo_api().ask("child")
+                return {"answer": answer, "peer": peer}
 
             return run_on_new_loop(loop_factory, work())
 
         report = in_child(child)
         assert report["answer"] == "echo: child"
-        assert not set(report["peers"]) & set(before)  # the child opened its own connections
-        # The parent's clients still use the very same connections: nothing in the child wrote
-        # to, closed, or unregistered them.
-        assert loop.run_until_complete(parent_peers()) == before
+        assert report["peer"] != before  # the child opened its own connection
+        # The parent still talks on the very same connection: nothing in the child wrote to,
+        # closed, or unregistered it.
+        assert loop.run_until_complete(ask("parent again"))[1] == before
     finally:
         loop.run_until_complete(aclose_all())
         loop.close()
+
+
+async def test_closing_the_sdk_and_loopsafe_closing_its_http_client_do_not_clash() -> None:
+    api = echo_api()
+    assert (await api.ask("x"))[0] == "echo: x"
+    await aclose_all()  # the SDK's aclose() and get_http()'s own close both run: no error
+    assert api.http.is_closed

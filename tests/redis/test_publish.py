@@ -48,11 +48,13 @@ async def listening(channel: str, into: list[Message]) -> AsyncIterator[None]:
     async def subscribed() -> bool:
         return int((await client.pubsub_numsub(channel))[0][1]) > 0
 
-    for _ in range(500):
-        if await subscribed():
-            break
-        await asyncio.sleep(0.01)
     try:
+        for _ in range(500):
+            if await subscribed():
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError(f"the subscription to {channel} never appeared within 5 s")
         yield
     finally:
         task.cancel()
@@ -101,7 +103,8 @@ async def test_a_message_that_cannot_be_sent_returns_false_with_the_reason(
         (None, 5.0, "channel must be str or bytes, got NoneType"),
         ("ok", 0, "timeout must be a finite number of seconds > 0, got 0"),
         ("ok", float("nan"), "timeout must be a finite number of seconds > 0, got nan"),
-        ("ok", "5", "timeout must be a finite number of seconds > 0, got '5'"),
+        ("ok", "5", "timeout must be a number of seconds, got '5' (str)"),
+        ("ok", True, "timeout must be a number of seconds, got True (bool)"),
         ("ok", float("inf"), "timeout must be a finite number of seconds > 0, got inf"),
     ],
 )
@@ -271,6 +274,9 @@ def test_eight_threads_publish_two_hundred_each_with_one_client_per_loop(
             if await subscribed():
                 break
             await asyncio.sleep(0.01)
+        else:
+            task.cancel()
+            raise AssertionError(f"the subscription to {channel} never appeared within 10 s")
         ready.set()
         async with asyncio.timeout(60):
             await task

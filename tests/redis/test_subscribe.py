@@ -221,11 +221,19 @@ async def test_channel_names_must_be_strings(configured: str) -> None:
         await _first(subscribe(b"news"))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("bad", [-1, float("nan"), "30"])
-async def test_reconnect_timeout_must_be_a_non_negative_number(
-    configured: str, bad: object
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf")])
+async def test_reconnect_timeout_must_be_a_finite_non_negative_number(
+    configured: str, bad: float
 ) -> None:
-    with pytest.raises(ValueError, match="reconnect_timeout must be a number of seconds >= 0"):
+    with pytest.raises(
+        ValueError, match="reconnect_timeout must be a finite number of seconds >= 0"
+    ):
+        await _first(subscribe("news", reconnect_timeout=bad))
+
+
+@pytest.mark.parametrize("bad", ["30", True, None])
+async def test_reconnect_timeout_must_be_a_number_not_a_bool(configured: str, bad: object) -> None:
+    with pytest.raises(TypeError, match="reconnect_timeout must be a number of seconds, got "):
         await _first(subscribe("news", reconnect_timeout=bad))  # type: ignore[arg-type]
 
 

@@ -93,6 +93,9 @@ class Settings:
     llm_concurrency: int = 6
     llm_retries: int = 2
     llm_timeout_s: float = 60.0
+    # LLM_LIMIT_SCOPE=process: each process keeps LLM_CONCURRENCY to itself (what the app did
+    # before loopsafe.llm), kept to reproduce the provider's 429s; "deployment" shares one limit.
+    llm_limit_scope: Literal["deployment", "process"] = "deployment"
     content_batch_size: int = 8
     event_timeout_s: float = 1.0
     # How content jobs write: "batched" (one writer per job, a connection only per batch
@@ -149,6 +152,9 @@ class Settings:
                 f"CELERY_WORKER_LOOP must be 'thread' or 'process', got {worker_loop!r}"
             )
         plan, role = _budget_plan(env)
+        scope = _text(env, "LLM_LIMIT_SCOPE", cls.llm_limit_scope)
+        if scope not in ("deployment", "process"):
+            raise SettingsError(f"LLM_LIMIT_SCOPE must be 'deployment' or 'process', got {scope!r}")
         numbers: dict[str, Any] = {
             field: _number(env, variable, getattr(cls, field), parse, low=low, high=high)
             for field, (variable, parse, low, high) in _NUMBERS.items()
@@ -170,6 +176,7 @@ class Settings:
             celery_worker_loop="process" if worker_loop == "process" else "thread",
             budget_plan=plan,
             role=role,
+            llm_limit_scope="process" if scope == "process" else "deployment",
             **numbers,
         )
 

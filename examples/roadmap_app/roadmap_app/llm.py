@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -12,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import quote_plus
 
-from openai import AsyncOpenAI, OpenAIError
+from openai import OpenAIError
 
-from loopsafe import loop_local
+import loopsafe.llm
 from roadmap_app.config import Settings, get_settings
 
 __all__ = (
@@ -25,7 +26,6 @@ __all__ = (
     "Prompt",
     "PromptKind",
     "get_provider",
-    "openai_client",
 )
 
 PromptKind = Literal["intent", "curriculum", "tutorial", "resources", "quiz"]
@@ -63,37 +63,44 @@ class LLMProvider(Protocol):
 # OpenAI-compatible provider
 
 
-async def _close_client(client: AsyncOpenAI) -> None:
-    await client.close()
-
-
-@loop_local(aclose=_close_client, name="roadmap_app.openai_client")
-def openai_client() -> AsyncOpenAI:
-    """This event loop's `AsyncOpenAI` client.
-
-    The SDK's httpx connection pool is bound to the loop that first used it; Celery's worker loop,
-    uvicorn's loop and each test's loop therefore get a client of their own, closed with the loop.
-    """
-    settings = get_settings()
-    return AsyncOpenAI(
-        base_url=settings.llm_base_url,
-        api_key=settings.llm_api_key or "unused",
-        timeout=settings.llm_timeout_s,
-        max_retries=2,
-    )
+def _limit_namespace(settings: Settings) -> str:
+    """Where the LLM limit lives in Redis: one place for the deployment, or one per process."""
+    namespace = f"{settings.key_prefix}roadmap:llm"
+    return f"{namespace}:{os.getpid()}" if settings.llm_limit_scope == "process" else namespace
 
 
 class OpenAIProvider:
-    """Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, LM Studio, …)."""
+    """Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, LM Studio, …).
+
+    Each event loop gets its own client from `loopsafe.llm.get_openai()`, closed with the loop.
+    `LLM_CONCURRENCY` is one limit for the whole deployment (every worker process and the API
+    together, coordinated through Redis), and a 429's Retry-After holds back every process. The
+    SDK does not retry: `ask()` is the only retry layer, under one deadline. Making a provider
+    configures `loopsafe.llm` for this process from `settings` (the process has one deployment).
+    """
 
     name = "openai"
 
-    def __init__(self, model: str) -> None:
-        self.model = model
+    def __init__(self, settings: Settings) -> None:
+        self.model = settings.llm_model
+        loopsafe.llm.configure(
+            openai_api_key=settings.llm_api_key or "unused",
+            openai_base_url=settings.llm_base_url,
+            timeout=settings.llm_timeout_s,
+            max_retries=0,
+            limits={
+                "openai": loopsafe.llm.Limit(
+                    concurrency=settings.llm_concurrency,
+                    max_wait=settings.llm_timeout_s,
+                    processes=settings.processes,
+                )
+            },
+            namespace=_limit_namespace(settings),
+        )
 
     async def complete_json(self, prompt: Prompt) -> dict[str, Any]:
         try:
-            response = await openai_client().chat.completions.create(
+            response = await loopsafe.llm.get_openai().chat.completions.create(
                 model=self.model,
                 messages=[
                     {"role": "system", "content": prompt.system},
@@ -102,7 +109,7 @@ class OpenAIProvider:
                 response_format={"type": "json_object"},
                 temperature=0.4,
             )
-        except OpenAIError as exc:
+        except (OpenAIError, loopsafe.llm.LimitTimeoutError) as exc:
             raise LLMError(f"{prompt.kind}: {type(exc).__name__}: {exc}") from exc
         text = (response.choices[0].message.content or "").strip() if response.choices else ""
         # Some servers wrap JSON in a markdown fence despite response_format.
@@ -555,7 +562,7 @@ def get_provider(settings: Settings | None = None) -> LLMProvider:
     """The provider `settings` ask for (`LLM_PROVIDER`, or `openai` when `LLM_BASE_URL` is set)."""
     settings = settings or get_settings()
     if settings.llm_provider == "openai":
-        return OpenAIProvider(settings.llm_model)
+        return OpenAIProvider(settings)
     return OfflineProvider(
         latency_ms=settings.llm_latency_ms,
         jitter_ms=settings.llm_jitter_ms,

@@ -14,7 +14,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 import loopsafe
 import loopsafe.db
 import loopsafe.db.metrics
+from roadmap_app.api.allowed_methods import answer_allowed_methods
+from roadmap_app.api.request_guard import RequestGuard
 from roadmap_app.api.routes import health, roadmaps, web
+from roadmap_app.api.security_headers import SecurityHeaders
 from roadmap_app.config import Settings, get_settings
 from roadmap_app.events import EventPublisher
 from roadmap_app.jobs import create_celery_app
@@ -66,4 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def metrics() -> Response:
         """This process's Prometheus metrics, loopsafe's pool gauges and wait histogram included."""
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    answer_allowed_methods(app)
+    app.add_middleware(RequestGuard)
+    app.add_middleware(SecurityHeaders)
     return app

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import psycopg
 import pytest
 from roadmap_testkit import Stack, delete_keys, make_env
@@ -12,6 +13,7 @@ from sqlalchemy.engine import make_url
 
 from roadmap_app.__main__ import migrate_database
 from roadmap_app.config import Settings
+from roadmap_app.main import create_app
 from roadmap_app.resources import configure_resources
 
 
@@ -53,6 +55,17 @@ def configured(settings: Settings) -> Settings:
     """loopsafe's default database and Redis client pointed at the test servers (in-process)."""
     configure_resources(settings)
     return settings
+
+
+@pytest.fixture
+async def client(configured: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in process behind an httpx client: requests reach it through ASGI, no server."""
+    app = create_app(configured)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://roadmap.test"
+    ) as http:
+        yield http
+    app.state.celery.close()
 
 
 @pytest.fixture(scope="session")

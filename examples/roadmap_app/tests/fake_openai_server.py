@@ -1,34 +1,105 @@
 """A minimal OpenAI-compatible chat-completions server for the OpenAI provider's tests.
 
-It answers with the offline provider's JSON for the prompt kind named in the system message, or
-with text that is not JSON when the user message says so.
+It answers with the offline provider's JSON for the prompt kind named in the system message (the
+pipeline's own prompts, or a test's ``kind=…`` with the context as JSON), or
+with text that is not JSON when the user message says so, or with a 500 when it says
+``ALWAYS 500``. Calls are counted per user message (``GET /v1/calls?user=…``). Like a provider
+with a rate limit, it answers 429 with ``Retry-After: 1`` while more than
+``$FAKE_OPENAI_MAX_CONCURRENCY`` calls are in flight (unset: no limit), each call taking
+``$FAKE_OPENAI_LATENCY_MS``; ``GET /v1/stats`` reports calls served, rejected and the most at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import json
+import os
+import re
 import time
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
-from roadmap_app.llm import OfflineProvider, Prompt
+from roadmap_app.llm import OfflineProvider, Prompt, PromptKind
 
 app = FastAPI()
 _offline = OfflineProvider()
-KINDS = ("intent", "curriculum", "tutorial", "resources", "quiz")
+KINDS: tuple[PromptKind, ...] = ("intent", "curriculum", "tutorial", "resources", "quiz")
+_MAX_CONCURRENCY = int(os.environ.get("FAKE_OPENAI_MAX_CONCURRENCY") or 0)
+_LATENCY_S = int(os.environ.get("FAKE_OPENAI_LATENCY_MS") or 0) / 1000
+_calls: collections.Counter[str] = collections.Counter()
+_stats = {"served": 0, "rejected": 0, "max_in_flight": 0}
+_in_flight = 0
 
 
-@app.post("/v1/chat/completions")
-async def chat_completions(request: Request) -> dict[str, Any]:
-    body = await request.json()
+@app.get("/v1/calls")
+async def calls(user: str) -> int:
+    return _calls[user]
+
+
+@app.get("/v1/stats")
+async def stats() -> dict[str, int]:
+    return _stats
+
+
+@app.post("/v1/chat/completions", response_model=None)
+async def chat_completions(request: Request) -> dict[str, Any] | JSONResponse:
+    global _in_flight
+    _in_flight += 1
+    _stats["max_in_flight"] = max(_stats["max_in_flight"], _in_flight)
+    try:
+        if _MAX_CONCURRENCY and _in_flight > _MAX_CONCURRENCY:
+            _stats["rejected"] += 1
+            error = {"error": {"message": "Rate limit reached", "type": "rate_limit_exceeded"}}
+            return JSONResponse(error, status_code=429, headers={"Retry-After": "1"})
+        await asyncio.sleep(_LATENCY_S)
+        answer = await _answer(await request.json())
+        _stats["served"] += 1
+        return answer
+    finally:
+        _in_flight -= 1
+
+
+# The pipeline's own prompts name the answer's shape in the system message; the tests' prompts say
+# ``kind=…`` and carry their context as JSON.
+_SHAPES: tuple[tuple[str, PromptKind], ...] = (
+    ('"stages"', "curriculum"),
+    ('"subject"', "intent"),
+    ('"markdown"', "tutorial"),
+    ('"resources"', "resources"),
+    ('"questions"', "quiz"),
+)
+
+
+def _read_prompt(system: str, user: str) -> tuple[PromptKind, dict[str, Any]]:
+    """The prompt's kind and the context the offline provider answers from."""
+    for kind in KINDS:
+        if f"kind={kind}" in system:
+            return kind, json.loads(user)
+    kind = next(kind for marker, kind in _SHAPES if marker in system)
+    goal = re.search(r"Goal: (.+?)(?: \((\w+)\)\.)?$", user, re.MULTILINE)
+    level = re.search(r"Level: (\w+)", user)
+    concept = re.search(r"(?:concept|for) '(.+?)'|^## (.+)$", user, re.MULTILINE)
+    context = {
+        "goal": goal.group(1) if goal else user[:60],
+        "level": (level.group(1) if level else goal and goal.group(2)) or "beginner",
+        "concept": next((g for g in concept.groups() if g), "") if concept else "",
+    }
+    return kind, context
+
+
+async def _answer(body: dict[str, Any]) -> dict[str, Any] | JSONResponse:
     system, user = body["messages"][0]["content"], body["messages"][1]["content"]
+    _calls[user] += 1
+    if "ALWAYS 500" in user:
+        return JSONResponse({"error": {"message": "server error"}}, status_code=500)
     if "NOT JSON" in user:
         text = "Sorry, I can only answer in prose."
     else:
-        kind = next(k for k in KINDS if f"kind={k}" in system)
-        context = json.loads(user)
-        text = json.dumps(await _offline.complete_json(Prompt(kind, system, user, context)))  # type: ignore[arg-type]
+        kind, context = _read_prompt(system, user)
+        text = json.dumps(await _offline.complete_json(Prompt(kind, system, user, context)))
     return {
         "id": "chatcmpl-test",
         "object": "chat.completion",

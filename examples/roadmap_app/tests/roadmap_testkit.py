@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,24 @@ FAST_LLM = {
     "CONTENT_BATCH_SIZE": "4",
 }
 _SCRUBBED = ("LLM_BASE_URL", "LLM_API_KEY", "OPENAI_API_KEY", "CELERY_BROKER_URL")
+
+
+@contextlib.contextmanager
+def fake_openai(log_path: Path, **env: str) -> Iterator[str]:
+    """Run tests/fake_openai_server.py (its ``FAKE_OPENAI_*`` knobs in `env`); yields its /v1 URL."""
+    port = free_port()
+    server = ManagedProcess(
+        "fake-openai",
+        [sys.executable, "-m", "uvicorn", "fake_openai_server:app", "--port", str(port),
+         "--app-dir", str(Path(__file__).parent), "--log-level", "warning"],
+        env={**os.environ, **env},
+        log_path=log_path,
+    ).start()  # fmt: skip
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/docs", timeout=30, process=server)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.stop(timeout=5)
 
 
 def delete_keys(redis_url: str, prefix: str) -> None:

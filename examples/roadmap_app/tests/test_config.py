@@ -70,6 +70,10 @@ def test_an_llm_base_url_selects_the_openai_provider() -> None:
             "role 'content' is not in the budget plan",
         ),
         ({"LLM_PROVIDER": "openai"}, "LLM_PROVIDER=openai needs LLM_API_KEY"),
+        (
+            {"LLM_LIMIT_SCOPE": "host"},
+            "LLM_LIMIT_SCOPE must be 'deployment' or 'process', got 'host'",
+        ),
     ],
 )
 def test_bad_values_raise_settings_error_naming_the_variable(

@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
-import os
-import sys
+import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from openai import AsyncOpenAI
+from roadmap_testkit import fake_openai
 
-from roadmap_app.config import get_settings
+import loopsafe.llm
+from roadmap_app.config import Settings
 from roadmap_app.llm import (
     LLMError,
     OfflineProvider,
     OpenAIProvider,
     Prompt,
-    openai_client,
+    get_provider,
     topic_of,
 )
 from roadmap_app.pipeline.calls import Brief, LLMOptions, ask
+from roadmap_app.pipeline.content import Tutorial
 from roadmap_app.pipeline.curriculum import Curriculum, design_curriculum
 from roadmap_app.pipeline.intent import analyze_intent
-from roadmap_app.processes import ManagedProcess, free_port, wait_for_http
+from roadmap_app.processes import free_port
 
 OPTIONS = LLMOptions(retries=2, timeout_s=5.0)
 
@@ -152,64 +156,117 @@ async def test_ask_recovers_from_one_bad_answer_and_times_out_hung_calls() -> No
 
 @pytest.fixture(scope="module")
 def openai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    server = ManagedProcess(
-        "fake-openai",
-        [sys.executable, "-m", "uvicorn", "fake_openai_server:app", "--port", str(port),
-         "--app-dir", str(Path(__file__).parent), "--log-level", "warning"],
-        env=dict(os.environ),
-        log_path=tmp_path_factory.mktemp("openai") / "server.log",
-    ).start()  # fmt: skip
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/docs", timeout=30, process=server)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.stop(timeout=5)
+    with fake_openai(tmp_path_factory.mktemp("openai") / "server.log") as url:
+        yield url
+
+
+def calls(server: str, user: str) -> int:
+    """How many chat completions the fake server received with this user message."""
+    return int(httpx.get(f"{server}/calls", params={"user": user}, timeout=10).json())
 
 
 @pytest.fixture
-def openai_settings(openai_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("LLM_BASE_URL", openai_server)
-    monkeypatch.setenv("LLM_API_KEY", "test-key")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
+def openai_app_settings(openai_server: str, configured: Settings) -> Settings:
+    """Settings for the OpenAI provider handed over directly: nothing in the environment."""
+    return dataclasses.replace(
+        configured,
+        llm_provider="openai",
+        llm_base_url=openai_server,
+        llm_api_key="injected-key",
+        llm_timeout_s=7.0,
+    )
+
+
+async def test_openai_provider_uses_the_settings_it_is_given(
+    openai_app_settings: Settings, openai_server: str
+) -> None:
+    """Issue 13: the client read the process's environment instead of the injected settings."""
+    provider = get_provider(openai_app_settings)
+    answer = await provider.complete_json(_prompt("tutorial", goal="Learn Go", concept="Maps"))
+    assert "Maps" in answer["markdown"]
+    client = loopsafe.llm.get_openai()
+    assert client.api_key == "injected-key"
+    assert str(client.base_url) == f"{openai_server}/"
+    assert client.timeout == 7.0
+
+
+async def test_ask_is_the_only_retry_layer(
+    openai_app_settings: Settings, openai_server: str
+) -> None:
+    """Issue 13: the SDK's own retries ran inside each of ask()'s attempts (9 calls for 3)."""
+    user = f"ALWAYS 500 {uuid.uuid4().hex}"
+    provider = get_provider(openai_app_settings)
+    with pytest.raises(
+        LLMError, match=r"^tutorial failed after 3 attempts: tutorial: InternalServerError"
+    ):
+        await ask(
+            provider,
+            Prompt("tutorial", "kind=tutorial", user, {}),
+            Curriculum,
+            OPTIONS,
+            what="tutorial",
+        )
+    assert calls(openai_server, user) == 3
+
+
+async def test_ask_has_one_deadline_for_all_its_attempts() -> None:
+    """Issue 13: each attempt had a deadline of its own, so a hung provider took 3 × LLM_TIMEOUT_S."""
+    llm = _Scripted("hang", "hang", "hang")
+    with pytest.raises(LLMError, match=r"^c failed after 1 attempt: no answer within 0.1 s"):
+        await ask(
+            llm, _prompt("curriculum"), Curriculum, LLMOptions(retries=2, timeout_s=0.1), what="c"
+        )
+    assert len(llm.answers) == 2  # the deadline was over after the first attempt
+
+
+async def test_llm_concurrency_is_one_limit_for_the_whole_deployment(
+    openai_app_settings: Settings, openai_server: str
+) -> None:
+    """LLM_CONCURRENCY=1: while another process holds the one slot, this one sends nothing."""
+    settings = dataclasses.replace(openai_app_settings, llm_concurrency=1, llm_timeout_s=0.5)
+    provider = get_provider(settings)
+    user = json.dumps({"goal": "Learn Go", "concept": uuid.uuid4().hex})
+    prompt = Prompt("tutorial", "kind=tutorial", user, json.loads(user))
+    options = LLMOptions(retries=0, timeout_s=0.5)
+    async with loopsafe.llm.limit("openai"):  # what another worker's call looks like
+        with pytest.raises(LLMError):
+            await ask(provider, prompt, Tutorial, options, what="tutorial")
+    assert calls(openai_server, user) == 0
+    await ask(provider, prompt, Tutorial, options, what="tutorial")
+    assert calls(openai_server, user) == 1
 
 
 def test_openai_provider_gets_a_client_per_event_loop_closed_with_the_loop(
-    openai_settings: None,
+    openai_app_settings: Settings,
 ) -> None:
     """Two `asyncio.run` calls (as two Celery tasks would make) each get, use and close their own
     client: no "Event loop is closed" from a client that outlived its loop."""
-    provider = OpenAIProvider("test-model")
-    seen: list[int] = []
+    provider = OpenAIProvider(openai_app_settings)
+    seen: list[AsyncOpenAI] = []
 
     async def one_call(concept: str) -> dict[str, Any]:
-        seen.append(id(openai_client()))
+        seen.append(loopsafe.llm.get_openai())
         return await provider.complete_json(_prompt("tutorial", goal="Learn Go", concept=concept))
 
     first = asyncio.run(one_call("Goroutines"))
-    assert len(openai_client) == 0  # closed when its loop ended
     second = asyncio.run(one_call("Channels"))
-    assert len(openai_client) == 0
     assert "Goroutines" in first["markdown"]
     assert "Channels" in second["markdown"]
-    assert len(seen) == 2
+    assert seen[0] is not seen[1]
+    assert seen[0].is_closed()  # closed when its loop ended
+    assert seen[1].is_closed()
 
 
-async def test_openai_provider_reports_answers_that_are_not_json(openai_settings: None) -> None:
-    provider = OpenAIProvider("test-model")
+async def test_openai_provider_reports_answers_that_are_not_json(
+    openai_app_settings: Settings,
+) -> None:
+    provider = OpenAIProvider(openai_app_settings)
     with pytest.raises(LLMError, match=r"tutorial: the model did not answer with JSON: 'Sorry"):
         await provider.complete_json(Prompt("tutorial", "kind=tutorial", "NOT JSON please", {}))
 
 
-async def test_openai_provider_reports_unreachable_servers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LLM_BASE_URL", f"http://127.0.0.1:{free_port()}/v1")
-    monkeypatch.setenv("LLM_API_KEY", "k")
-    monkeypatch.setenv("LLM_TIMEOUT_S", "2")
-    get_settings.cache_clear()
-    try:
-        with pytest.raises(LLMError, match=r"^intent: APIConnectionError"):
-            await OpenAIProvider("m").complete_json(_prompt("intent", goal="x"))
-    finally:
-        get_settings.cache_clear()
+async def test_openai_provider_reports_unreachable_servers(openai_app_settings: Settings) -> None:
+    unreachable = f"http://127.0.0.1:{free_port()}/v1"
+    provider = OpenAIProvider(dataclasses.replace(openai_app_settings, llm_base_url=unreachable))
+    with pytest.raises(LLMError, match=r"^intent: APIConnectionError"):
+        await provider.complete_json(_prompt("intent", goal="x"))

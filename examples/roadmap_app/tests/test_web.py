@@ -5,9 +5,10 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from roadmap_testkit import Stack
+from roadmap_testkit import Stack, query, wait_for_status
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.celery, pytest.mark.slow]
 
@@ -65,13 +66,11 @@ def test_submit_a_goal_watch_progress_reach_100_and_open_a_tutorial(
         page.fill("#weekly_hours", "8")
         page.click("#submit")
         page.wait_for_selector("#roadmap:not(.hidden)")
-        page.wait_for_function(
-            "document.querySelector('#progress-percent').textContent === '100%'", timeout=60_000
-        )
+        # Selectors, not wait_for_function: the page's Content Security Policy forbids the eval
+        # that Playwright's function polling needs.
+        page.wait_for_selector("#progress-percent:text-is('100%')", timeout=60_000)
         page.wait_for_selector("#rm-status.completed", timeout=15_000)
-        page.wait_for_function(
-            "document.querySelectorAll('.concept.done').length === document.querySelectorAll('.concept').length"
-        )
+        page.wait_for_selector(".concept:not(.done)", state="detached")
         assert page.inner_text("#rm-title") == "TypeScript roadmap for web apps"
         stage_bars = page.locator("#stage-bars li")
         assert stage_bars.count() == 4
@@ -115,10 +114,77 @@ def test_review_is_approved_from_the_page(stack: Stack, browser: object) -> None
         page.click("#reject")  # rejecting needs feedback
         assert "Say what should change" in page.inner_text("#review-error")
         page.click("#approve")
-        page.wait_for_function(
-            "document.querySelector('#progress-percent').textContent === '100%'", timeout=60_000
-        )
+        page.wait_for_selector("#progress-percent:text-is('100%')", timeout=60_000)
         page.wait_for_selector("#rm-status.completed", timeout=15_000)
         assert page.locator("#review-panel.hidden").count() == 1
+    finally:
+        page.close()
+
+
+HOSTILE_TUTORIAL = """## {title}
+
+A tutorial the model was talked into writing.
+
+<script>window.pwned = "script"</script>
+<img src="/nowhere.png" onerror="window.pwned = 'onerror'">
+<div style="position: fixed; inset: 0" onmouseover="window.pwned = 'raw html'">raw html</div>
+<iframe src="javascript:parent.pwned = 'iframe'"></iframe>
+
+[a javascript: link](javascript:window.pwned='markdown link')
+[a real link](https://example.org/docs)
+"""
+
+
+def test_a_hostile_tutorial_renders_inert(stack: Stack, browser: object, database_url: str) -> None:
+    """LLM output is untrusted: script, handlers, javascript: links and raw HTML arrive as text."""
+    with stack.client() as http:
+        roadmap_id = http.post("/api/v1/roadmaps", json={"goal": "Learn Haskell"}).json()["task_id"]
+        wait_for_status(http, roadmap_id, "completed")
+    ((concept_id, title),) = query(
+        database_url,
+        "SELECT id, title FROM concepts WHERE roadmap_id = %(r)s ORDER BY id LIMIT 1",
+        {"r": roadmap_id},
+    )
+    query(
+        database_url,
+        "UPDATE concept_content SET tutorial = %(t)s WHERE concept_id = %(c)s RETURNING 1",
+        {"t": HOSTILE_TUTORIAL.format(title=title), "c": concept_id},
+    )
+    page = browser.new_page(viewport={"width": 1360, "height": 900})  # type: ignore[attr-defined]
+    dialogs: list[str] = []
+
+    def record(dialog: Any) -> None:  # an alert() that ran would land here
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", record)
+    try:
+        response = page.goto(f"{stack.base_url}/?roadmap={roadmap_id}")
+        assert "script-src 'self'" in response.headers["content-security-policy"]
+        assert response.headers["x-content-type-options"] == "nosniff"
+        page.click(f'.concept.done[data-concept="{concept_id}"]')
+        page.locator("#concept-dialog").wait_for(state="visible")
+        tutorial = page.locator("#tab-tutorial")
+        text = tutorial.inner_text()
+        assert '<script>window.pwned = "script"</script>' in text  # shown, not run
+        assert "onerror=" in text
+        assert tutorial.locator("script, img, iframe, div[style]").count() == 0
+        attributes = page.evaluate(
+            """() => [...document.querySelectorAll('#tab-tutorial *')]
+                .flatMap((el) => [...el.attributes].map((a) => `${a.name}=${a.value}`))"""
+        )
+        assert not [a for a in attributes if a.startswith(("on", "style"))], attributes
+        hrefs = tutorial.locator("a").evaluate_all("(links) => links.map((a) => a.href)")
+        assert hrefs == ["https://example.org/docs"]
+        # Had anything slipped through, the Content Security Policy refuses inline handlers too.
+        with page.expect_console_message(lambda m: "Content Security Policy" in m.text) as refusal:
+            page.evaluate(
+                """() => document.body.insertAdjacentHTML(
+                    'beforeend', '<img src="/nowhere.png" onerror="window.pwned = \\'csp\\'">')"""
+            )
+        assert "inline event handler" in refusal.value.text
+        page.screenshot(path=str(ARTIFACTS / "hostile-tutorial.png"), animations="disabled")
+        assert page.evaluate("window.pwned") is None
+        assert dialogs == []
     finally:
         page.close()

@@ -7,10 +7,10 @@ except ImportError as _error:  # pragma: no cover - exercised only without the e
         "loopsafe.db needs SQLAlchemy and asyncpg: pip install 'loopsafe[db]'"
     ) from _error
 
+from .._errors import DatabaseNotConfiguredError as DatabaseNotConfiguredError
 from .._public import claim_public_names
 from ._budget import PoolBudget as PoolBudget
 from ._database import Database as Database
-from ._database import DatabaseNotConfiguredError as DatabaseNotConfiguredError
 from ._default import configure as configure
 from ._default import get_database as get_database
 from ._default import get_engine as get_engine

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 
+from .. import _validate
+
 __all__ = ("PoolBudget",)
 
 
@@ -53,11 +55,7 @@ class PoolBudget:
 
     def __post_init__(self) -> None:
         for field in ("max_connections", "processes", "loops_per_process"):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"PoolBudget.{field} must be an int, got {value!r}")
-            if value < 1:
-                raise ValueError(f"PoolBudget.{field} must be at least 1, got {value}")
+            _validate.count(f"PoolBudget.{field}", getattr(self, field), minimum=1)
         reserve = self.reserve
         if isinstance(reserve, bool) or not isinstance(reserve, (int, float)):
             raise TypeError(f"PoolBudget.reserve must be a float in [0, 1), got {reserve!r}")

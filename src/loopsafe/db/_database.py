@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import os
 import threading
 import weakref
@@ -23,7 +24,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import greenlet_spawn
 
-from .._errors import LoopsafeError
+from .. import _validate
+from .._errors import DatabaseNotConfiguredError
 from .._log import get_logger, redact_dsn
 from .._registry import LoopLocal
 from ._budget import PoolBudget
@@ -32,8 +34,10 @@ from ._pooler import Pooler, driver_settings, normalize_url
 from ._pressure import PoolPressure, PressureAlerts
 from ._quota import ConnectionQuota
 from ._retry import backoff, is_retryable_transaction_error, is_transient_connection_error
+from ._sqlalchemy_compat import max_overflow
+from ._status import PoolStatus
 
-__all__ = ("Database", "DatabaseNotConfiguredError", "live_databases")
+__all__ = ("Database", "live_databases")
 
 T = TypeVar("T")
 
@@ -42,13 +46,6 @@ _log = get_logger("loopsafe.db")
 _DEFAULT_POOL_TIMEOUT = 30.0
 
 _databases: weakref.WeakSet[Database] = weakref.WeakSet()
-
-
-class DatabaseNotConfiguredError(LoopsafeError, RuntimeError):
-    """No database URL was given and ``$DATABASE_URL`` is not set.
-
-    Since 0.1.0.
-    """
 
 
 def live_databases() -> list[Database]:
@@ -114,13 +111,13 @@ class Database:
             raise ValueError(f"pooler must be 'transaction', 'session' or None, got {pooler!r}")
         if poolclass not in ("queue", "null"):
             raise ValueError(f"poolclass must be 'queue' or 'null', got {poolclass!r}")
-        if isinstance(connect_retries, bool) or not isinstance(connect_retries, int):
-            raise TypeError(f"connect_retries must be an int, got {connect_retries!r}")
-        if connect_retries < 0:
-            raise ValueError(f"connect_retries must be >= 0, got {connect_retries}")
+        _validate.count("connect_retries", connect_retries)
         self._engine_options = _check_engine_options(engine_options, budget, poolclass)
         self._session_options = _check_session_options(session_options)
-        self._pool_timeout = float(self._engine_options.get("pool_timeout", _DEFAULT_POOL_TIMEOUT))
+        self._pool_timeout = _validate.seconds(
+            "engine_options['pool_timeout']",
+            self._engine_options.get("pool_timeout", _DEFAULT_POOL_TIMEOUT),
+        )
         if poolclass == "null":
             # NullPool takes no timeout; the budget's quota wait still needs one.
             self._engine_options.pop("pool_timeout", None)
@@ -132,6 +129,7 @@ class Database:
             application_name="",
             connect_args=self._engine_options.get("connect_args", {}),
         )
+        _require_driver(self._url, name)
         self.name = name
         self.budget = budget
         self.pooler = pooler
@@ -202,7 +200,7 @@ class Database:
             "loopsafe.db.engine_created",
             database=self.name,
             url=redact_dsn(self._url),
-            loop=context.loop_description,
+            loop=context.owner.description,
             pool=self.poolclass,
             budget=repr(self.budget) if self.budget is not None else None,
         )
@@ -214,7 +212,7 @@ class Database:
         finally:
             self._forget(bound)
         _log.debug(
-            "loopsafe.db.engine_disposed", database=self.name, loop=bound.context.loop_description
+            "loopsafe.db.engine_disposed", database=self.name, loop=bound.context.owner.description
         )
 
     def _drop(self, bound: _Bound) -> None:
@@ -228,7 +226,7 @@ class Database:
         _log.info(
             "loopsafe.db.engine_dropped",
             database=self.name,
-            loop=bound.context.loop_description,
+            loop=bound.context.owner.description,
             connections=abandoned,
             pid=os.getpid(),
         )
@@ -258,7 +256,7 @@ class Database:
         with self._live_lock:
             bounds = list(self._live)
         for bound in bounds:
-            loop = bound.context.loop_ref()
+            loop = bound.context.owner.loop_ref()
             pool = bound.engine.sync_engine.pool
             if loop is None or loop is here or loop.is_closed():
                 continue
@@ -271,7 +269,7 @@ class Database:
 
     def _shed_soon(self, bound: _Bound) -> None:
         """On `bound`'s own loop: start closing one of its idle connections."""
-        loop = bound.context.loop_ref()
+        loop = bound.context.owner.loop_ref()
         if loop is None or loop.is_closed():
             return
         task = loop.create_task(self._shed(bound))
@@ -361,8 +359,7 @@ class Database:
         commit may have happened — and is retried too, so make such writes idempotent.
         Since 0.1.0.
         """
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+        _validate.count("retries", retries)
         attempt = 0
         while True:
             try:
@@ -383,7 +380,7 @@ class Database:
                 )
                 await asyncio.sleep(delay)
 
-    def pool_status(self) -> dict[str, float]:
+    def pool_status(self) -> PoolStatus:
         """Pool figures summed over this process's loops, for health endpoints.
 
         Keys: ``loops`` (live engines), ``pool_size``, ``max_overflow``, ``checked_out``,
@@ -395,8 +392,17 @@ class Database:
         """
         with self._live_lock:
             bounds = list(self._live)
-        status = dict.fromkeys(
-            ("loops", "pool_size", "max_overflow", "checked_out", "checked_in", "overflow"), 0
+        status = PoolStatus(
+            loops=0,
+            pool_size=0,
+            max_overflow=0,
+            checked_out=0,
+            checked_in=0,
+            overflow=0,
+            capacity=0,
+            usage=0.0,
+            waiting=0,
+            longest_wait=0.0,
         )
         capacity = 0
         for bound in bounds:
@@ -404,13 +410,13 @@ class Database:
             status["loops"] += 1
             if isinstance(pool, QueuePool):
                 size = pool.size()
-                max_overflow = max(0, pool._max_overflow)
+                overflow_limit = max(0, max_overflow(pool))
                 status["pool_size"] += size
-                status["max_overflow"] += max_overflow
+                status["max_overflow"] += overflow_limit
                 status["checked_in"] += pool.checkedin()
                 status["checked_out"] += pool.checkedout()
                 status["overflow"] += max(0, pool.overflow())
-                capacity += size + max_overflow
+                capacity += size + overflow_limit
             else:
                 context = context_of(pool)
                 status["checked_out"] += context.checked_out if context is not None else 0
@@ -418,13 +424,11 @@ class Database:
             per_process = self.budget.per_process
             capacity = per_process if self.poolclass == "null" else min(capacity, per_process)
         waiting, longest_wait = self._pressure.waiting()
-        return {
-            **status,
-            "capacity": capacity,
-            "usage": round(status["checked_out"] / capacity, 4) if capacity else 0.0,
-            "waiting": waiting,
-            "longest_wait": round(longest_wait, 4),
-        }
+        status["capacity"] = capacity
+        status["usage"] = round(status["checked_out"] / capacity, 4) if capacity else 0.0
+        status["waiting"] = waiting
+        status["longest_wait"] = round(longest_wait, 4)
+        return status
 
     async def aclose(self) -> None:
         """Dispose of this loop's engine (closing its pooled connections); the next use makes a
@@ -453,6 +457,20 @@ def _roll_back_and_close(session: Session, database: str) -> None:
 def _brief(error: BaseException) -> str:
     text = str(error).splitlines()[0] if str(error) else ""
     return redact_dsn(f"{type(error).__name__}: {text}")
+
+
+def _require_driver(url: URL, database: str) -> None:
+    """Fail now, naming what to install, if the URL's driver is missing (not at the first connect)."""
+    driver = url.get_driver_name()
+    module = "psycopg" if driver.startswith("psycopg") else driver
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        fix = "pip install 'loopsafe[db]'" if driver == "asyncpg" else f"pip install {module}"
+        raise ImportError(
+            f"loopsafe.db Database {database!r} uses the {driver} driver, which is not "
+            f"installed: {fix}"
+        ) from exc
 
 
 def _check_engine_options(
@@ -485,9 +503,6 @@ def _check_engine_options(
         raise TypeError(
             f"engine_options['connect_args'] must be a mapping, got {type(connect_args).__name__}"
         )
-    timeout = checked.get("pool_timeout", _DEFAULT_POOL_TIMEOUT)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ValueError(f"engine_options['pool_timeout'] must be > 0 seconds, got {timeout!r}")
     return checked
 
 

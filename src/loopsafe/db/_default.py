@@ -11,8 +11,10 @@ from typing import Any, TypeVar
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from .._errors import DatabaseNotConfiguredError
 from .._log import get_logger
-from ._database import Database, DatabaseNotConfiguredError
+from ._database import Database
+from ._status import PoolStatus
 
 __all__ = (
     "configure",
@@ -84,7 +86,7 @@ async def run_in_transaction(fn: Callable[[AsyncSession], Awaitable[T]], *, retr
     return await get_database().run_in_transaction(fn, retries=retries)
 
 
-def pool_status() -> dict[str, float]:
+def pool_status() -> PoolStatus:
     """`Database.pool_status` of the default database. Since 0.1.0."""
     return get_database().pool_status()
 

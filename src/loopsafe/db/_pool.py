@@ -7,26 +7,29 @@ import os
 import select
 import threading
 import time
-import weakref
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
-import sqlalchemy.util as _sa_util
 from sqlalchemy import exc
-from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, Pool
-from sqlalchemy.pool.base import ConnectionPoolEntry, _ConnectionRecord, _CreatorWRecFnType
-from sqlalchemy.util import queue as sqla_queue
+from sqlalchemy.pool.base import ConnectionPoolEntry
 
-from .._errors import PoolExhaustedError, WrongLoopError
-from .._registry import describe_loop
+from .._errors import BoundExceededError, PoolExhaustedError
+from .._owner import LoopOwner
 from ._abandon import abandon_connection
+from ._asyncpg_compat import transport_of
 from ._budget import PoolBudget
 from ._pressure import PoolPressure
-from ._quota import ConnectionQuota, QuotaTimeout
-
-# SQLAlchemy 2.1 renamed await_only (deprecated from 2.2) to await_; 2.0 has only the old name.
-_await: Callable[[Awaitable[Any]], Any] = getattr(_sa_util, "await_", None) or _sa_util.await_only
+from ._quota import ConnectionQuota
+from ._sqlalchemy_compat import (
+    CreatorFn,
+    await_in_greenlet,
+    checkin_failed,
+    dialect_of,
+    max_overflow,
+    take_idle_records,
+    would_wait,
+)
 
 __all__ = ("LoopBoundNullPool", "LoopBoundQueuePool", "PoolContext", "context_of")
 
@@ -54,8 +57,16 @@ class PoolContext:
         pool_timeout: float,
     ) -> None:
         self.database = database
-        self.loop_ref = weakref.ref(loop)
-        self.loop_description = describe_loop(loop)
+        self.owner = LoopOwner(
+            loop,
+            what=f"The engine of loopsafe Database {database!r}",
+            fix=(
+                "An engine, session or session maker belongs to the loop it was obtained on; do "
+                "not keep one in a global or pass it to another loop or thread. Call "
+                "`db.session()` / `db.get_engine()` (or loopsafe.db.session()) inside the "
+                "coroutine that uses it, so each loop gets its own."
+            ),
+        )
         self.budget = budget
         self.quota = quota
         self.pool_timeout = pool_timeout
@@ -87,25 +98,6 @@ class PoolContext:
                 self.quota.release()
         return len(connections)
 
-    def check_loop(self) -> None:
-        """Raise `WrongLoopError` unless this pool is used on the loop that created it."""
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # synchronous use; SQLAlchemy raises its own MissingGreenlet error
-        owner = self.loop_ref()
-        if running is owner:
-            return
-        state = "which has ended" if owner is None or owner.is_closed() else "still running"
-        raise WrongLoopError(
-            f"The engine of loopsafe Database {self.database!r} was created on "
-            f"{self.loop_description} ({state}) but is being used on {describe_loop(running)}. "
-            "An engine, session or session maker belongs to the loop it was obtained on; do not "
-            "keep one in a global or pass it to another loop or thread. Call "
-            "`db.session()` / `db.get_engine()` (or loopsafe.db.session()) inside the coroutine "
-            "that uses it, so each loop gets its own."
-        )
-
     def exhausted(self, cause: str) -> PoolExhaustedError:
         """The error for a checkout that waited `pool_timeout` in vain, naming the budget."""
         if self.budget is not None:
@@ -119,7 +111,7 @@ class PoolContext:
             share = "the pool has no PoolBudget; its own pool_size + max_overflow is the limit"
         return PoolExhaustedError(
             f"No connection became free within pool_timeout={self.pool_timeout:g} s for loopsafe "
-            f"Database {self.database!r} on {self.loop_description} ({cause}): {share}. "
+            f"Database {self.database!r} on {self.owner.description} ({cause}): {share}. "
             "Waiting beat exceeding the budget. Hold sessions for shorter times, bound the "
             "concurrency that opens them, raise pool_timeout, or raise max_connections / lower "
             "processes if the server allows it."
@@ -133,7 +125,7 @@ def context_of(pool: Pool) -> PoolContext | None:
 
 
 def _driver_closed(driver: Any) -> bool:
-    transport = getattr(driver, "_transport", None)
+    transport = transport_of(driver)
     if transport is not None and transport.is_closing():
         # uvloop may have read the server's goodbye and EOF but not yet told asyncpg (its
         # connection_lost is still queued): the protocol is already unusable.
@@ -145,7 +137,7 @@ def _driver_closed(driver: Any) -> bool:
 
 
 def _socket_fd(driver: Any) -> int | None:
-    transport = getattr(driver, "_transport", None)  # asyncpg
+    transport = transport_of(driver)  # asyncpg
     if transport is not None:
         sock = transport.get_extra_info("socket")
         return int(sock.fileno()) if sock is not None else None
@@ -177,7 +169,7 @@ def _has_pending_input(driver: Any) -> bool:
     return bool(readable)
 
 
-def _wrap_creator(pool: Pool, create: _CreatorWRecFnType) -> _CreatorWRecFnType:
+def _wrap_creator(pool: Pool, create: CreatorFn) -> CreatorFn:
     def create_within_budget(rec: ConnectionPoolEntry) -> DBAPIConnection:
         context = context_of(pool)
         if context is None:
@@ -188,8 +180,8 @@ def _wrap_creator(pool: Pool, create: _CreatorWRecFnType) -> _CreatorWRecFnType:
             full = quota.used >= quota.limit
             wait = pressure.wait_started() if pressure is not None and full else None
             try:
-                _await(quota.acquire(context.pool_timeout))
-            except QuotaTimeout:
+                await_in_greenlet(quota.acquire(context.pool_timeout))
+            except BoundExceededError:
                 raise context.exhausted(
                     f"all {quota.limit} connections of this process are in use by its loops"
                 ) from None
@@ -244,11 +236,11 @@ class LoopBoundQueuePool(_LoopBound, AsyncAdaptedQueuePool):
             return super()._do_get()
         # Before touching the queue: a wait on another loop's asyncio primitives would raise
         # "attached to a different loop" or hang.
-        context.check_loop()
+        context.owner.check()
         pressure = context.pressure
         wait = None
         if pressure is not None:
-            if self._pool.empty() and self._overflow >= self._max_overflow:
+            if would_wait(self):
                 wait = pressure.wait_started()
             else:
                 pressure.immediate += 1
@@ -256,7 +248,7 @@ class LoopBoundQueuePool(_LoopBound, AsyncAdaptedQueuePool):
             record = super()._do_get()
         except exc.TimeoutError:
             raise context.exhausted(
-                f"all {self.size()} + {self._max_overflow} connections of this loop's pool are "
+                f"all {self.size()} + {max_overflow(self)} connections of this loop's pool are "
                 "checked out"
             ) from None
         finally:
@@ -264,11 +256,11 @@ class LoopBoundQueuePool(_LoopBound, AsyncAdaptedQueuePool):
                 pressure.wait_ended(wait)
         if pressure is not None:
             record.info[_CHECKED_OUT_AT] = time.monotonic()
-            pressure.observe_usage(self.checkedout(), self.size() + self._max_overflow)
+            pressure.observe_usage(self.checkedout(), self.size() + max_overflow(self))
         try:
             self._invalidate_if_dead(record)
         except BaseException as error:  # a cancelled ping: nothing else would return the record
-            cast(_ConnectionRecord, record)._checkin_failed(error, _fairy_was_created=False)
+            checkin_failed(record, error)
             raise
         return record
 
@@ -303,7 +295,7 @@ class LoopBoundQueuePool(_LoopBound, AsyncAdaptedQueuePool):
         idle = time.monotonic() - checked_in_at
         if idle > PING_AFTER_IDLE or _has_pending_input(driver):
             try:
-                cast(Dialect, self._dialect).do_ping(connection)
+                dialect_of(self).do_ping(connection)
             except Exception as error:
                 record.invalidate(error)
 
@@ -315,19 +307,13 @@ class LoopBoundQueuePool(_LoopBound, AsyncAdaptedQueuePool):
         again) only when it is used. Returns False if no idle record holds a connection.
         Must run in a greenlet on this pool's loop (the close may await the driver).
         """
-        idle: list[ConnectionPoolEntry] = []
-        try:
-            while True:
-                idle.append(self._pool.get(False))
-        except sqla_queue.Empty:
-            pass
+        idle, put_back = take_idle_records(self)
         victim = next((record for record in idle if record.dbapi_connection is not None), None)
         try:
             if victim is not None:
                 victim.close()
         finally:
-            for record in idle:
-                self._pool.put(record, False)
+            put_back()
         return victim is not None
 
 
@@ -337,7 +323,7 @@ class LoopBoundNullPool(_LoopBound, NullPool):
     def _do_get(self) -> ConnectionPoolEntry:
         context = self.loopsafe
         if context is not None:
-            context.check_loop()
+            context.owner.check()
         record = super()._do_get()
         if context is not None:
             context.checked_out += 1

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from sqlalchemy.engine import URL, make_url
 
+from ._sqlalchemy_compat import async_dialect_class
+
 __all__ = ("Pooler", "driver_settings", "normalize_url")
 
 Pooler = Literal["transaction", "session"]
@@ -37,7 +39,7 @@ def normalize_url(url: str | URL) -> URL:
         driver = "asyncpg"
     parsed = parsed.set(drivername=f"{backend}+{driver}" if driver else backend)
     try:
-        dialect = parsed.get_dialect(_is_async=True)
+        dialect = async_dialect_class(parsed)
     except Exception as error:
         raise ValueError(
             f"SQLAlchemy cannot load the driver of {parsed.drivername!r}: {error}. {_DRIVER_HINT}"

@@ -9,15 +9,12 @@ import threading
 import weakref
 from collections.abc import Callable
 
+from .._bound import await_bounded
 from .._fork import on_fork_in_child
 
-__all__ = ("ConnectionQuota", "QuotaTimeout")
+__all__ = ("ConnectionQuota",)
 
 _quotas: weakref.WeakSet[ConnectionQuota] = weakref.WeakSet()
-
-
-class QuotaTimeout(Exception):
-    """No slot was freed within the wait; the caller turns this into a PoolExhaustedError."""
 
 
 class ConnectionQuota:
@@ -52,7 +49,7 @@ class ConnectionQuota:
         return bool(self._waiters)
 
     async def acquire(self, timeout: float) -> None:
-        """Take a slot, waiting up to `timeout` seconds; raises `QuotaTimeout` after that."""
+        """Take a slot, waiting up to `timeout` seconds; raises `BoundExceededError` after that."""
         loop = asyncio.get_running_loop()
         with self._lock:
             if self._used < self.limit and not self._waiters:
@@ -63,11 +60,8 @@ class ConnectionQuota:
         if self._on_pressure is not None:
             self._on_pressure()
         try:
-            await asyncio.wait_for(waiter, timeout)
-        except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11
-            self._forget(loop, waiter)
-            raise QuotaTimeout(f"no connection slot was freed within {timeout:g} s") from None
-        except BaseException:
+            await await_bounded(waiter, timeout)
+        except BaseException:  # the wait is over (BoundExceededError) or was cancelled
             self._forget(loop, waiter)
             raise
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import cast
 
 try:
     from prometheus_client import REGISTRY, CollectorRegistry
@@ -48,9 +49,9 @@ class PoolCollector:
             labels=["database", "pid"],
         )
         for database in databases:
-            status = database.pool_status()
+            figures = cast(Mapping[str, float], database.pool_status())
             for key, gauge in gauges.items():
-                gauge.add_metric([database.name, pid], float(status[key]))
+                gauge.add_metric([database.name, pid], float(figures[key]))
             cumulative, total, _ = database._pressure.histogram()
             bounds = [*(f"{bound:g}" for bound in WAIT_BUCKETS), "+Inf"]
             waits.add_metric(

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -16,10 +15,9 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from .. import _fork
-from .._errors import WrongLoopError
 from .._log import get_logger, redact_dsn
-from .._registry import LoopLocal, describe_loop
+from .._owner import LoopOwner
+from .._registry import LoopLocal
 from ._deadline import Deadlines
 from ._release import release_without_io
 
@@ -118,46 +116,27 @@ class _OwnedPool(ConnectionPool):
     "Event loop is closed" or a hang; this turns them into a `WrongLoopError` that says what to do.
     """
 
-    _loopsafe_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
-    _loopsafe_pid: int = 0
-    _loopsafe_generation: int = 0
+    _loopsafe_owner: LoopOwner | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loopsafe_loop = weakref.ref(loop)
-        self._loopsafe_pid = os.getpid()
-        self._loopsafe_generation = _fork.generation()
+        self._loopsafe_owner = LoopOwner(
+            loop,
+            what="This Redis client from loopsafe.redis.get_redis()",
+            fix=(
+                "Call get_redis() where you use the client (it returns the running loop's own "
+                "client) instead of keeping one in a variable, attribute or closure that outlives "
+                "its loop."
+            ),
+        )
 
     def get_available_connection(self) -> AbstractConnection:
         # Every checkout (commands, pipelines, pub/sub) passes here; a plain method rather than
         # an override of the async get_connection() keeps the check off the await chain.
-        owner_ref = self._loopsafe_loop
-        if owner_ref is not None:
-            running = asyncio.get_running_loop()
-            # The fork generation, not os.getpid(): this runs on every command, and getpid() is
-            # a system call (get_running_loop() already makes one).
-            if running is not owner_ref() or self._loopsafe_generation != _fork.generation():
-                raise _wrong_loop(owner_ref(), running, self._loopsafe_pid)
-        # Not super(): its lookup costs as much as the whole check above.
-        return _checkout(self)
-
-
-_checkout: Callable[[ConnectionPool], AbstractConnection] = ConnectionPool.get_available_connection
-
-
-def _wrong_loop(
-    owner: asyncio.AbstractEventLoop | None, running: asyncio.AbstractEventLoop, pid: int
-) -> WrongLoopError:
-    if pid != os.getpid():
-        where = f"in process {pid} and used in its forked child {os.getpid()}"
-    elif owner is None:
-        where = f"on an event loop that has ended, and used on {describe_loop(running)}"
-    else:
-        where = f"on {describe_loop(owner)} and used on {describe_loop(running)}"
-    return WrongLoopError(
-        f"This Redis client was made by loopsafe.redis.get_redis() {where}. Call get_redis() "
-        "where you use the client (it returns the running loop's own client) instead of keeping "
-        "one in a variable, attribute or closure that outlives its loop."
-    )
+        owner = self._loopsafe_owner
+        if owner is not None:
+            owner.check()
+        connection: AbstractConnection = super().get_available_connection()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+        return connection
 
 
 class LoopClients:

@@ -10,6 +10,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .. import _validate
 from .._log import get_logger
 from ._client import loop_clients
 
@@ -97,13 +98,10 @@ def _json_default(value: object) -> object:
 def _check_arguments(channel: object, timeout: object) -> None:
     if not isinstance(channel, str | bytes):
         raise _Unpublishable(f"channel must be str or bytes, got {type(channel).__name__}")
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
-        or timeout <= 0
-    ):
-        raise _Unpublishable(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+    try:
+        _validate.seconds("timeout", timeout)
+    except (TypeError, ValueError) as exc:
+        raise _Unpublishable(str(exc)) from None
 
 
 def _reason(exc: Exception, timeout: float) -> str:

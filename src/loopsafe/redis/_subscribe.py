@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,9 +15,12 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .. import _validate
+from .._bound import await_bounded
 from .._errors import LoopsafeError
 from .._log import get_logger
 from ._client import loop_clients
+from ._redis_compat import close_socket_now
 
 __all__ = ("Message", "SubscriptionLostError", "subscribe")
 
@@ -147,15 +149,7 @@ def _check_arguments(channels: tuple[object, ...], reconnect_timeout: object) ->
     for channel in channels:
         if not isinstance(channel, str):
             raise TypeError(f"channel names must be str, got {type(channel).__name__}: {channel!r}")
-    if (
-        isinstance(reconnect_timeout, bool)
-        or not isinstance(reconnect_timeout, int | float)
-        or math.isnan(reconnect_timeout)
-        or reconnect_timeout < 0
-    ):
-        raise ValueError(
-            f"reconnect_timeout must be a number of seconds >= 0, got {reconnect_timeout!r}"
-        )
+    _validate.seconds("reconnect_timeout", reconnect_timeout, allow_zero=True)
 
 
 def _own_the_retries(pubsub: PubSub) -> Retry | None:
@@ -179,7 +173,7 @@ async def _leave(pubsub: PubSub, saved_retry: Retry | None) -> None:
         # The connection goes back to the pool for ordinary commands: give it its policy back.
         connection.retry = saved_retry
     try:
-        await asyncio.wait_for(pubsub.aclose(), _LEAVE_TIMEOUT)  # type: ignore[no-untyped-call]
+        await await_bounded(pubsub.aclose(), _LEAVE_TIMEOUT)  # type: ignore[no-untyped-call]
     except asyncio.CancelledError:
         _close_now(pubsub, connection)
         raise
@@ -193,7 +187,7 @@ def _close_now(pubsub: PubSub, connection: AbstractConnection | None) -> None:
     """Close the subscription's socket without awaiting anything (no goodbye to the server)."""
     pubsub.connection = None
     if connection is not None:
-        connection._close()  # type: ignore[no-untyped-call]
+        close_socket_now(connection)
 
 
 def _to_message(raw: dict[str, Any]) -> Message:

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -20,6 +21,7 @@ from pydantic_core import PydanticCustomError
 __all__ = (
     "ConceptOut",
     "ContentOut",
+    "ErrorOut",
     "ExecutionLogOut",
     "JobAccepted",
     "ModuleOut",
@@ -32,41 +34,115 @@ __all__ = (
 )
 
 Level = Literal["beginner", "intermediate", "advanced"]
-_LETTER = re.compile(r"[^\W\d_]")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# Regular expressions that the validators apply and the OpenAPI schema states, written to read the
+# same in Python and in ECMA-262 (JSON Schema's dialect), so generated clients and fuzzers agree
+# with the API about what is valid (issue 14). Hence no \s or \w, which differ between the two.
+# Text without control characters, C0 or C1 (tab, line feed and carriage return are allowed):
+_NO_CONTROL = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+# The rest of what Python's str.split() and str.strip() take for white space:
+_SPACE = r"\t\n\r \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_NOT_SPACE = f"[^{_SPACE}]"
+_GOAL_RULES = (
+    (_NO_CONTROL, "goal_control_chars", "goal must not contain control characters"),
+    (
+        f"{_NOT_SPACE}[{_SPACE}]*{_NOT_SPACE}[{_SPACE}]*{_NOT_SPACE}",
+        "goal_too_short",
+        "goal should have at least 3 characters besides spaces",
+    ),
+    (
+        # A letter: ASCII's, or any character beyond ASCII.
+        r"[^\x00-\x40\x5b-\x60\x7b-\x7f]",
+        "goal_without_words",
+        "goal must describe what you want to learn in words, e.g. 'Learn Python'",
+    ),
+)
 
 
 class _Input(BaseModel):
     # Unknown fields are rejected: a typo such as "weeklyHours" must not be silently ignored.
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
+
+
+def _whole_number(value: object) -> object:
+    # JSON Schema counts 70.0 as an integer, so a client generated from the schema may send it.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 class RoadmapCreate(_Input):
-    goal: Annotated[str, StringConstraints(min_length=3, max_length=200)] = Field(
-        description="What you want to learn, e.g. 'Learn Python for data analysis'."
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"goal": "Learn Python for data analysis", "level": "beginner", "weekly_hours": 6},
+                {"goal": "Learn Rust", "level": "advanced", "weekly_hours": 10, "review": True},
+            ]
+        }
+    )
+
+    goal: Annotated[str, StringConstraints(max_length=200)] = Field(
+        description="What you want to learn, e.g. 'Learn Python for data analysis'; at most 200 "
+        "characters, at least 3 besides spaces, with a letter and no control characters.",
+        json_schema_extra={"allOf": [{"pattern": pattern} for pattern, _, _ in _GOAL_RULES]},
     )
     level: Level = "beginner"
-    weekly_hours: int = Field(default=5, ge=1, le=80, strict=True)
-    review: bool = Field(default=False, description="Pause for a human review of the curriculum.")
+    weekly_hours: Annotated[int, BeforeValidator(_whole_number)] = Field(
+        default=5, ge=1, le=80, strict=True
+    )
+    review: bool = Field(
+        default=False, strict=True, description="Pause for a human review of the curriculum."
+    )
 
     @field_validator("goal")
     @classmethod
     def _goal_is_words(cls, goal: str) -> str:
-        if _CONTROL.search(goal):
-            raise PydanticCustomError(
-                "goal_control_chars", "goal must not contain control characters"
-            )
-        if not _LETTER.search(goal):
-            raise PydanticCustomError(
-                "goal_without_words",
-                "goal must describe what you want to learn in words, e.g. 'Learn Python'",
-            )
+        for pattern, error_type, message in _GOAL_RULES:
+            if not re.search(pattern, goal):
+                raise PydanticCustomError(error_type, message)
         return " ".join(goal.split())
 
 
 class ReviewIn(_Input):
+    """Approve the curriculum, or reject it with feedback saying what the next version changes."""
+
+    model_config = ConfigDict(
+        # The rule `_rejection_says_why` enforces, stated for generated clients and fuzzers.
+        json_schema_extra={
+            "oneOf": [
+                {"title": "Approval", "properties": {"approve": {"const": True}}},
+                {
+                    "title": "Rejection",
+                    "properties": {
+                        "approve": {"const": False},
+                        "feedback": {"type": "string", "pattern": _NOT_SPACE},
+                    },
+                    "required": ["feedback"],
+                },
+            ],
+            "examples": [
+                {"approve": True},
+                {"approve": False, "feedback": "Fewer theory modules, more small projects."},
+            ],
+        }
+    )
+
     approve: bool = Field(strict=True)
-    feedback: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    feedback: Annotated[str, StringConstraints(max_length=2000)] | None = Field(
+        default=None,
+        description="Required when rejecting: what should change. No control characters.",
+        json_schema_extra={"pattern": _NO_CONTROL},
+    )
+
+    @field_validator("feedback")
+    @classmethod
+    def _feedback_is_text(cls, feedback: str | None) -> str | None:
+        if feedback is None:
+            return None
+        if not re.search(_NO_CONTROL, feedback):
+            raise PydanticCustomError(
+                "feedback_control_chars", "feedback must not contain control characters"
+            )
+        return feedback.strip() or None
 
     @model_validator(mode="after")
     def _rejection_says_why(self) -> ReviewIn:
@@ -76,6 +152,12 @@ class ReviewIn(_Input):
                 "feedback is required when rejecting: say what the new curriculum should change",
             )
         return self
+
+
+class ErrorOut(BaseModel):
+    """Why a request was refused (every error but 422, whose `detail` lists the fields)."""
+
+    detail: str
 
 
 class JobAccepted(BaseModel):
@@ -90,7 +172,11 @@ class ProgressOut(BaseModel):
 
 
 class ContentOut(BaseModel):
-    tutorial: str
+    tutorial: str = Field(description="The tutorial as the model wrote it, in Markdown.")
+    tutorial_html: str = Field(
+        description="The tutorial as sanitised HTML (no script, event handler or style), "
+        "without a leading heading that repeats the concept's title."
+    )
     resources: list[dict[str, Any]]
     quiz: list[dict[str, Any]]
     created_at: dt.datetime

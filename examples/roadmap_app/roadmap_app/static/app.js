@@ -33,45 +33,6 @@ function escapeHtml(text) {
   ));
 }
 
-// A small Markdown subset: headings, lists, code fences, inline code, bold, italics.
-function markdown(source) {
-  const inline = (text) => escapeHtml(text)
-    .replace(/`([^`]+)`/g, "<code>$1</code>")
-    .replace(/\*\*([^*]+)\*\*/g, "<strong>$1</strong>")
-    .replace(/\*([^*]+)\*/g, "<em>$1</em>");
-  const out = [];
-  let list = null;
-  let code = null;
-  const closeList = () => { if (list) { out.push(`</${list}>`); list = null; } };
-  for (const line of String(source).split("\n")) {
-    if (line.startsWith("```")) {
-      if (code === null) { closeList(); code = []; } else { out.push(`<pre><code>${escapeHtml(code.join("\n"))}</code></pre>`); code = null; }
-      continue;
-    }
-    if (code !== null) { code.push(line); continue; }
-    let m;
-    if ((m = line.match(/^(#{1,4})\s+(.*)$/))) {
-      closeList();
-      const level = Math.min(m[1].length + 1, 4);
-      out.push(`<h${level}>${inline(m[2])}</h${level}>`);
-    } else if ((m = line.match(/^\s*[-*]\s+(.*)$/))) {
-      if (list !== "ul") { closeList(); out.push("<ul>"); list = "ul"; }
-      out.push(`<li>${inline(m[1])}</li>`);
-    } else if ((m = line.match(/^\s*\d+[.)]\s+(.*)$/))) {
-      if (list !== "ol") { closeList(); out.push("<ol>"); list = "ol"; }
-      out.push(`<li>${inline(m[1])}</li>`);
-    } else if (line.trim() === "") {
-      closeList();
-    } else {
-      closeList();
-      out.push(`<p>${inline(line)}</p>`);
-    }
-  }
-  closeList();
-  if (code !== null) out.push(`<pre><code>${escapeHtml(code.join("\n"))}</code></pre>`);
-  return out.join("\n");
-}
-
 async function api(path, options = {}) {
   const response = await fetch(path, {
     headers: { "Content-Type": "application/json" },
@@ -311,8 +272,10 @@ function renderProgress() {
   $("stage-bars").innerHTML = stages.map(([position, s]) => {
     const p = s.total ? Math.floor((100 * s.done) / s.total) : 0;
     return `<li data-stage="${position}"><div class="label"><b>${position}. ${escapeHtml(s.title)}</b><span>${s.done}/${s.total}</span></div>
-      <div class="bar"><div class="fill ${p === 100 ? "done" : ""}" style="width:${p}%"></div></div></li>`;
+      <div class="bar"><div class="fill ${p === 100 ? "done" : ""}" data-percent="${p}"></div></div></li>`;
   }).join("");
+  // Widths through the CSSOM: the Content Security Policy refuses inline style attributes.
+  for (const bar of document.querySelectorAll("#stage-bars .fill")) bar.style.width = `${bar.dataset.percent}%`;
 }
 
 function renderCurriculum() {
@@ -402,10 +365,9 @@ async function openConcept(id) {
   const { stage, module, concept } = found;
   $("dlg-where").textContent = `Stage ${stage.position} · ${stage.title} · ${module.title}`;
   $("dlg-title").textContent = concept.title;
-  // The dialog already shows the title: drop the tutorial's own leading heading if it repeats it.
-  const tutorial = concept.content.tutorial.replace(/^#{1,3}\s+(.*)\n+/, (line, title) => (
-    title.trim() === concept.title ? "" : line));
-  $("tab-tutorial").innerHTML = `<div class="tutorial">${markdown(tutorial)}</div>`;
+  // The tutorial is LLM output: the server renders it and sanitises the HTML (no script, event
+  // handler or style survives), and the Content Security Policy would refuse inline script anyway.
+  $("tab-tutorial").innerHTML = `<div class="tutorial">${concept.content.tutorial_html}</div>`;
   $("tab-resources").innerHTML = `<ul class="resources">${concept.content.resources.map((r) => `
     <li><span class="badge small">${escapeHtml(r.kind)}</span>
       <a href="${escapeHtml(r.url)}" target="_blank" rel="noopener noreferrer">${escapeHtml(r.title)}</a></li>`).join("")}</ul>`;

@@ -16,9 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import loopsafe.db
 from roadmap_app import repositories
 from roadmap_app.api.deps import CeleryDep, EventsDep, SessionDep, SettingsDep, enqueue
+from roadmap_app.api.request_guard import MAX_BODY_BYTES
 from roadmap_app.api.schemas import (
     ConceptOut,
     ContentOut,
+    ErrorOut,
     ExecutionLogOut,
     JobAccepted,
     ModuleOut,
@@ -29,6 +31,7 @@ from roadmap_app.api.schemas import (
     RoadmapSummary,
     StageOut,
 )
+from roadmap_app.api.tutorial_html import tutorial_html
 from roadmap_app.events import EventPublisher, EventStream
 from roadmap_app.models import TERMINAL_STATUSES, Roadmap, RoadmapStatus, Stage
 
@@ -40,6 +43,42 @@ S = RoadmapStatus
 # How often the event stream re-reads the database when no event arrived: the safety net for
 # events lost while Redis was unreachable.
 POLL_INTERVAL_S = 1.0
+
+
+def _errors(*codes: int, stream: bool = False) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for the refusals a route really answers (422 FastAPI documents itself).
+
+    Refusals are JSON even from the event stream, whose route FastAPI would document them under
+    `text/event-stream`: there the body is named by reference (the other routes' `model`
+    registers `ErrorOut`).
+    """
+    meaning = {
+        404: "No roadmap has this id.",
+        409: "The roadmap is in a state where this is not possible; `detail` says which.",
+        413: f"The request body is larger than {MAX_BODY_BYTES // 1024} KiB.",
+        415: "The request body is not JSON.",
+        503: "The job queue (broker) is unreachable; the roadmap is marked failed, resume it later.",
+    }
+    body: dict[str, Any] = (
+        {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}}
+        if stream
+        else {"model": ErrorOut}
+    )
+    return {code: {"description": meaning[code], **body} for code in codes}
+
+
+def _links(id_expression: str) -> dict[str, Any]:
+    """OpenAPI links from a response carrying a roadmap id to the operations that take one."""
+    operations = {
+        "GetRoadmap": "get_roadmap",
+        "RoadmapEvents": "roadmap_events",
+        "ReviewRoadmap": "review_roadmap",
+        "ResumeRoadmap": "resume_roadmap",
+    }
+    return {
+        name: {"operationId": operation, "parameters": {"roadmap_id": id_expression}}
+        for name, operation in operations.items()
+    }
 
 
 _Out = TypeVar("_Out", bound=BaseModel)
@@ -81,7 +120,15 @@ async def _queue_or_fail(
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, reason) from exc
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    operation_id="create_roadmap",
+    responses={
+        202: {"links": _links("$response.body#/task_id")},
+        **_errors(413, 415, 503),
+    },
+)
 async def create_roadmap(
     body: RoadmapCreate, session: SessionDep, celery: CeleryDep, events: EventsDep
 ) -> JobAccepted:
@@ -99,7 +146,7 @@ async def create_roadmap(
     return JobAccepted(task_id=roadmap_id, status=S.pending.value)
 
 
-@router.get("")
+@router.get("", operation_id="list_roadmaps")
 async def list_roadmaps(
     session: SessionDep, limit: Annotated[int, Query(ge=1, le=100)] = 20
 ) -> list[RoadmapSummary]:
@@ -115,7 +162,11 @@ def _summary(roadmap: Roadmap, done: int, total: int) -> RoadmapSummary:
     )
 
 
-@router.get("/{roadmap_id}")
+@router.get(
+    "/{roadmap_id}",
+    operation_id="get_roadmap",
+    responses={200: {"links": _links("$response.body#/id")}, **_errors(404)},
+)
 async def get_roadmap(
     roadmap_id: uuid.UUID, session: SessionDep, content: bool = True
 ) -> RoadmapOut:
@@ -140,7 +191,11 @@ async def get_roadmap(
                         ConceptOut,
                         concept,
                         has_content=saved is not None,
-                        content=_from_row(ContentOut, saved)
+                        content=_from_row(
+                            ContentOut,
+                            saved,
+                            tutorial_html=tutorial_html(saved.tutorial, concept.title),
+                        )
                         if saved is not None and content
                         else None,
                     )
@@ -159,7 +214,12 @@ async def get_roadmap(
     )
 
 
-@router.post("/{roadmap_id}/review", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/{roadmap_id}/review",
+    status_code=status.HTTP_202_ACCEPTED,
+    operation_id="review_roadmap",
+    responses=_errors(404, 409, 413, 415, 503),
+)
 async def review_roadmap(
     roadmap_id: uuid.UUID,
     body: ReviewIn,
@@ -194,7 +254,12 @@ async def review_roadmap(
     return JobAccepted(task_id=roadmap_id, status=S.review_submitted.value)
 
 
-@router.post("/{roadmap_id}/resume", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/{roadmap_id}/resume",
+    status_code=status.HTTP_202_ACCEPTED,
+    operation_id="resume_roadmap",
+    responses=_errors(404, 409, 413, 415, 503),
+)
 async def resume_roadmap(
     roadmap_id: uuid.UUID, session: SessionDep, celery: CeleryDep, events: EventsDep
 ) -> JobAccepted:
@@ -297,7 +362,12 @@ def _is_terminal(event: dict[str, Any]) -> bool:
     }
 
 
-@router.get("/{roadmap_id}/events", response_class=EventSourceResponse)
+@router.get(
+    "/{roadmap_id}/events",
+    response_class=EventSourceResponse,
+    operation_id="roadmap_events",
+    responses=_errors(404, stream=True),
+)
 async def roadmap_events(
     roadmap_id: Annotated[uuid.UUID, Depends(_existing_roadmap)], settings: SettingsDep
 ) -> AsyncIterator[ServerSentEvent]:

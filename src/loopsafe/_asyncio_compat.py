@@ -1,0 +1,42 @@
+"""The private parts of asyncio loopsafe relies on, in one place, checked against each release.
+
+Private names used: ``asyncio.events._get_running_loop``, ``BaseEventLoop``'s instance flag
+``_asyncgens_shutdown_called``, and a selector transport's ``_sock`` and ``_closing``. Checked
+against CPython 3.10.13, 3.11.7, 3.12.1 and 3.13.0; tests/test_compat.py fails loudly if a
+release moves any of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from asyncio.events import _get_running_loop
+from typing import Any
+
+__all__ = ("asyncgens_shut_down", "get_running_loop_or_none", "take_socket")
+
+#: The running loop or None, without the exception `asyncio.get_running_loop()` raises: the C
+#: function behind it costs a quarter of a raising call, and lookups run on every `get()`.
+get_running_loop_or_none = _get_running_loop
+
+
+def asyncgens_shut_down(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether `loop.shutdown_asyncgens()` has run (a generator started later is never closed).
+
+    uvloop does not expose the flag; there the answer is False.
+    """
+    return bool(getattr(loop, "_asyncgens_shutdown_called", False))
+
+
+def take_socket(transport: Any) -> socket.socket | None:
+    """Take the socket away from one of asyncio's own transports, which then counts as closing.
+
+    Its finalizer then neither warns nor closes anything. None (and nothing changed) for
+    transports that keep their socket out of reach, such as uvloop's.
+    """
+    sock = getattr(transport, "_sock", None)
+    if not isinstance(sock, socket.socket):
+        return None
+    transport._sock = None
+    transport._closing = True
+    return sock

@@ -1,0 +1,64 @@
+"""Let go of a connection's socket without sending a byte: after a fork, or when its loop died.
+
+One way for every driver. asyncio's own transports give their socket up: this process's
+descriptor is closed and the transport is told it is closing, so its finalizer stays quiet. In a
+forked child that drops only the child's reference (the kernel sends nothing until the last
+descriptor goes, and the parent's registration in the shared epoll set stays); in the owning
+process it closes the connection, so the server frees it at once. Transports that keep their
+socket out of reach (uvloop's, in C) have the descriptor pointed at ``/dev/null`` instead, and are
+kept alive for good: their finalizer would unregister the descriptor from an epoll set the parent
+still uses, or warn about a closed loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from typing import Any
+
+from ._asyncio_compat import take_socket
+
+__all__ = ("keep_forever", "release_transport")
+
+# The one keep-alive list. It grows only when a loop ends without disposal or a process forks
+# with live connections on a transport that hides its socket.
+_kept: list[object] = []
+_kept_lock = threading.Lock()
+
+
+def keep_forever(*objects: object) -> None:
+    """Keep `objects` reachable for the life of the process, so their finalizers never run."""
+    with _kept_lock:
+        _kept.extend(objects)
+
+
+def release_transport(transport: Any, *owners: object) -> None:
+    """Take `transport`'s socket away from this process without I/O.
+
+    `owners` are the objects around the transport (a driver connection, a stream reader/writer)
+    that must outlive it if it has to be kept forever. Nothing is written on the socket.
+    """
+    if transport is None:
+        return
+    sock = take_socket(transport)
+    if sock is not None:
+        sock.close()
+        return
+    _point_at_devnull(transport)
+    keep_forever(transport, *owners)
+
+
+def _point_at_devnull(transport: Any) -> None:
+    # The descriptor number stays taken (by /dev/null) while the transport lives, so nothing can
+    # reuse it and have it closed by mistake later.
+    sock = transport.get_extra_info("socket")
+    fileno = sock.fileno() if sock is not None else -1
+    if fileno < 0:
+        return
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        with contextlib.suppress(OSError):
+            os.dup2(devnull, fileno)
+    finally:
+        os.close(devnull)

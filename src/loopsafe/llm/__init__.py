@@ -1,0 +1,38 @@
+"""LLM and HTTP clients as per-loop resources, and limits shared by a whole deployment.
+
+Needs the ``llm`` extra: ``pip install 'loopsafe[llm]'`` (``loopsafe[anthropic]`` for Claude).
+"""
+
+try:
+    # Fail here, with the fix, rather than deep inside.
+    import httpx as _httpx  # noqa: F401
+    import httpx2 as _httpx2  # noqa: F401
+    import openai as _openai  # noqa: F401
+    import redis.asyncio as _redis  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        f"loopsafe.llm needs httpx, openai and redis ({exc.name} is missing): "
+        "pip install 'loopsafe[llm]'"
+    ) from exc
+
+from .._public import claim_public_names
+from ._clients import get_anthropic as get_anthropic
+from ._clients import get_http as get_http
+from ._clients import get_openai as get_openai
+from ._errors import LimitTimeoutError as LimitTimeoutError
+from ._limit import limit as limit
+from ._settings import Limit as Limit
+from ._settings import configure as configure
+
+__all__ = (
+    "Limit",
+    "LimitTimeoutError",
+    "configure",
+    "get_anthropic",
+    "get_http",
+    "get_openai",
+    "limit",
+)
+
+claim_public_names(__name__, globals(), __all__)
+del claim_public_names

@@ -1,0 +1,77 @@
+"""The private asyncio names loopsafe touches still exist: fails loudly when a release moves one."""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.events
+import socket
+import sys
+
+import pytest
+
+from loopsafe._asyncio_compat import asyncgens_shut_down, get_running_loop_or_none, take_socket
+
+from .conftest import LOOP_FACTORIES
+
+MOVED = "asyncio on Python {} moved {}: update loopsafe/_asyncio_compat.py"
+
+
+def test_get_running_loop_or_none_is_asyncio_s_own() -> None:
+    assert hasattr(asyncio.events, "_get_running_loop"), MOVED.format(
+        sys.version.split()[0], "asyncio.events._get_running_loop"
+    )
+    assert get_running_loop_or_none() is None
+
+    async def inside() -> bool:
+        return get_running_loop_or_none() is asyncio.get_running_loop()
+
+    assert asyncio.run(inside())
+
+
+def test_asyncio_loops_still_flag_shutdown_asyncgens() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        assert hasattr(loop, "_asyncgens_shutdown_called"), MOVED.format(
+            sys.version.split()[0], "BaseEventLoop._asyncgens_shutdown_called"
+        )
+        assert not asyncgens_shut_down(loop)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        assert asyncgens_shut_down(loop)
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("name", list(LOOP_FACTORIES))
+def test_every_loop_implementation_reads_as_not_shut_down_before_its_end(name: str) -> None:
+    loop = LOOP_FACTORIES[name]()
+    try:
+        assert not asyncgens_shut_down(loop)
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("name", list(LOOP_FACTORIES))
+def test_take_socket_empties_asyncio_transports_and_leaves_others_alone(name: str) -> None:
+    ours, theirs = socket.socketpair()
+
+    async def transport_and_take() -> tuple[socket.socket | None, bool]:
+        _, writer = await asyncio.open_connection(sock=ours)
+        taken = take_socket(writer.transport)
+        closing = writer.transport.is_closing()
+        if taken is None:  # a transport that hides its socket: close it the ordinary way
+            writer.close()
+            await writer.wait_closed()
+        return taken, closing
+
+    loop = LOOP_FACTORIES[name]()
+    try:
+        taken, closing = loop.run_until_complete(transport_and_take())
+    finally:
+        loop.close()
+        theirs.close()
+    if isinstance(loop, asyncio.BaseEventLoop):
+        assert taken is ours, MOVED.format(sys.version.split()[0], "_SelectorTransport._sock")
+        assert closing, MOVED.format(sys.version.split()[0], "_SelectorTransport._closing")
+        ours.close()
+    else:
+        assert taken is None
