@@ -20,6 +20,8 @@ Profiles: ``seed-before`` (the incident's settings), ``seed-fix`` (the team's ha
 ``loopsafe`` (the seed's layout with one role-weighted BudgetPlan, no connection held across an
 LLM call, batched saves) and ``loopsafe-shared-loop`` (the same on shared-loop workers, which
 needs ``loopsafe.celery.install(app, loop="process")``; reported as not available until then).
+``seed-before`` and ``loopsafe`` run again with fewer server connections (``--starvation-pools``,
+default 20 and 15) to find where the seed's configuration starves.
 
 Writes results/contention.md and results/contention.png. ``--quick`` runs a short version for CI.
 """
@@ -149,6 +151,8 @@ class Sample:
     maxwait_s: float
     web_wait_s: float  # longest current wait at the pooler of an API connection
     backends: int  # pg_stat_activity rows of the app's database
+    wait_us: int  # SHOW STATS total_wait_time: client waits for a server connection, cumulative
+    xacts: int  # SHOW STATS total_xact_count
     rss_mb: float
     processes: int
 
@@ -251,6 +255,9 @@ class Sampler(threading.Thread):
     def _sample(self, pg: psycopg.Connection[Any]) -> Sample:
         pools = [p for p in self.bouncer.admin("SHOW POOLS") if p["database"] == self.database]
         clients = self.bouncer.admin("SHOW CLIENTS")
+        stats = [
+            row for row in self.bouncer.admin("SHOW STATS") if row["database"] == self.database
+        ]
         web_wait = max(
             (
                 int(c["wait"]) + int(c["wait_us"]) / 1e6
@@ -283,6 +290,8 @@ class Sampler(threading.Thread):
             ),
             web_wait_s=web_wait,
             backends=int(backends[0]) if backends else 0,
+            wait_us=sum(int(row["total_wait_time"]) for row in stats),
+            xacts=sum(int(row["total_xact_count"]) for row in stats),
             rss_mb=rss / 2**20,
             processes=len(processes),
         )
@@ -575,6 +584,7 @@ def _row(run: Run) -> list[object]:
         f"{max((s.cl_waiting for s in during), default=0)}",
         f"{max((s.maxwait_s for s in during), default=0):.1f} / {max((s.web_wait_s for s in during), default=0):.2f}",
         f"{max((s.backends for s in run.samples), default=0)}",
+        _mean_wait(during),
         f"{run.pool_waits[0]} ({run.pool_waits[1]:.1f} s)",
         f"{took:.1f} s = {100 * run.ideal_s / took:.0f} %"
         if run.completed == run.roadmaps
@@ -595,10 +605,19 @@ COLUMNS = [
     "peak cl_waiting",
     "maxwait s: all / API",
     "peak pg backends",
+    "mean pooler wait per transaction (gen)",
     "API pool waits > 1 ms",
     "generation time = % of LLM ideal",
     "RSS / processes",
 ]
+
+
+def _mean_wait(samples: list[Sample]) -> str:
+    """Mean client wait for a server connection per transaction over `samples` (SHOW STATS)."""
+    if len(samples) < 2 or samples[-1].xacts == samples[0].xacts:
+        return "n/a"
+    waited = (samples[-1].wait_us - samples[0].wait_us) / 1000
+    return f"{waited / (samples[-1].xacts - samples[0].xacts):.1f} ms"
 
 
 def _goals(run: Run, budget_total: int | None) -> list[str]:
@@ -700,7 +719,8 @@ def report(
         "PgBouncer's (sv_active in use; open = active + idle + used); client connections are the "
         "app's connections to PgBouncer (cl_active + cl_waiting); maxwait is PgBouncer's longest "
         "client wait, overall and for API connections (SHOW CLIENTS, application_name "
-        "roadmap:web). API pool waits come from each API worker's /metrics.",
+        "roadmap:web), and the mean wait per transaction comes from SHOW STATS. API pool waits "
+        "(client side, before PgBouncer) come from each API worker's /metrics.",
         "",
         "Budgets: " + "; ".join(f"{run.profile}: {run.budget}" for run in runs) + ". Where the "
         "seed's 18 processes cannot each get a connection from the plan (fewer than 20 server "
@@ -789,15 +809,18 @@ def main() -> None:
         "--server-pool", type=int, default=SERVER_POOL, help="PgBouncer default_pool_size"
     )
     parser.add_argument(
-        "--starvation-pool", type=int, default=15,
-        help="also run seed-before and loopsafe with this few server connections (0: don't)",
-    )  # fmt: skip
-    parser.add_argument("--max-generation", type=float, default=300.0)
+        "--starvation-pools",
+        default="20,15",
+        help="also run seed-before and loopsafe with these few server connections ('' for none)",
+    )
+    parser.add_argument(
+        "--max-generation", type=float, default=300.0, help="give up waiting after this many s"
+    )
     parser.add_argument("--name", default="contention", help="results/<name>.md/.png")
     args = parser.parse_args()
     if args.quick:
         args.roadmaps, args.idle, args.tail, args.latency_ms = 2, 5.0, 1.0, 300
-        args.max_generation, args.starvation_pool = 90.0, 0
+        args.max_generation, args.starvation_pools = 90.0, ""
         if "--profiles" not in sys.argv:
             args.profiles = f"seed-before,loopsafe,{SHARED_LOOP}"
         if args.name == "contention":
@@ -811,12 +834,8 @@ def main() -> None:
     runs: list[Run] = []
     unavailable: dict[str, str] = {}
     plan = [(profile, args.server_pool) for profile in wanted]
-    if args.starvation_pool:
-        plan += [
-            (profile, args.starvation_pool)
-            for profile in ("seed-before", "loopsafe")
-            if profile in wanted
-        ]
+    for pool in (int(n) for n in args.starvation_pools.split(",") if n.strip()):
+        plan += [(profile, pool) for profile in ("seed-before", "loopsafe") if profile in wanted]
     with servers() as (database_url, redis_url), tempfile.TemporaryDirectory() as logs:
         migrate_database(database_url)
         for profile, server_pool in plan:

@@ -18,6 +18,7 @@ from loopsafe import PoolExhaustedError
 from loopsafe.db import Database, PoolBudget
 
 from ..conftest import logged
+from ..forking import in_child
 
 TWO = PoolBudget(max_connections=2, processes=1, reserve=0)  # pool 1 + overflow 1
 
@@ -182,3 +183,13 @@ async def test_default_overload_handler_is_a_plain_exception_handler() -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         response = await client.get("/")
     assert (response.status_code, response.headers["retry-after"]) == (503, "1")
+
+
+def test_a_forked_child_does_not_inherit_the_parents_waits() -> None:
+    database = Database("postgresql://u@localhost/db")
+    token = database._pressure.wait_started()  # a checkout of the parent, waiting
+    seen = in_child(lambda: {"waiting": database.pool_status()["waiting"]})
+    assert seen == {"waiting": 0}
+    assert database.pool_status()["waiting"] == 1
+    database._pressure.wait_ended(token)
+    assert database.pool_status()["waiting"] == 0

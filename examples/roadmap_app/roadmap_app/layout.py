@@ -77,10 +77,21 @@ class Layout:
             web_workers=int(_number(env, "WEB_CONCURRENCY", cls.web_workers, int, low=1, high=64)),
             workers=workers,
             max_tasks_per_child=int(
-                _number(env, "CELERY_MAX_TASKS_PER_CHILD", 0, int, low=0, high=1_000_000)
+                _number(
+                    env,
+                    "CELERY_MAX_TASKS_PER_CHILD",
+                    cls.max_tasks_per_child,
+                    int,
+                    low=0,
+                    high=1_000_000,
+                )
             ),
-            web_weight=_number(env, "DATABASE_WEB_WEIGHT", cls.web_weight, float, low=0.01, high=1000),
-            web_minimum=int(_number(env, "DATABASE_WEB_MINIMUM", 0, int, low=0, high=10_000)),
+            web_weight=_number(
+                env, "DATABASE_WEB_WEIGHT", cls.web_weight, float, low=0.01, high=1000
+            ),
+            web_minimum=int(
+                _number(env, "DATABASE_WEB_MINIMUM", cls.web_minimum, int, low=0, high=10_000)
+            ),
             host=env.get("HOST", "").strip() or cls.host,
             port=int(_number(env, "PORT", cls.port, int, low=1, high=65_535)),
         )

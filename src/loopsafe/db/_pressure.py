@@ -8,15 +8,18 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
+from .._fork import on_fork_in_child
 from .._log import get_logger
 
 __all__ = ("WAIT_BUCKETS", "PoolPressure", "PressureAlerts")
 
 _log = get_logger("loopsafe.db")
+_pressures: weakref.WeakSet[PoolPressure] = weakref.WeakSet()
 
 #: Upper bounds (seconds) of the checkout-wait histogram; the last bucket is +Inf.
 WAIT_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -74,12 +77,19 @@ class PoolPressure:
     """What one `Database`'s pools report about waits and holds, across this process's loops.
 
     Only the slow path (a checkout that has to wait) takes the lock; a checkout served at once
-    costs one counter increment, so the session hot path stays as fast as before.
+    costs a counter increment, a clock read and a comparison, so the session hot path stays as
+    fast as before.
     """
 
     def __init__(self, database: str, alerts: PressureAlerts) -> None:
         self.database = database
         self.alerts = alerts
+        self._reset()
+        _pressures.add(self)
+
+    def _reset(self) -> None:
+        # Also what a forked child runs: the parent's waits are not the child's, and a lock held
+        # by another thread at fork time would never be released.
         self._lock = threading.Lock()
         self._tokens = itertools.count()
         self._waits: dict[int, float] = {}
@@ -202,3 +212,11 @@ def caller(skip: Sequence[str] = _PLUMBING) -> str | None:
         if not filename.startswith("<") and not any(part in filename for part in skip):
             return f"{filename}:{frame.f_lineno} in {frame.f_code.co_name}"
     return None
+
+
+def _reset_all() -> None:
+    for pressure in list(_pressures):
+        pressure._reset()
+
+
+on_fork_in_child(_reset_all)
