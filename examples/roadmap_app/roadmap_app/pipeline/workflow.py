@@ -53,6 +53,9 @@ _FAIL_WRITE_BACKOFF_S = (0.0, 0.2, 1.0)
 class LeaseLost(RuntimeError):
     """This job no longer owns its roadmap: its lease expired and another job took over."""
 
+    def __init__(self, roadmap_id: uuid.UUID, token: uuid.UUID) -> None:
+        super().__init__(f"roadmap {roadmap_id}: job {token} lost its lease to another job")
+
 
 @dataclass
 class Runtime:
@@ -118,7 +121,7 @@ async def _write_owned(
         else {"lease_expires_at": repositories.lease_until(rt.settings.job_lease_s)}
     )
     if not await repositories.update_roadmap(session, roadmap_id, owner=token, **lease, **values):
-        raise LeaseLost(f"roadmap {roadmap_id}: job {token} lost its lease to another job")
+        raise LeaseLost(roadmap_id, token)
 
 
 async def _advance(rt: Runtime, roadmap_id: uuid.UUID, token: uuid.UUID, **values: Any) -> None:
@@ -495,7 +498,7 @@ async def generate_content(
                 failed_concepts=[f.as_json() for f in report.failed],
             )
             if not recorded:
-                raise LeaseLost(f"roadmap {roadmap_id}: job {token} lost its lease to another job")
+                raise LeaseLost(roadmap_id, token)
             return S.failed
         async with rt.db.session() as session:
             # Only the owner's committed update may announce `completed`.
