@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import logging
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -80,6 +82,9 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     ]  # fmt: skip
     if args.name:
         argv += ["--hostname", args.name]
+    if args.beat:
+        # The schedule's state file goes to a private directory, not the working directory.
+        argv += ["--beat", "--schedule", str(Path(tempfile.mkdtemp()) / "beat-schedule")]
     for option, value in (
         ("--soft-time-limit", args.soft_time_limit),
         ("--time-limit", args.time_limit),
@@ -154,6 +159,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--time-limit", type=float, default=None, metavar="SECONDS")
     worker.add_argument("--max-tasks-per-child", type=int, default=None, metavar="N")
     worker.add_argument("--log-level", default="info")
+    worker.add_argument(
+        "--beat",
+        action="store_true",
+        help="also run the schedule (the sweeper of abandoned jobs); one per deployment",
+    )
     worker.set_defaults(run=_cmd_worker)
 
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")

@@ -67,6 +67,8 @@ _NUMBERS: dict[str, tuple[str, Callable[[str], float], float, float]] = {
     "database_pool_timeout_s": ("DATABASE_POOL_TIMEOUT_S", float, 0.1, 600.0),
     "database_max_overflow": ("DATABASE_MAX_OVERFLOW", int, 0, 1000),
     "event_timeout_s": ("EVENT_TIMEOUT_S", float, 0.05, 60.0),
+    "job_lease_s": ("JOB_LEASE_S", float, 1.0, 3600.0),
+    "sweep_interval_s": ("SWEEP_INTERVAL_S", float, 0.5, 3600.0),
 }
 
 
@@ -97,6 +99,10 @@ class Settings:
     # before loopsafe.llm), kept to reproduce the provider's 429s; "deployment" shares one limit.
     llm_limit_scope: Literal["deployment", "process"] = "deployment"
     content_batch_size: int = 8
+    # A running job owns its roadmap for this long past its last heartbeat; a job whose worker
+    # died is taken over by the sweeper (every `sweep_interval_s`) once its lease has expired.
+    job_lease_s: float = 60.0
+    sweep_interval_s: float = 15.0
     event_timeout_s: float = 1.0
     # How content jobs write: "batched" (one writer per job, a connection only per batch
     # commit) or "per-concept" (each concept holds a connection, inside an open transaction,

@@ -268,7 +268,9 @@ def run_demo(
         for queue, concurrency in WORKERS:
             demo.start(
                 f"worker-{queue}",
-                worker_command([queue], concurrency=concurrency, name=f"{queue}@%h"),
+                worker_command(
+                    [queue], concurrency=concurrency, name=f"{queue}@%h", beat=queue == "workflow"
+                ),
                 env,
             )
         demo.say(

@@ -18,6 +18,7 @@ QUEUES: dict[str, str] = {
     "generate_content": "content",
     "resume_from_checkpoint": "content",
     "write_execution_log": "logs",
+    "sweep_abandoned": "workflow",
 }
 TASK_PREFIX = "roadmap."
 
@@ -36,9 +37,20 @@ def create_celery_app(settings: Settings) -> Celery:
         accept_content=["json"],
         # One job at a time per child: a long content job must not hold a second one hostage.
         worker_prefetch_multiplier=1,
-        # Not acks_late: a job whose worker is killed is not re-run behind the user's back; the
-        # database checkpoint and POST /resume recover it, and only the missing concepts run.
+        # Not acks_late: a job whose worker is killed is recovered by the sweeper below once its
+        # lease expires (the Redis transport would only redeliver after its visibility timeout),
+        # from the database checkpoint: only the missing concepts run.
         task_acks_late=False,
+        beat_schedule={
+            "sweep-abandoned": {
+                "task": TASK_PREFIX + "sweep_abandoned",
+                "schedule": settings.sweep_interval_s,
+                "options": {
+                    "queue": QUEUES["sweep_abandoned"],
+                    "expires": settings.sweep_interval_s,
+                },
+            }
+        },
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,

@@ -27,7 +27,22 @@ async def _initial_schema(conn: AsyncConnection) -> None:
     await conn.run_sync(Base.metadata.create_all)
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _initial_schema),)
+async def _job_leases(conn: AsyncConnection) -> None:
+    # IF NOT EXISTS: a database created by a newer `initial schema` already has the columns.
+    await conn.execute(
+        text(
+            "ALTER TABLE roadmaps"
+            " ADD COLUMN IF NOT EXISTS lease_owner uuid,"
+            " ADD COLUMN IF NOT EXISTS lease_expires_at timestamptz,"
+            " ADD COLUMN IF NOT EXISTS failed_concepts jsonb NOT NULL DEFAULT '[]'"
+        )
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", _initial_schema),
+    Migration(2, "job leases and failed concepts", _job_leases),
+)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 

@@ -93,6 +93,14 @@ class Roadmap(Base):
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
     )
     completed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    # The running job's lease: its token and when it lapses unless heartbeated. Every write a job
+    # makes is conditional on still holding it, so a second job (or a zombie) cannot interfere.
+    lease_owner: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime(timezone=True), default=None
+    )
+    # Concepts whose content failed for good in the last run: [{"concept_id", "slug", "reason"}].
+    failed_concepts: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
 
     stages: Mapped[list[Stage]] = relationship(
         back_populates="roadmap",

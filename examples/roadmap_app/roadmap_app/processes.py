@@ -42,7 +42,7 @@ def port_is_free(port: int) -> bool:
 
 
 def worker_command(
-    queues: Sequence[str], *, concurrency: int, name: str | None = None
+    queues: Sequence[str], *, concurrency: int, name: str | None = None, beat: bool = False
 ) -> list[str]:
     """`python -m roadmap_app worker` for `queues`, with the prefork pool."""
     command = [
@@ -51,6 +51,8 @@ def worker_command(
     ]  # fmt: skip
     if name:
         command += ["--name", name]
+    if beat:
+        command.append("--beat")
     return command
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -25,13 +26,17 @@ from roadmap_app.models import (
 
 __all__ = (
     "ConceptRef",
+    "ContentExistsError",
     "NewContent",
     "Progress",
+    "abandoned_roadmaps",
     "add_execution_log",
     "concepts_without_content",
     "create_roadmap",
     "get_roadmap",
     "get_roadmap_tree",
+    "lease_holder",
+    "lease_until",
     "list_execution_logs",
     "list_roadmaps",
     "progress",
@@ -39,8 +44,13 @@ __all__ = (
     "replace_curriculum",
     "save_content",
     "slugify",
+    "take_abandoned",
     "update_roadmap",
 )
+
+
+class ContentExistsError(RuntimeError):
+    """A curriculum replacement would have deleted saved content."""
 
 
 @dataclass(frozen=True)
@@ -134,9 +144,13 @@ async def update_roadmap(
     roadmap_id: uuid.UUID,
     *,
     only_from: Iterable[RoadmapStatus] | None = None,
+    owner: uuid.UUID | None = None,
+    unleased: bool = False,
     **values: Any,
 ) -> bool:
-    """Set columns of one roadmap; with `only_from`, only if its status is one of those.
+    """Set columns of one roadmap; with `only_from`, only if its status is one of those; with
+    `owner`, only while that job token holds the lease; with `unleased`, only while no job holds
+    an unexpired lease.
 
     Returns whether a row changed. The conditional form is how concurrent requests and
     re-delivered jobs agree on who moves a roadmap forward: exactly one of them sees True.
@@ -144,15 +158,92 @@ async def update_roadmap(
     statement = update(Roadmap).where(Roadmap.id == roadmap_id)
     if only_from is not None:
         statement = statement.where(Roadmap.status.in_(list(only_from)))
+    if owner is not None:
+        statement = statement.where(Roadmap.lease_owner == owner)
+    if unleased:
+        statement = statement.where(
+            or_(Roadmap.lease_owner.is_(None), Roadmap.lease_expires_at < func.now())
+        )
     result = await session.execute(statement.values(updated_at=func.now(), **values))
     return bool(getattr(result, "rowcount", 0))
 
 
+def lease_until(seconds: float) -> ColumnElement[Any]:
+    """`now() + seconds` in the database's clock, the only clock every process shares."""
+    return func.now() + dt.timedelta(seconds=seconds)
+
+
+async def lease_holder(session: AsyncSession, roadmap_id: uuid.UUID) -> dt.datetime | None:
+    """When the running job's lease expires, or None when no job holds an unexpired one."""
+    expires: dt.datetime | None = await session.scalar(
+        select(Roadmap.lease_expires_at).where(
+            Roadmap.id == roadmap_id,
+            Roadmap.lease_owner.is_not(None),
+            Roadmap.lease_expires_at >= func.now(),
+        )
+    )
+    return expires
+
+
+def _abandoned(statuses: Iterable[RoadmapStatus], stale: ColumnElement[Any]) -> ColumnElement[bool]:
+    """In flight, but its job's lease expired, or no job took it since `stale`."""
+    return and_(
+        Roadmap.status.in_(list(statuses)),
+        or_(
+            and_(Roadmap.lease_owner.is_not(None), Roadmap.lease_expires_at < func.now()),
+            and_(Roadmap.lease_owner.is_(None), Roadmap.updated_at < stale),
+        ),
+    )
+
+
+async def abandoned_roadmaps(
+    session: AsyncSession, statuses: Iterable[RoadmapStatus], stale: ColumnElement[Any]
+) -> list[uuid.UUID]:
+    """Roadmaps in one of `statuses` that no live job works on (see `take_abandoned`)."""
+    result = await session.scalars(select(Roadmap.id).where(_abandoned(statuses, stale)))
+    return list(result.all())
+
+
+async def take_abandoned(
+    session: AsyncSession,
+    roadmap_id: uuid.UUID,
+    statuses: Iterable[RoadmapStatus],
+    stale: ColumnElement[Any],
+) -> Roadmap | None:
+    """Clear an abandoned roadmap's dead lease and mark it touched, if it is still abandoned;
+    the roadmap, or None when another sweeper (or its revived job) got there first."""
+    result = await session.scalars(
+        update(Roadmap)
+        .where(Roadmap.id == roadmap_id, _abandoned(statuses, stale))
+        .values(lease_owner=None, lease_expires_at=None, updated_at=func.now())
+        .returning(Roadmap),
+        execution_options={"populate_existing": True},
+    )
+    return result.one_or_none()
+
+
 async def replace_curriculum(
-    session: AsyncSession, roadmap_id: uuid.UUID, stages: Sequence[Mapping[str, Any]]
+    session: AsyncSession,
+    roadmap_id: uuid.UUID,
+    stages: Sequence[Mapping[str, Any]],
+    *,
+    discard_content: bool = False,
 ) -> int:
     """Replace the roadmap's stages/modules/concepts with `stages` (nested dicts); return the
-    number of concepts. Content of replaced concepts goes with them (cascade)."""
+    number of concepts.
+
+    Saved content would go with the replaced concepts, so a roadmap that has any is refused with
+    `ContentExistsError` unless `discard_content=True` says the redesign is meant to drop it.
+    """
+    if not discard_content:
+        saved = await session.scalar(
+            select(func.count()).where(ConceptContent.roadmap_id == roadmap_id)
+        )
+        if saved:
+            raise ContentExistsError(
+                f"roadmap {roadmap_id} already has content for {saved} concepts; replacing its "
+                "curriculum would delete it (pass discard_content=True to redesign on purpose)"
+            )
     await session.execute(delete(Stage).where(Stage.roadmap_id == roadmap_id))
     taken: set[str] = set()
     count = 0

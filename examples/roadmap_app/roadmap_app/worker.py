@@ -154,3 +154,9 @@ async def resume_from_checkpoint(roadmap_id: str) -> str | None:
 async def write_execution_log(roadmap_id: str, row: dict[str, Any]) -> None:
     """Persist one execution log row."""
     await _write_log({**row, "roadmap_id": roadmap_id})
+
+
+@loopsafe.celery.async_task(app, name=TASK_PREFIX + "sweep_abandoned")
+async def sweep_abandoned() -> int:
+    """Re-queue roadmaps whose job died (run every `SWEEP_INTERVAL_S` by `worker --beat`)."""
+    return len(await workflow.recover_abandoned(runtime()))

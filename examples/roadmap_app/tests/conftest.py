@@ -78,7 +78,7 @@ def stack(app_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
     running = Stack(app_env, tmp_path_factory.mktemp("stack-logs"), name="main")
     try:
         running.start_api()
-        running.start_worker("workflow", ["workflow", "logs"])
+        running.start_worker("workflow", ["workflow", "logs"], beat=True)
         running.start_worker("content", ["content"])
         running.wait_ready()
         yield running

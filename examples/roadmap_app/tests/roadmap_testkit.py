@@ -74,6 +74,9 @@ def make_env(
         DATABASE_MAX_CONNECTIONS="60",
         LOOPSAFE_PROCESSES="12",
         PYTHONUNBUFFERED="1",
+        # Short leases and a quick sweeper: a killed worker's job is taken over within seconds.
+        JOB_LEASE_S="2",
+        SWEEP_INTERVAL_S="1",
     )
     env.update(overrides)
     return env
@@ -108,7 +111,7 @@ class Stack:
         self.base_url = f"http://127.0.0.1:{port}"
 
     def start_worker(
-        self, role: str, queues: list[str], *, concurrency: int = 2, **env: str
+        self, role: str, queues: list[str], *, concurrency: int = 2, beat: bool = False, **env: str
     ) -> ManagedProcess:
         """Start a worker (replacing any previous one of `role`); returns once it consumes."""
         old = self.workers.pop(role, None)
@@ -118,7 +121,10 @@ class Stack:
         worker = ManagedProcess(
             f"{self.name}-{role}-{self._count}",
             worker_command(
-                queues, concurrency=concurrency, name=f"{role}{self._count}-{self.name}@%h"
+                queues,
+                concurrency=concurrency,
+                name=f"{role}{self._count}-{self.name}@%h",
+                beat=beat,
             ),
             env={**self.env, **env},
             log_path=self.log_dir / f"{self.name}-{role}-{self._count}.log",

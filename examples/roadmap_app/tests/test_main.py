@@ -9,6 +9,7 @@ import uuid
 import pytest
 from roadmap_testkit import delete_keys, make_env, query
 
+from roadmap_app.migrations import SCHEMA_VERSION
 from roadmap_app.processes import free_port, port_is_free
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -35,7 +36,7 @@ def test_demo_runs_the_whole_system_to_a_completed_roadmap_and_shuts_down(
         delete_keys(redis_url, prefix)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
-    assert "schema      version 1 (up to date)" in out
+    assert f"schema      version {SCHEMA_VERSION} (up to date)" in out
     assert "workers     workflow ×1, content ×2, logs ×1 (Celery prefork)" in out
     assert "status → completed" in out
     assert "100%" in out

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import BaseModel, Field, model_validator
@@ -14,12 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from loopsafe.db import Database
 from roadmap_app import repositories
-from roadmap_app.llm import LLMProvider, Prompt
+from roadmap_app.llm import LLMError, LLMProvider, Prompt
 from roadmap_app.pipeline.calls import Brief, LLMOptions, ask
 from roadmap_app.repositories import ConceptRef, NewContent, Progress
 
 __all__ = (
     "ContentReport",
+    "FailedConcept",
+    "Fence",
     "Material",
     "Notifier",
     "Quiz",
@@ -80,11 +82,27 @@ class Material:
         )
 
 
+# Called inside every content transaction before it writes; raises to refuse the write (the
+# workflow's lease check: only the job that owns the roadmap may save its content).
+Fence = Callable[[AsyncSession], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class FailedConcept:
+    concept: ConceptRef
+    reason: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"concept_id": self.concept.id, "slug": self.concept.slug, "reason": self.reason}
+
+
 @dataclass
 class ContentReport:
     generated: int
     skipped: int
     progress: Progress
+    # Concepts whose LLM calls failed for good this run; every other concept was saved.
+    failed: list[FailedConcept] = field(default_factory=list)
 
 
 _SYSTEM = "You are a patient, precise tutor. Answer with one JSON object only: "
@@ -173,6 +191,7 @@ async def _write_batches(
     batch_size: int,
     progress: Progress,
     notifier: Notifier,
+    fence: Fence | None,
 ) -> int:
     """The single writer: commit finished concepts in batches, then announce each one saved.
 
@@ -198,6 +217,8 @@ async def _write_batches(
         rows = [material.to_row(concept.id) for concept, material in batch]
 
         async def save(session: AsyncSession, rows: Sequence[NewContent] = rows) -> set[int]:
+            if fence is not None:
+                await fence(session)
             return await repositories.save_content(session, roadmap_id, rows)
 
         inserted = await db.run_in_transaction(save)
@@ -239,12 +260,14 @@ async def generate_missing_content(
     *,
     batch_size: int = 8,
     hold_connections: int | None = None,
+    fence: Fence | None = None,
 ) -> ContentReport:
     """Generate and save content for every concept of the roadmap that has none yet.
 
-    At most `options.concurrency` concepts are in flight. When one concept fails for good, the
-    others are cancelled, whatever was finished is still saved (the checkpoint a resume starts
-    from), and the `LLMError` is raised.
+    At most `options.concurrency` concepts are in flight. A concept whose LLM calls fail for
+    good (`LLMError`) is listed in the report's `failed` and the others still finish, so a
+    resume only has those left to do. Any other error stops the run; whatever was finished is
+    still saved (the checkpoint a resume starts from). `fence` runs in every write transaction.
 
     With `hold_connections` (``CONTENT_WRITE_MODE=per-concept``) each concept instead opens its
     transaction first and keeps it, and its connection, across its three LLM calls, at most
@@ -267,21 +290,36 @@ async def generate_missing_content(
     todo = iter(missing)
     hold = asyncio.Semaphore(hold_connections) if hold_connections is not None else None
     held_written = 0
+    failed: list[FailedConcept] = []
+
+    async def material_of(concept: ConceptRef) -> Material | None:
+        try:
+            return await generate_material(
+                llm, brief, concept, options, on_step=notifier, roadmap_id=roadmap_id
+            )
+        except LLMError as exc:
+            failed.append(FailedConcept(concept, str(exc)[:500]))
+            return None
+
+    stopping = False
 
     async def produce() -> None:
         nonlocal held_written
         for concept in todo:  # shared iterator: each concept is taken by exactly one producer
+            if stopping:
+                return
             if hold is None:
-                material = await generate_material(
-                    llm, brief, concept, options, on_step=notifier, roadmap_id=roadmap_id
-                )
-                await queue.put((concept, material))
+                material = await material_of(concept)
+                if material is not None:
+                    await queue.put((concept, material))
                 continue
             async with hold, db.session() as session:
                 await session.execute(text("SELECT 1"))  # the transaction, and its connection
-                material = await generate_material(
-                    llm, brief, concept, options, on_step=notifier, roadmap_id=roadmap_id
-                )
+                material = await material_of(concept)
+                if material is None:
+                    continue
+                if fence is not None:
+                    await fence(session)
                 rows = [material.to_row(concept.id)]
                 inserted = await repositories.save_content(session, roadmap_id, rows)
             if concept.id in inserted:
@@ -289,7 +327,7 @@ async def generate_missing_content(
                 await _announce(roadmap_id, concept, progress, notifier)
 
     writer = asyncio.create_task(
-        _write_batches(db, roadmap_id, queue, batch_size, progress, notifier),
+        _write_batches(db, roadmap_id, queue, batch_size, progress, notifier, fence),
         name=f"content-writer-{roadmap_id}",
     )
     producers = {
@@ -315,12 +353,22 @@ async def generate_missing_content(
         await asyncio.gather(writer, return_exceptions=True)
         raise
     finally:
+        stopping = True
         for task in producers:
             task.cancel()
-        await asyncio.gather(*producers, return_exceptions=True)
+        pending = set(producers)
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=0.1)
+            # A cancellation an LLM call's timeout swallowed leaves a producer blocked on the
+            # full queue; with the writer gone nobody else empties it.
+            while writer.done() and not queue.empty():
+                queue.get_nowait()
     if not writer.done():
-        # Let the writer save everything already generated, even when a concept failed.
-        await queue.put(None)
+        # Let the writer save everything already generated. If it dies meanwhile (its lease was
+        # lost, the database refused) the queue may stay full: don't wait on it forever.
+        sentinel = asyncio.ensure_future(queue.put(None))
+        await asyncio.wait({sentinel, writer}, return_when=asyncio.FIRST_COMPLETED)
+        sentinel.cancel()
     try:
         generated = await writer
     except Exception:
@@ -329,4 +377,6 @@ async def generate_missing_content(
         generated = 0
     if failure is not None:
         raise failure
-    return ContentReport(generated=generated + held_written, skipped=skipped, progress=progress)
+    return ContentReport(
+        generated=generated + held_written, skipped=skipped, progress=progress, failed=failed
+    )

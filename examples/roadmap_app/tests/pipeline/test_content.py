@@ -132,34 +132,38 @@ async def test_writes_are_batched_and_bounded_by_batch_size(
     assert max(sizes) <= 5
 
 
-async def test_a_failing_concept_keeps_finished_work_and_resume_generates_only_the_rest(
+async def test_a_failing_concept_is_listed_and_the_others_still_finish(
     configured: Settings, database_url: str
 ) -> None:
     roadmap_id, total = await _roadmap_with_curriculum("Learn Kotlin")
     async with loopsafe.db.session() as session:
         missing = await repositories.concepts_without_content(session, roadmap_id)
-    doomed = missing[total // 2].title
+    doomed = missing[total // 2]
     notifier = RecordingNotifier()
-    with pytest.raises(
-        LLMError, match=rf"tutorial for '{doomed}' failed after 2 attempts: the model is down"
-    ):
-        await generate_missing_content(
-            loopsafe.db.get_database(),
-            CountingProvider(fail_on=doomed),
-            roadmap_id,
-            OPTIONS,
-            notifier,
+    broken = await generate_missing_content(
+        loopsafe.db.get_database(),
+        CountingProvider(fail_on=doomed.title),
+        roadmap_id,
+        OPTIONS,
+        notifier,
+    )
+    assert [(f.concept.id, f.reason) for f in broken.failed] == [
+        (
+            doomed.id,
+            f"tutorial for '{doomed.title}' failed after 2 attempts: the model is down for this one",
         )
+    ]
     kept = _saved(database_url, roadmap_id)
-    assert 0 < len(kept) < total  # what finished before the failure is the checkpoint
+    assert len(kept) == broken.generated == total - 1  # one bad concept sinks nothing else
+    assert doomed.id not in kept
     assert len([e for e in notifier.events if e["type"] == "concept_saved"]) == len(kept)
 
     llm = CountingProvider()
     report = await generate_missing_content(
         loopsafe.db.get_database(), llm, roadmap_id, OPTIONS, RecordingNotifier()
     )
-    assert (report.generated, report.skipped) == (total - len(kept), len(kept))
-    assert len(llm.concepts) == total - len(kept)  # saved concepts were not generated again
+    assert (report.generated, report.skipped, report.failed) == (1, len(kept), [])
+    assert llm.concepts == [doomed.title]  # only the failed concept is generated again
     assert len(set(llm.concepts)) == len(llm.concepts)
     assert len(_saved(database_url, roadmap_id)) == total
 

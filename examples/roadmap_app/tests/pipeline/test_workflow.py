@@ -5,13 +5,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import psycopg
 import pytest
 from roadmap_testkit import query
 
 import loopsafe.db
 from roadmap_app import repositories
 from roadmap_app.config import Settings
-from roadmap_app.llm import LLMProvider, OfflineProvider
+from roadmap_app.llm import LLMError, LLMProvider, OfflineProvider
 from roadmap_app.models import RoadmapStatus
 from roadmap_app.pipeline import workflow
 
@@ -219,3 +220,255 @@ async def test_a_completed_roadmap_is_never_marked_failed_by_a_late_duplicate(
         await repositories.update_roadmap(session, roadmap_id, status=S.completed)
     await workflow.fail(_runtime(configured, recorder), roadmap_id, "content", "late failure")
     assert _row(database_url, roadmap_id)[:2] == ("completed", None)
+
+
+# --- Job ownership: a lease on the roadmap row, checked on every write ---------------------
+
+
+async def _content_ready(settings: Settings, recorder: Recorder) -> uuid.UUID:
+    """A roadmap designed without review, its content job queued but not run."""
+    roadmap_id = await _new(goal="Learn Haskell")
+    assert await workflow.generate_roadmap(_runtime(settings, recorder), roadmap_id) is (
+        S.generating_content
+    )
+    return roadmap_id
+
+
+def _lease(database_url: str, roadmap_id: uuid.UUID) -> tuple[Any, ...]:
+    (row,) = query(
+        database_url,
+        "SELECT lease_owner, lease_expires_at > now() FROM roadmaps WHERE id = %(i)s",
+        {"i": roadmap_id},
+    )
+    return tuple(row)
+
+
+def _content_rows(database_url: str, roadmap_id: uuid.UUID) -> tuple[int, int]:
+    """(content rows, concepts with content) of the roadmap."""
+    (row,) = query(
+        database_url,
+        "SELECT count(*), count(DISTINCT concept_id) FROM concept_content WHERE roadmap_id = %(i)s",
+        {"i": roadmap_id},
+    )
+    return int(row[0]), int(row[1])
+
+
+class StealingProvider(OfflineProvider):
+    """Another job takes the roadmap's lease (as after an expiry) while this one generates."""
+
+    def __init__(self, roadmap_id: uuid.UUID) -> None:
+        super().__init__()
+        self.roadmap_id = roadmap_id
+        self.thief = uuid.uuid4()
+
+    async def complete_json(self, prompt: Any) -> dict[str, Any]:
+        if self.calls:
+            return await super().complete_json(prompt)
+        async with loopsafe.db.session() as session:
+            await repositories.update_roadmap(
+                session,
+                self.roadmap_id,
+                lease_owner=self.thief,
+                lease_expires_at=repositories.lease_until(3600),
+            )
+        return await super().complete_json(prompt)
+
+
+async def test_a_job_that_lost_its_lease_writes_nothing_and_never_announces_completed(
+    configured: Settings, database_url: str
+) -> None:
+    recorder = Recorder(database_url)
+    roadmap_id = await _content_ready(configured, recorder)
+    llm = StealingProvider(roadmap_id)
+    assert await workflow.generate_content(_runtime(configured, recorder, llm), roadmap_id) is None
+    assert _row(database_url, roadmap_id)[0] == "generating_content"
+    assert _lease(database_url, roadmap_id) == (llm.thief, True)  # the new owner keeps it
+    assert _content_rows(database_url, roadmap_id) == (0, 0)  # the fenced writes were refused
+    assert not [e for e in recorder.events if e.get("status") in ("completed", "failed")]
+    assert recorder.logs[-1][:2] == ("content", "skipped")
+    assert "lost its lease" in recorder.logs[-1][2]["why"]
+
+
+async def test_a_second_job_is_a_logged_no_op_while_the_first_holds_the_lease(
+    configured: Settings, database_url: str
+) -> None:
+    recorder = Recorder(database_url)
+    roadmap_id = await _content_ready(configured, recorder)
+    owner = uuid.uuid4()
+    query(
+        database_url,
+        "UPDATE roadmaps SET lease_owner = %(o)s, lease_expires_at = now() + interval '1 minute'"
+        " WHERE id = %(i)s RETURNING id",
+        {"o": owner, "i": roadmap_id},
+    )
+    llm = OfflineProvider()
+    runtime = _runtime(configured, recorder, llm)
+    assert await workflow.generate_content(runtime, roadmap_id, step="resume") is None
+    assert llm.calls == 0
+    assert recorder.logs[-1][:2] == ("resume", "skipped")
+    assert _lease(database_url, roadmap_id) == (owner, True)
+
+    # Once that lease has expired (its worker died) a job may take over, and finishes.
+    query(
+        database_url,
+        "UPDATE roadmaps SET lease_expires_at = now() - interval '1 second' WHERE id = %(i)s"
+        " RETURNING id",
+        {"i": roadmap_id},
+    )
+    assert await workflow.generate_content(runtime, roadmap_id, step="resume") is S.completed
+    assert _lease(database_url, roadmap_id) == (None, None)  # released with the last write
+    assert [e["status"] for e in recorder.events if e.get("status") == "completed"] == ["completed"]
+
+
+async def test_a_redelivered_generate_roadmap_never_redesigns_over_saved_content(
+    configured: Settings, database_url: str
+) -> None:
+    recorder = Recorder(database_url)
+    roadmap_id = await _content_ready(configured, recorder)
+    runtime = _runtime(configured, recorder, OfflineProvider(failure_rate=1.0))
+    assert await workflow.generate_content(runtime, roadmap_id) is S.failed
+    runtime.llm = OfflineProvider()
+    assert await workflow.generate_content(runtime, roadmap_id) is S.completed
+    saved = _content_rows(database_url, roadmap_id)
+    query(database_url, "UPDATE roadmaps SET status = 'failed' WHERE id = %(i)s RETURNING id",
+          {"i": roadmap_id})  # fmt: skip
+    llm = OfflineProvider()
+    runtime.llm = llm
+    assert await workflow.generate_roadmap(runtime, roadmap_id) is None
+    assert llm.calls == 0
+    assert _row(database_url, roadmap_id)[2] == 1  # curriculum version unchanged
+    assert _content_rows(database_url, roadmap_id) == saved
+
+
+async def test_replacing_a_curriculum_with_saved_content_is_refused_unless_asked_for(
+    configured: Settings, database_url: str
+) -> None:
+    recorder = Recorder(database_url)
+    roadmap_id = await _content_ready(configured, recorder)
+    assert await workflow.generate_content(_runtime(configured, recorder), roadmap_id) is (
+        S.completed
+    )
+    saved, _ = _content_rows(database_url, roadmap_id)
+    plan = [{"title": "Only", "modules": [{"title": "M", "concepts": [{"title": "C"}]}]}]
+    with pytest.raises(
+        repositories.ContentExistsError,
+        match=rf"already has content for {saved} concepts; replacing its curriculum would delete",
+    ):
+        async with loopsafe.db.session() as session:
+            await repositories.replace_curriculum(session, roadmap_id, plan)
+    assert _content_rows(database_url, roadmap_id) == (saved, saved)
+    async with loopsafe.db.session() as session:
+        assert (
+            await repositories.replace_curriculum(session, roadmap_id, plan, discard_content=True)
+            == 1
+        )
+    assert _content_rows(database_url, roadmap_id) == (0, 0)
+
+
+# --- One bad concept does not sink the job ----------------------------------------------------
+
+
+class OneBadConcept(OfflineProvider):
+    def __init__(self, bad: str) -> None:
+        super().__init__()
+        self.bad = bad
+        self.concepts: list[str] = []
+
+    async def complete_json(self, prompt: Any) -> dict[str, Any]:
+        if prompt.kind == "tutorial":
+            self.concepts.append(str(prompt.context["concept"]))
+        if prompt.context.get("concept") == self.bad:
+            raise LLMError("the model refuses this one")
+        return await super().complete_json(prompt)
+
+
+async def test_a_bad_concept_is_listed_the_rest_finish_and_resume_retries_only_it(
+    configured: Settings, database_url: str
+) -> None:
+    recorder = Recorder(database_url)
+    roadmap_id = await _content_ready(configured, recorder)
+    (bad_id, bad_slug, bad_title), *_ = query(
+        database_url,
+        "SELECT id, slug, title FROM concepts WHERE roadmap_id = %(i)s ORDER BY id DESC LIMIT 1",
+        {"i": roadmap_id},
+    )
+    total = int(query(database_url, "SELECT count(*) FROM concepts WHERE roadmap_id = %(i)s",
+                      {"i": roadmap_id})[0][0])  # fmt: skip
+    runtime = _runtime(configured, recorder, OneBadConcept(bad_title))
+    assert await workflow.generate_content(runtime, roadmap_id) is S.failed
+    (status, error, failed), *_ = query(
+        database_url,
+        "SELECT status, error, failed_concepts FROM roadmaps WHERE id = %(i)s",
+        {"i": roadmap_id},
+    )
+    assert status == "failed"
+    assert error.startswith(f"content: 1 of {total} concepts failed ({bad_slug}); first reason:")
+    assert error.endswith("POST /resume retries only these")
+    assert [(f["concept_id"], f["slug"]) for f in failed] == [(bad_id, bad_slug)]
+    assert "the model refuses this one" in failed[0]["reason"]
+    assert _content_rows(database_url, roadmap_id) == (total - 1, total - 1)
+    assert _lease(database_url, roadmap_id) == (None, None)
+
+    retry = OneBadConcept("no such concept")
+    runtime.llm = retry
+    assert await workflow.generate_content(runtime, roadmap_id, step="resume") is S.completed
+    assert retry.concepts == [bad_title]
+    assert _content_rows(database_url, roadmap_id) == (total, total)
+    assert query(database_url, "SELECT failed_concepts FROM roadmaps WHERE id = %(i)s",
+                 {"i": roadmap_id}) == [([],)]  # fmt: skip
+
+
+# --- Failure layering ---------------------------------------------------------------------------
+
+
+def _execute(database_url: str, sql: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.encode())
+
+
+async def test_when_the_failure_cannot_be_recorded_the_job_still_notifies_and_raises_the_original(
+    configured: Settings, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = Recorder(database_url)
+    roadmap_id = await _new(goal="Learn Erlang")
+    # The database itself refuses to mark this roadmap failed: every retry of the write fails.
+    constraint = f"no_failed_{roadmap_id.hex}"
+    _execute(database_url, f"ALTER TABLE roadmaps ADD CONSTRAINT {constraint} CHECK "
+             f"(id <> '{roadmap_id}' OR status <> 'failed') NOT VALID")  # fmt: skip
+    try:
+        runtime = _runtime(configured, recorder, OfflineProvider(failure_rate=1.0))
+        with pytest.raises(LLMError, match="intent analysis failed after 3 attempts"):
+            await workflow.generate_roadmap(runtime, roadmap_id)
+    finally:
+        _execute(database_url, f"ALTER TABLE roadmaps DROP CONSTRAINT {constraint}")
+    assert _row(database_url, roadmap_id)[0] == "analyzing"  # nothing was written...
+    assert recorder.events[-1]["status"] == "failed"  # ...but the listeners were told
+    assert recorder.logs[-1][:2] == ("curriculum", "failed")
+    (record,) = [r for r in caplog.records if "failure_not_recorded" in r.getMessage()]
+    assert (record.task, record.roadmap) == ("curriculum", str(roadmap_id))  # type: ignore[attr-defined]
+    assert record.error.startswith("curriculum: intent analysis failed")  # type: ignore[attr-defined]
+    assert "CheckViolation" in record.write_error  # type: ignore[attr-defined]
+
+
+# --- The sweeper --------------------------------------------------------------------------------
+
+
+async def test_the_sweeper_requeues_an_abandoned_job_once_and_leaves_live_ones_alone(
+    configured: Settings, database_url: str
+) -> None:
+    recorder = Recorder(database_url)
+    dead = await _content_ready(configured, recorder)
+    alive = await _content_ready(configured, recorder)
+    for roadmap_id, expiry in ((dead, "- interval '1 second'"), (alive, "+ interval '1 minute'")):
+        query(database_url, "UPDATE roadmaps SET lease_owner = gen_random_uuid(),"
+              f" lease_expires_at = now() {expiry} WHERE id = %(i)s RETURNING id",
+              {"i": roadmap_id})  # fmt: skip
+    recorder.jobs.clear()
+    runtime = _runtime(configured, recorder)
+    recovered = await workflow.recover_abandoned(runtime)
+    assert dead in recovered
+    assert alive not in recovered
+    assert ("resume_from_checkpoint", (dead,)) in recorder.jobs
+    assert _lease(database_url, dead) == (None, None)
+    assert dead not in await workflow.recover_abandoned(runtime)  # once
+    assert await workflow.generate_content(runtime, dead, step="resume") is S.completed
