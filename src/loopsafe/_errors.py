@@ -8,12 +8,14 @@ Hierarchy::
     ├── PoolExhaustedError          (also TimeoutError)  a budgeted pool had no connection in time
     ├── DatabaseNotConfiguredError  (also RuntimeError)  loopsafe.db: no URL and no $DATABASE_URL
     ├── SubscriptionLostError       (also redis ConnectionError)  loopsafe.redis: lost for good
-    ├── UnsupportedPoolError        (also RuntimeError)  loopsafe.celery: gevent/eventlet workers
+    ├── UnsupportedPoolError        (also RuntimeError)  loopsafe.celery: a pool it cannot serve
+    ├── WorkerBudgetError           (also ValueError)    loopsafe.celery: concurrency over budget
+    ├── LimitTimeoutError           (also TimeoutError)  loopsafe.llm: no limit slot within max_wait
     └── BoundExceededError          (also TimeoutError)  internal: an awaited step overran its bound
 
 Defined elsewhere: `SubscriptionLostError` in ``redis/_subscribe.py``, because it also subclasses
-redis-py's ``ConnectionError`` and ``import loopsafe`` must not import redis; `UnsupportedPoolError`
-in ``celery/_signals.py``. The ``ValueError`` that `loopsafe.redis.publish` logs for a message it
+redis-py's ``ConnectionError`` and ``import loopsafe`` must not import redis. The integrations
+re-export theirs (`loopsafe.celery.UnsupportedPoolError`, `loopsafe.llm.LimitTimeoutError`…). The ``ValueError`` that `loopsafe.redis.publish` logs for a message it
 cannot send never leaves publish.
 """
 
@@ -22,9 +24,12 @@ from __future__ import annotations
 __all__ = (
     "BoundExceededError",
     "DatabaseNotConfiguredError",
+    "LimitTimeoutError",
     "LoopsafeError",
     "NoRunningLoopError",
     "PoolExhaustedError",
+    "UnsupportedPoolError",
+    "WorkerBudgetError",
     "WrongLoopError",
 )
 
@@ -67,7 +72,7 @@ class PoolExhaustedError(LoopsafeError, TimeoutError):
 class DatabaseNotConfiguredError(LoopsafeError, RuntimeError):
     """No database URL was given and ``$DATABASE_URL`` is not set.
 
-    Since 0.1.0.
+    .. versionadded:: 0.1.0
     """
 
 
@@ -87,3 +92,32 @@ class BoundExceededError(LoopsafeError, TimeoutError):
             else f"; it ignored cancellation for {grace:g} s more and was left running"
         )
         super().__init__(f"did not finish within {timeout:g} s{detail}")
+
+
+class UnsupportedPoolError(LoopsafeError, RuntimeError):
+    """The Celery worker uses a pool that loopsafe.celery cannot serve.
+
+    gevent and eventlet always; with ``install(app, loop="process")`` also pools loopsafe does
+    not know. Raised when the worker starts, so a misconfigured worker never takes a task.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+class WorkerBudgetError(LoopsafeError, ValueError):
+    """The worker's pool and concurrency need more than the database's `PoolBudget` allows.
+
+    Raised when the worker starts, before it takes a task.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+class LimitTimeoutError(LoopsafeError, TimeoutError):
+    """A call waited `Limit.max_wait` seconds for a slot of a deployment-wide limit and got none.
+
+    Nothing was sent: the call never reached the provider. Raise `max_wait`, raise the limit (if
+    the provider allows it), or send less work at once.
+
+    .. versionadded:: 0.1.0
+    """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from .._errors import LoopsafeError
+from .._errors import UnsupportedPoolError
 from . import _loop_thread
 
 __all__ = ("PoolKind", "UnsupportedPoolError", "check_pool", "pool_kind", "process_loop_pool")
@@ -28,15 +28,6 @@ _POOL_ALIASES: dict[str, PoolKind] = {
     "gevent": "gevent",
     "eventlet": "eventlet",
 }
-
-
-class UnsupportedPoolError(LoopsafeError, RuntimeError):
-    """The Celery worker uses a pool that loopsafe.celery cannot serve.
-
-    gevent and eventlet always; with ``install(app, loop="process")`` also pools loopsafe does
-    not know. Raised when the worker starts, so a misconfigured worker never takes a task.
-    Since 0.1.0.
-    """
 
 
 def pool_kind(pool: object) -> PoolKind:

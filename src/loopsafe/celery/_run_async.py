@@ -112,7 +112,7 @@ def run_async(
         TimeoutError: `timeout` seconds passed; the coroutine was cancelled and its cleanup ran.
         RuntimeError: calls nested more than `MAX_NESTING` deep.
 
-    Since 0.1.0; `loop_factory` since 0.2.0.
+    .. versionadded:: 0.1.0
     """
     if not isinstance(coro, Coroutine):
         raise _not_a_coroutine(coro)
@@ -190,7 +190,9 @@ def close_thread_loop(*, timeout: float = _limits.DEFAULT_SHUTDOWN_TIMEOUT) -> b
     Leftover tasks are cancelled, every loop-local resource is closed inside the loop
     (``loopsafe.aclose_all()``), async generators and the default executor are shut down, then the
     loop is closed. Each step is bounded by `timeout` seconds. Returns False if there was no loop
-    or it could not be closed (it was running). Since 0.1.0.
+    or it could not be closed (it was running).
+
+    .. versionadded:: 0.1.0
     """
     record = _runner.current_record()
     if record is None:
@@ -206,7 +208,8 @@ def close_all_loops(*, timeout: float = _limits.DEFAULT_SHUTDOWN_TIMEOUT) -> int
     call. Helper loop threads and the shared process loop are stopped (coroutines still running
     there are cancelled). Returns how many loops were closed. Celery's ``worker_shutdown`` and
     ``worker_process_shutdown`` signals call this when `install` is used, and so does ``atexit``.
-    Since 0.1.0.
+
+    .. versionadded:: 0.1.0
     """
     return _off_loop(lambda: _close_all(timeout))
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from .. import _fork
-from .._errors import LoopsafeError
+from .._errors import WorkerBudgetError
 from .._log import get_logger
 from .._validate import seconds
 from . import _limits, _loop_thread, _run_async
@@ -31,15 +31,6 @@ _ENFORCES_TIME_LIMITS = frozenset({"prefork"})
 DEFAULT_DRAIN_TIMEOUT = 30.0
 #: A shared loop held longer than this by one task is logged (``loopsafe.celery_loop_blocked``).
 DEFAULT_BLOCKED_AFTER = 0.5
-
-
-class WorkerBudgetError(LoopsafeError, ValueError):
-    """The worker's pool and concurrency need more than the database's `PoolBudget` allows.
-
-    Raised when the worker starts, before it takes a task.
-
-    .. versionadded:: 0.2.0
-    """
 
 
 class _WorkerSettings:
@@ -121,13 +112,10 @@ def install(
 
     Raises:
         ValueError: `loop` is neither "thread" nor "process", or a number of seconds is not
-            finite and positive.
+        finite and positive.
         TypeError: `loop_factory` is not callable, or a number of seconds is not a number.
 
     .. versionadded:: 0.1.0
-    .. versionchanged:: 0.2.0
-       `loop`, `loop_factory`, `blocked_after` and `drain_timeout`; the threads pool's shared
-       loop by default.
     """
     from celery import bootsteps
     from celery.exceptions import SoftTimeLimitExceeded

@@ -404,8 +404,6 @@ class Database:
         ``longest_wait`` (seconds the oldest of them has waited).
 
         .. versionadded:: 0.1.0
-        .. versionchanged:: 0.2.0
-           ``usage``, ``waiting`` and ``longest_wait``.
         """
         with self._live_lock:
             bounds = list(self._live)

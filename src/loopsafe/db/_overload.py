@@ -49,7 +49,9 @@ async def overload_handler(request: Request, exc: Exception) -> Response:
     ``Retry-After: 1``, instead of a 500: the service is busy, not broken.
 
     Register it with ``app.add_exception_handler(PoolExhaustedError, overload_handler)``, or use
-    `install_fastapi`. Since 0.1.0.
+    `install_fastapi`.
+
+    .. versionadded:: 0.1.0
     """
     return _shed(request, exc, RETRY_AFTER)
 
@@ -57,7 +59,9 @@ async def overload_handler(request: Request, exc: Exception) -> Response:
 def install_fastapi(app: Any, *, retry_after: float = RETRY_AFTER) -> None:
     """Make `app` (FastAPI or Starlette) answer `PoolExhaustedError` with 503 + ``Retry-After``.
 
-    Raises `ValueError` for a ``retry_after`` that is not a positive number. Since 0.1.0.
+    Raises `ValueError` for a ``retry_after`` that is not a positive number.
+
+    .. versionadded:: 0.1.0
     """
     if (
         isinstance(retry_after, bool)

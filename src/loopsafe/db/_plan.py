@@ -27,7 +27,9 @@ class Role:
     process). ``minimum`` is what each process of the role is guaranteed whatever the weights
     (default: one connection per loop).
 
-    Raises `TypeError`/`ValueError` for invalid numbers. Since 0.1.0.
+    Raises `TypeError`/`ValueError` for invalid numbers.
+
+    .. versionadded:: 0.1.0
     """
 
     processes: int
@@ -64,7 +66,9 @@ class RoleBudget(PoolBudget):
     """`PoolBudget` for one process of a `BudgetPlan` role: ``processes`` and
     ``loops_per_process`` are the role's, ``per_loop`` is the share the plan gave each loop.
 
-    Pass it to `Database(budget=...)` like any `PoolBudget`. Since 0.1.0.
+    Pass it to `Database(budget=...)` like any `PoolBudget`.
+
+    .. versionadded:: 0.1.0
     """
 
     role: str = "default"
@@ -98,7 +102,9 @@ class BudgetPlan:
     per loop, rounded down: what rounding leaves over stays unused.
 
     Raises `ValueError` when the roles' minimums (at least one connection per loop) do not fit,
-    with what would fit. Since 0.1.0.
+    with what would fit.
+
+    .. versionadded:: 0.1.0
     """
 
     max_connections: int
@@ -148,7 +154,8 @@ class BudgetPlan:
         """The budget of one process of `role` (default: ``$LOOPSAFE_ROLE``).
 
         Raises `ValueError` for a role the plan does not name, or when neither is given.
-        Since 0.1.0.
+
+        .. versionadded:: 0.1.0
         """
         if role is None:
             role = os.environ.get("LOOPSAFE_ROLE", "").strip()
@@ -186,7 +193,9 @@ class BudgetPlan:
         """A plan from its JSON form: ``{"max_connections": 50, "reserve": 0.1, "roles":
         {"web": {"processes": 2, "weight": 3}, "content": {"processes": 6}}}``.
 
-        Raises `ValueError` naming what is missing or of the wrong kind. Since 0.1.0.
+        Raises `ValueError` naming what is missing or of the wrong kind.
+
+        .. versionadded:: 0.1.0
         """
         if not isinstance(data, Mapping) or not isinstance(data.get("roles"), Mapping):
             raise ValueError(
@@ -207,7 +216,10 @@ class BudgetPlan:
         return cls(data["max_connections"], roles, data.get("reserve", 0.1))
 
     def to_mapping(self) -> dict[str, Any]:
-        """The JSON form `from_mapping` reads. Since 0.1.0."""
+        """The JSON form `from_mapping` reads.
+
+        .. versionadded:: 0.1.0
+        """
         return {
             "max_connections": self.max_connections,
             "reserve": self.reserve,
@@ -224,7 +236,9 @@ class BudgetPlan:
 
         Every process of the deployment reads the same plan, and ``$LOOPSAFE_ROLE`` names its own
         role (see `budget_for`). Raises `ValueError` when the variable is unset, the file is
-        missing or the JSON is invalid. Since 0.1.0.
+        missing or the JSON is invalid.
+
+        .. versionadded:: 0.1.0
         """
         raw = os.environ.get("LOOPSAFE_BUDGET_PLAN", "").strip()
         if not raw:
@@ -240,7 +254,8 @@ class BudgetPlan:
         """A plan from its JSON form given inline (starting with ``{``) or as a file path.
 
         Raises `ValueError` naming `source` when the file cannot be read or the JSON is invalid.
-        Since 0.1.0.
+
+        .. versionadded:: 0.1.0
         """
         text = plan
         if not plan.lstrip().startswith("{"):

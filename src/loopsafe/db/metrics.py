@@ -33,7 +33,7 @@ class PoolCollector:
     """Per-process gauges of every live `Database`'s ``pool_status()`` and a histogram of
     checkout waits, labelled ``database`` and ``pid`` (each process serves its own figures).
 
-    Since 0.1.0.
+    .. versionadded:: 0.1.0
     """
 
     def collect(self) -> Iterator[Metric]:
@@ -67,7 +67,9 @@ def register(registry: CollectorRegistry = REGISTRY) -> PoolCollector:
     """Register a `PoolCollector` with `registry` (default: prometheus-client's global one).
 
     Call once per process, e.g. at app start-up; serve the registry as usual
-    (``prometheus_client.make_asgi_app()``). Since 0.1.0.
+    (``prometheus_client.make_asgi_app()``).
+
+    .. versionadded:: 0.1.0
     """
     collector = PoolCollector()
     registry.register(collector)

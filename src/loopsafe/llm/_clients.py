@@ -161,7 +161,9 @@ def get_openai() -> openai.AsyncOpenAI:
     client; do not keep the result beyond the current loop.
 
     Raises `NoRunningLoopError` outside a running event loop and `LookupError` when no OpenAI key
-    is configured. Since 0.2.0.
+    is configured.
+
+    .. versionadded:: 0.1.0
     """
     client: openai.AsyncOpenAI = _loop_clients.get().get("openai", current_settings(), _make_openai)
     return client
@@ -174,7 +176,9 @@ def get_anthropic() -> anthropic.AsyncAnthropic:
 
     Raises `ImportError` naming the extra when the anthropic SDK is not installed,
     `NoRunningLoopError` outside a running event loop and `LookupError` when no Anthropic key is
-    configured. Since 0.2.0.
+    configured.
+
+    .. versionadded:: 0.1.0
     """
     client: anthropic.AsyncAnthropic = _loop_clients.get().get(
         "anthropic", current_settings(), _make_anthropic
@@ -189,7 +193,9 @@ def get_http(name: str = "default") -> httpx.AsyncClient:
     timeout); limited by ``limits[name]`` when configured. The same lifecycle as `get_openai()`.
 
     Raises `NoRunningLoopError` outside a running event loop and `LookupError` for a name that is
-    not configured. Since 0.2.0.
+    not configured.
+
+    .. versionadded:: 0.1.0
     """
     client: httpx.AsyncClient = _loop_clients.get().get(
         f"http:{name}", current_settings(), _make_http, name

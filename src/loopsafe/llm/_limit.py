@@ -202,7 +202,9 @@ async def limit(name: str) -> AsyncIterator[None]:
     logged; coordination resumes by itself when Redis is back.
 
     Raises `LimitTimeoutError` after `Limit.max_wait` seconds in line, and `LookupError` for a
-    name `configure(limits=...)` did not set. Since 0.2.0.
+    name `configure(limits=...)` did not set.
+
+    .. versionadded:: 0.1.0
     """
     found = limiter(name)
     if found is None:

@@ -48,7 +48,9 @@ class Limit:
     seconds after which a slot held by a process that died is given back (live holders renew it).
     `processes`: how many processes share the limit, used only while Redis is unreachable, when
     each process keeps to its share (``ceil(concurrency / processes)``); defaults to
-    ``$LOOPSAFE_PROCESSES``, else 1. Checked by `configure()`. Since 0.2.0.
+    ``$LOOPSAFE_PROCESSES``, else 1. Checked by `configure()`.
+
+    .. versionadded:: 0.1.0
     """
 
     concurrency: int | None = None
@@ -121,7 +123,9 @@ def configure(
     `ValueError` for a missing key, an unknown provider, a limit or timeout that is not a positive
     finite number (≤ 0, NaN, infinite); `TypeError` for a value of the wrong type and an `http`
     option httpx does not accept; `ImportError` naming the extra when a named provider's SDK is
-    not installed. Since 0.2.0.
+    not installed.
+
+    .. versionadded:: 0.1.0
     """
     global _settings, _version
     resolved = _providers(
