@@ -13,7 +13,7 @@ import socket
 from asyncio.events import _get_running_loop
 from typing import Any
 
-__all__ = ("asyncgens_shut_down", "get_running_loop_or_none", "take_socket")
+__all__ = ("asyncgens_shut_down", "get_running_loop_or_none", "loop_of", "take_socket")
 
 #: The running loop or None, without the exception `asyncio.get_running_loop()` raises: the C
 #: function behind it costs a quarter of a raising call, and lookups run on every `get()`.
@@ -26,6 +26,12 @@ def asyncgens_shut_down(loop: asyncio.AbstractEventLoop) -> bool:
     uvloop does not expose the flag; there the answer is False.
     """
     return bool(getattr(loop, "_asyncgens_shutdown_called", False))
+
+
+def loop_of(transport: Any) -> asyncio.AbstractEventLoop | None:
+    """The loop an asyncio or uvloop transport was made on (None if it does not say)."""
+    loop = getattr(transport, "_loop", None)
+    return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
 
 
 def take_socket(transport: Any) -> socket.socket | None:

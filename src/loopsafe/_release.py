@@ -1,13 +1,13 @@
 """Let go of a connection's socket without sending a byte: after a fork, or when its loop died.
 
-One way for every driver. asyncio's own transports give their socket up: this process's
-descriptor is closed and the transport is told it is closing, so its finalizer stays quiet. In a
-forked child that drops only the child's reference (the kernel sends nothing until the last
-descriptor goes, and the parent's registration in the shared epoll set stays); in the owning
+One way for every driver. asyncio's own transports on a closed loop give their socket up: this
+process's descriptor is closed and the transport is told it is closing, so its finalizer stays
+quiet. In a forked child that drops only the child's reference (the kernel sends nothing until the
+last descriptor goes, and the parent's registration in the shared epoll set stays); in the owning
 process it closes the connection, so the server frees it at once. Transports that keep their
-socket out of reach (uvloop's, in C) have the descriptor pointed at ``/dev/null`` instead, and are
-kept alive for good: their finalizer would unregister the descriptor from an epoll set the parent
-still uses, or warn about a closed loop.
+socket out of reach (uvloop's, in C), and any transport whose loop is still open, have the
+descriptor pointed at ``/dev/null`` instead, and are kept alive for good: their finalizer would
+unregister the descriptor from an epoll set the parent still uses, or warn about a closed loop.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 import threading
 from typing import Any
 
-from ._asyncio_compat import take_socket
+from ._asyncio_compat import loop_of, take_socket
 
 __all__ = ("keep_forever", "release_transport")
 
@@ -41,10 +41,16 @@ def release_transport(transport: Any, *owners: object) -> None:
     """
     if transport is None:
         return
-    sock = take_socket(transport)
-    if sock is not None:
-        sock.close()
-        return
+    loop = loop_of(transport)
+    # Close the socket only where no selector still maps its descriptor. A live loop's selector
+    # does: a new socket given the freed number would fail to register (epoll_ctl MOD: ENOENT,
+    # seen with redis-py < 8 reconnecting on the same loop), and unregistering it instead could
+    # remove a parent's registration from the epoll set a forked child shares.
+    if loop is None or loop.is_closed():
+        sock = take_socket(transport)
+        if sock is not None:
+            sock.close()
+            return
     _point_at_devnull(transport)
     keep_forever(transport, *owners)
 

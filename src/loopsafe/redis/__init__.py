@@ -7,7 +7,7 @@ try:
     import redis.asyncio  # noqa: F401  (fail here, with the fix, rather than deep inside)
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "loopsafe.redis needs redis-py (redis>=5.3): pip install 'loopsafe[redis]'"
+        "loopsafe.redis needs redis-py (redis>=6.1): pip install 'loopsafe[redis]'"
     ) from exc
 
 from .._public import claim_public_names
