@@ -8,7 +8,6 @@ import math
 import subprocess
 import sys
 import threading
-import types
 import weakref
 
 import pytest
@@ -379,18 +378,6 @@ def _row(name: str) -> RegistryStats:
     rows = [row for row in loopsafe.stats() if row["name"] == name]
     assert len(rows) == 1
     return rows[0]
-
-
-def test_public_names_are_exported_sorted_and_named_from_the_package() -> None:
-    public = sorted(
-        name
-        for name, value in vars(loopsafe).items()
-        if not name.startswith(("_", "@")) and not isinstance(value, types.ModuleType)
-    )
-    assert list(loopsafe.__all__) == sorted(loopsafe.__all__)
-    assert set(loopsafe.__all__) == set(public)
-    assert LoopLocal.__module__ == "loopsafe"
-    assert NoRunningLoopError.__module__ == "loopsafe"
 
 
 def test_importing_loopsafe_does_not_import_integrations() -> None:

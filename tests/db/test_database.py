@@ -8,7 +8,6 @@ import logging
 import subprocess
 import sys
 import threading
-import types
 from collections.abc import Callable
 from typing import Any
 
@@ -401,20 +400,6 @@ def _user(url: str) -> str:
 
 def _port(url: str) -> str:
     return url.rsplit(":", 1)[1].split("/", 1)[0]
-
-
-def test_public_names_are_exported_sorted() -> None:
-    assert list(loopsafe.db.__all__) == sorted(loopsafe.db.__all__)
-    # ("@py_builtins" and friends come from pytest's assertion rewriting of plugin packages.)
-    # Submodules such as loopsafe.db.metrics appear as attributes once imported; they are not names.
-    public = {
-        name
-        for name in dir(loopsafe.db)
-        if not name.startswith(("_", "@"))
-        and not isinstance(getattr(loopsafe.db, name), types.ModuleType)
-    }
-    assert public == set(loopsafe.db.__all__)
-    assert loopsafe.db.Database.__module__ == "loopsafe.db"
 
 
 def test_a_missing_driver_fails_at_construction_naming_the_extra() -> None:
