@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from celery import Celery
 
 from loopsafe.celery import close_all_loops
 
@@ -87,9 +88,9 @@ class WorkerEnv:
 
     def client(self) -> Any:
         """A Celery app for sending tasks and reading results (the tasks run in the worker)."""
-        from celery import Celery
-
-        client = Celery("loopsafe_test_client", broker=self.broker_url, backend=self.backend_url)
+        client = _ResultKeepingCelery(
+            "loopsafe_test_client", broker=self.broker_url, backend=self.backend_url
+        )
         options: dict[str, Any] = {}
         if self.broker_url.startswith("redis"):
             options["global_keyprefix"] = f"{self.queue}:"
@@ -100,6 +101,21 @@ class WorkerEnv:
             task_serializer="json",
         )
         return client
+
+
+class _ResultKeepingCelery(Celery):  # type: ignore[misc]
+    """A client app that keeps every result it sent until the client itself goes.
+
+    Before Celery 5.7 (our floor is 5.3) a garbage collection that lands inside ``send_task``'s
+    pub/sub SUBSCRIBE can finalise an older ``AsyncResult``, whose ``__del__`` re-enters the same
+    non-reentrant pub/sub lock and hangs the test process (celery/celery#10477). A result kept
+    alive is never finalised mid-send.
+    """
+
+    def send_task(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().send_task(*args, **kwargs)
+        self.__dict__.setdefault("sent_results", []).append(result)
+        return result
 
 
 class Worker:
