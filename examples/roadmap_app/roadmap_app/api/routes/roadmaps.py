@@ -22,6 +22,7 @@ from roadmap_app.api.schemas import (
     ContentOut,
     ErrorOut,
     ExecutionLogOut,
+    FailedConceptOut,
     JobAccepted,
     ModuleOut,
     ProgressOut,
@@ -193,6 +194,7 @@ async def get_roadmap(
         raise _not_found(roadmap_id)
     logs = await repositories.list_execution_logs(session, roadmap_id)
     stages: list[StageOut] = []
+    titles: dict[int, str] = {}
     done_total = total_total = 0
     for stage in roadmap.stages:
         modules: list[ModuleOut] = []
@@ -200,6 +202,7 @@ async def get_roadmap(
         for module in stage.modules:
             concepts: list[ConceptOut] = []
             for concept in module.concepts:
+                titles[concept.id] = concept.title
                 saved = concept.content
                 total += 1
                 done += saved is not None
@@ -227,6 +230,15 @@ async def get_roadmap(
         status=roadmap.status.value,
         progress=_progress(done_total, total_total),
         stages=stages,
+        # Stored as the job recorded them ({concept_id, slug, reason}); titles from the tree.
+        failed_concepts=[
+            FailedConceptOut(
+                id=failed["concept_id"],
+                title=titles.get(failed["concept_id"], failed["slug"]),
+                reason=failed["reason"],
+            )
+            for failed in roadmap.failed_concepts
+        ],
         logs=[_from_row(ExecutionLogOut, log) for log in logs],
     )
 
