@@ -57,32 +57,29 @@ def _errors(*codes: int, stream: bool = False) -> dict[int | str, dict[str, Any]
     `text/event-stream`: there the body is named by reference (the other routes' `model`
     registers `ErrorOut`), and its 503 is the limit of open streams.
     """
-    if stream:
-        body: dict[str, Any] = {
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
-        }
-        unavailable = {
-            "description": "This API process already serves `SSE_MAX_SUBSCRIBERS` event streams; "
-            f"retry after the `Retry-After` seconds ({STREAMS_RETRY_AFTER_S}).",
-            "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 0}}},
-        }
-    else:
-        body = {"model": ErrorOut}
-        unavailable = {
-            "description": "The job queue (broker) is unreachable; the roadmap is marked failed, "
-            "resume it later."
-        }
     meaning = {
         404: "No roadmap has this id.",
         409: "The roadmap is in a state where this is not possible (for a resume: completed, "
         "waiting for a review, or a job is running on it); `detail` says which.",
         413: f"The request body is larger than {MAX_BODY_BYTES // 1024} KiB.",
         415: "The request body is not JSON.",
+        503: "The job queue (broker) is unreachable; the roadmap is marked failed, resume it later.",
     }
-    return {
-        code: {**(unavailable if code == 503 else {"description": meaning[code]}), **body}
-        for code in codes
+    body: dict[str, Any] = (
+        {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}}
+        if stream
+        else {"model": ErrorOut}
+    )
+    responses: dict[int | str, dict[str, Any]] = {
+        code: {"description": meaning[code], **body} for code in codes
     }
+    if stream and 503 in responses:
+        responses[503].update(
+            description="This API process already serves `SSE_MAX_SUBSCRIBERS` event streams; "
+            f"retry after the `Retry-After` seconds ({STREAMS_RETRY_AFTER_S}).",
+            headers={"Retry-After": {"schema": {"type": "integer", "minimum": 0}}},
+        )
+    return responses
 
 
 def _links(id_expression: str) -> dict[str, Any]:
