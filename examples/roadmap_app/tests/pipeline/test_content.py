@@ -288,7 +288,6 @@ async def test_the_batch_window_turns_a_30_concept_roadmap_into_4_transactions(
     )
     assert (batched, reported) == (4, 4)  # 8 + 8 + 8 + 6
     assert reported_alone == alone > 2 * batched
-    print(f"transactions per 30-concept roadmap: {alone} without a window, {batched} with one")
 
 
 async def test_a_batch_is_committed_when_its_window_ends_before_it_is_full(
