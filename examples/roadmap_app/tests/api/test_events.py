@@ -188,6 +188,33 @@ async def test_without_redis_a_stream_polls_the_database_and_returns_to_redis_wh
                 await listener.close()
 
 
+async def test_a_redis_restart_between_two_events_does_not_hide_what_changed_meanwhile(
+    configured: Settings, database_url: str
+) -> None:
+    """Events published while the subscription is down are lost; a stream that quietly
+    reconnected would never show them (it no longer polls), so a drop always means catching up
+    from the database."""
+    with EmbeddedRedis() as redis:
+        private = replace(configured, redis_url=redis.url, broker_url=redis.url)
+        roadmap_id = await _generating_roadmap()
+        with serving(private) as url:
+            listener = Listener(url, roadmap_id)
+            try:
+                assert await listener.next() is not None
+                redis.kill()
+                query(
+                    database_url,
+                    "UPDATE roadmaps SET curriculum_version = 3 WHERE id = %(i)s RETURNING id",
+                    {"i": roadmap_id},
+                )
+                redis.start()  # back at once: the change's event was never published
+                caught_up = await listener.next(timeout=10)
+                assert caught_up is not None
+                assert (caught_up["type"], caught_up["curriculum_version"]) == ("snapshot", 3)
+            finally:
+                await listener.close()
+
+
 async def _open(url: str, roadmap_id: uuid.UUID) -> Listener | None:
     """A stream that opened (its snapshot arrived), or None if it was refused."""
     listener = Listener(url, roadmap_id)
