@@ -63,12 +63,14 @@ _NUMBERS: dict[str, tuple[str, Callable[[str], float], float, float]] = {
     "llm_retries": ("LLM_RETRIES", int, 0, 10),
     "llm_timeout_s": ("LLM_TIMEOUT_S", float, 0.1, 3600.0),
     "content_batch_size": ("CONTENT_BATCH_SIZE", int, 1, 1000),
+    "content_batch_window_s": ("CONTENT_BATCH_WINDOW_S", float, 0.0, 60.0),
     "content_db_semaphore": ("CONTENT_DB_SEMAPHORE", int, 1, 1000),
     "database_pool_timeout_s": ("DATABASE_POOL_TIMEOUT_S", float, 0.1, 600.0),
     "database_max_overflow": ("DATABASE_MAX_OVERFLOW", int, 0, 1000),
     "event_timeout_s": ("EVENT_TIMEOUT_S", float, 0.05, 60.0),
     "job_lease_s": ("JOB_LEASE_S", float, 1.0, 3600.0),
     "sweep_interval_s": ("SWEEP_INTERVAL_S", float, 0.5, 3600.0),
+    "sse_max_subscribers": ("SSE_MAX_SUBSCRIBERS", int, 1, 100_000),
 }
 
 
@@ -98,12 +100,19 @@ class Settings:
     # LLM_LIMIT_SCOPE=process: each process keeps LLM_CONCURRENCY to itself (what the app did
     # before loopsafe.llm), kept to reproduce the provider's 429s; "deployment" shares one limit.
     llm_limit_scope: Literal["deployment", "process"] = "deployment"
+    # The content writer commits a batch once it holds `content_batch_size` concepts or
+    # `content_batch_window_s` after the batch's first one arrived, whichever comes first
+    # (0: only what is already waiting, so at LLM latency nearly every concept alone).
     content_batch_size: int = 8
+    content_batch_window_s: float = 2.0
     # A running job owns its roadmap for this long past its last heartbeat; a job whose worker
     # died is taken over by the sweeper (every `sweep_interval_s`) once its lease has expired.
     job_lease_s: float = 60.0
     sweep_interval_s: float = 15.0
     event_timeout_s: float = 1.0
+    # Open event streams (each holds a Redis subscription) one API process serves at once; more
+    # are answered 503 with Retry-After.
+    sse_max_subscribers: int = 200
     # How content jobs write: "batched" (one writer per job, a connection only per batch
     # commit) or "per-concept" (each concept holds a connection, inside an open transaction,
     # across its three LLM calls: the original design, kept to reproduce its starvation), bounded

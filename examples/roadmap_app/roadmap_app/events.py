@@ -81,13 +81,16 @@ class EventStream:
     before that is lost. A late subscriber reads the current state from the database right after
     opening, so the subscription must already be active then, or an event published in between
     would fall in the gap: `open()` publishes a probe on the channel and waits to receive it.
+
+    The subscription does not reconnect by itself: messages published while it is away are lost,
+    so a lost connection ends it with a ``stream_lost`` event, and the reader catches up from the
+    database before subscribing again.
     """
 
     def __init__(self, settings: Settings, roadmap_id: uuid.UUID | str) -> None:
         self.settings = settings
         self.roadmap_id = str(roadmap_id)
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.connected = False
         self._probe = uuid.uuid4().hex
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -95,7 +98,7 @@ class EventStream:
     async def _read(self) -> None:
         try:
             async for message in loopsafe.redis.subscribe(
-                self.settings.channel(self.roadmap_id), reconnect_timeout=5.0
+                self.settings.channel(self.roadmap_id), reconnect_timeout=0
             ):
                 event = decode_event(message)
                 if event is None:
@@ -105,8 +108,7 @@ class EventStream:
                         self._ready.set()
                     continue
                 await self.queue.put(event)
-        except Exception as exc:  # Redis went away for good: the caller falls back to polling
-            self.connected = False
+        except Exception as exc:  # Redis went away: the caller falls back to the database
             await self.queue.put({"type": "stream_lost", "error": f"{type(exc).__name__}: {exc}"})
 
     async def open(self, *, timeout: float = 2.0) -> bool:
@@ -127,15 +129,11 @@ class EventStream:
             wait = min(wait * 2, 0.2)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), min(wait, remaining))
-        self.connected = self._ready.is_set()
-        return self.connected
+        return self._ready.is_set()
 
-    async def next(self, timeout: float) -> dict[str, Any] | None:
-        """The next event, or None if none arrives within `timeout` seconds."""
-        try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
-        except asyncio.TimeoutError:
-            return None
+    async def next(self) -> dict[str, Any]:
+        """The next event; ``stream_lost`` (the last one) once the subscription has ended."""
+        return await self.queue.get()
 
     async def close(self) -> None:
         if self._task is not None:

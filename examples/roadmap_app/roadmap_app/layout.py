@@ -13,6 +13,7 @@ from types import FrameType
 
 from loopsafe.db import BudgetPlan, Role
 from roadmap_app.config import Settings, SettingsError, _number
+from roadmap_app.jobs import QUEUES
 from roadmap_app.processes import ManagedProcess
 
 __all__ = ("QUEUE_NAMES", "Layout", "QueueWorkers", "serve")
@@ -109,22 +110,22 @@ class Layout:
             raise SettingsError(f"DATABASE_MAX_CONNECTIONS: {error}") from None
 
     def commands(self) -> list[tuple[str, list[str]]]:
-        """(role, argv) of every process to start, the API first."""
+        """(role, argv) of every process to start, the API first; the worker of the sweeper's
+        queue also runs Celery beat (the sweeper's schedule)."""
         module = [sys.executable, "-m", "roadmap_app"]
         commands = [
             ("web", [*module, "api", "--host", self.host, "--port", str(self.port),
                      "--workers", str(self.web_workers)]),
         ]  # fmt: skip
         for w in self.workers:
-            commands.append(
-                (
-                    w.queue,
-                    [*module, "worker", "--queues", w.queue, "--concurrency", str(w.concurrency),
-                     "--name", f"{w.queue}@%h", "--soft-time-limit", f"{w.time_limit_s:g}",
-                     "--time-limit", f"{w.time_limit_s + HARD_LIMIT_GRACE_S:g}",
-                     "--max-tasks-per-child", str(self.max_tasks_per_child)],
-                )
-            )  # fmt: skip
+            argv = [*module, "worker", "--queues", w.queue, "--concurrency", str(w.concurrency),
+                    "--name", f"{w.queue}@%h", "--soft-time-limit", f"{w.time_limit_s:g}",
+                    "--time-limit", f"{w.time_limit_s + HARD_LIMIT_GRACE_S:g}",
+                    "--max-tasks-per-child", str(self.max_tasks_per_child)]  # fmt: skip
+            if w.queue == QUEUES["sweep_abandoned"]:
+                # The schedule: without it nothing resumes the job of a worker that died.
+                argv.append("--beat")
+            commands.append((w.queue, argv))
         return commands
 
 

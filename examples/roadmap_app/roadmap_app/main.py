@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.celery = celery_app
     app.state.events = EventPublisher(settings)
+    app.state.open_streams = 0  # event streams open now; at most SSE_MAX_SUBSCRIBERS
     app.include_router(roadmaps.router, prefix="/api/v1")
     app.include_router(health.router)
     app.include_router(web.router)

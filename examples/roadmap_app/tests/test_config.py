@@ -13,6 +13,8 @@ def test_defaults_use_the_offline_provider_and_local_servers() -> None:
     assert settings.database_url.startswith("postgresql://")
     assert settings.broker_url == settings.redis_url == "redis://127.0.0.1:6379/0"
     assert settings.channel("abc") == "roadmap:abc:events"
+    assert (settings.content_batch_size, settings.content_batch_window_s) == (8, 2.0)
+    assert settings.sse_max_subscribers == 200
 
 
 def test_values_are_read_and_the_broker_follows_redis() -> None:
@@ -23,11 +25,14 @@ def test_values_are_read_and_the_broker_follows_redis() -> None:
             "LLM_LATENCY_MS": "25",
             "LLM_FAILURE_RATE": "0.25",
             "DATABASE_MAX_CONNECTIONS": "50",
+            "CONTENT_BATCH_WINDOW_S": "0",
+            "SSE_MAX_SUBSCRIBERS": "1000",
         }
     )
     assert settings.broker_url == "redis://cache:6379/2"
     assert (settings.llm_latency_ms, settings.llm_failure_rate) == (25, 0.25)
     assert settings.database_max_connections == 50
+    assert (settings.content_batch_window_s, settings.sse_max_subscribers) == (0.0, 1000)
     assert settings.channel("abc") == "staging:roadmap:abc:events"
 
 
@@ -60,6 +65,22 @@ def test_an_llm_base_url_selects_the_openai_provider() -> None:
         ({"DATABASE_POOLER": "statement"}, "DATABASE_POOLER must be 'transaction', 'session' or"),
         ({"CONTENT_WRITE_MODE": "eager"}, "CONTENT_WRITE_MODE must be 'batched' or 'per-concept'"),
         ({"CONTENT_DB_SEMAPHORE": "0"}, "CONTENT_DB_SEMAPHORE must be between 1 and 1000"),
+        (
+            {"CONTENT_BATCH_WINDOW_S": "61"},
+            "CONTENT_BATCH_WINDOW_S must be between 0 and 60, got '61'",
+        ),
+        (
+            {"CONTENT_BATCH_WINDOW_S": "soon"},
+            "CONTENT_BATCH_WINDOW_S must be a number between 0 and 60, got 'soon'",
+        ),
+        (
+            {"SSE_MAX_SUBSCRIBERS": "0"},
+            "SSE_MAX_SUBSCRIBERS must be between 1 and 100000, got '0'",
+        ),
+        (
+            {"SSE_MAX_SUBSCRIBERS": "lots"},
+            "SSE_MAX_SUBSCRIBERS must be a whole number between 1 and 100000, got 'lots'",
+        ),
         ({"DATABASE_POOL_SIZE": "0"}, "DATABASE_POOL_SIZE must be between 1 and 1000"),
         ({"LOOPSAFE_BUDGET_PLAN": "{bad"}, "LOOPSAFE_BUDGET_PLAN is not valid JSON"),
         (

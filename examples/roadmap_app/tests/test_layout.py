@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from roadmap_testkit import delete_keys, make_env, wait_for_status
+from roadmap_testkit import delete_keys, make_env, wait_for, wait_for_status
 
 from loopsafe.db import BudgetPlan
 from roadmap_app.config import Settings, SettingsError
@@ -38,6 +39,8 @@ def test_layout_reads_every_knob_and_builds_worker_commands() -> None:
         "--time-limit", "150", "--max-tasks-per-child", "50",
     ]  # fmt: skip
     assert set(commands) == {"web", "workflow", "content", "logs"}
+    # One beat per layout, on the worker of the sweeper's queue.
+    assert [role for role, argv in commands.items() if "--beat" in argv] == ["workflow"]
 
 
 @pytest.mark.parametrize(
@@ -101,6 +104,13 @@ def test_serve_runs_the_whole_layout_with_role_budgets_and_stops_cleanly(
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             created = client.post("/api/v1/roadmaps", json={"goal": "Learn SQL"}).json()
             wait_for_status(client, created["task_id"], "completed", timeout=90)
+        # Beat runs the sweeper (every SWEEP_INTERVAL_S = 1 s here) and a worker runs it.
+        serve.wait_for_log("Sending due task sweep-abandoned", timeout=30)
+        wait_for(
+            lambda: re.search(r"Task roadmap\.sweep_abandoned\[[^\]]+\] succeeded", serve.log_text()),
+            timeout=30,
+            what="a sweep to run",
+        )
     finally:
         assert serve.stop(timeout=30) == 0, serve.tail()
         delete_keys(redis_url, prefix)

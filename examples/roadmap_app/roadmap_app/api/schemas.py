@@ -23,6 +23,7 @@ __all__ = (
     "ContentOut",
     "ErrorOut",
     "ExecutionLogOut",
+    "FailedConceptOut",
     "JobAccepted",
     "ModuleOut",
     "ProgressOut",
@@ -219,6 +220,14 @@ class ExecutionLogOut(BaseModel):
     created_at: dt.datetime
 
 
+class FailedConceptOut(BaseModel):
+    """A concept whose content failed for good in the last run; `POST …/resume` retries it."""
+
+    id: int
+    title: str
+    reason: str
+
+
 class RoadmapSummary(BaseModel):
     id: uuid.UUID
     goal: str
@@ -240,4 +249,8 @@ class RoadmapOut(RoadmapSummary):
     updated_at: dt.datetime
     completed_at: dt.datetime | None
     stages: list[StageOut]
+    failed_concepts: list[FailedConceptOut] = Field(
+        description="The concepts without content because their generation failed for good "
+        "(the roadmap is then `failed`); empty otherwise."
+    )
     logs: list[ExecutionLogOut]

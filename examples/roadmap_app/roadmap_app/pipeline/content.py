@@ -101,6 +101,8 @@ class ContentReport:
     generated: int
     skipped: int
     progress: Progress
+    # Database transactions that wrote content this run (the batches of the writer).
+    transactions: int = 0
     # Concepts whose LLM calls failed for good this run; every other concept was saved.
     failed: list[FailedConcept] = field(default_factory=list)
 
@@ -182,6 +184,37 @@ async def generate_material(
 
 
 _Item = tuple[ConceptRef, Material]
+# How long an interrupted job (soft time limit, worker shutdown) waits for its writer to save
+# what was already generated before giving up on it: well inside Celery's 30 s to the hard limit.
+_INTERRUPTED_FLUSH_S = 10.0
+
+
+async def _next_batch(
+    queue: asyncio.Queue[_Item | None], size: int, window_s: float
+) -> tuple[list[_Item], bool]:
+    """Up to `size` finished concepts: the next to arrive, then those that follow within
+    `window_s` of it; and whether the end of the work came with them."""
+    first = await queue.get()
+    if first is None:
+        return [], True
+    batch = [first]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + window_s
+    while len(batch) < size:
+        try:
+            item = queue.get_nowait()
+        except asyncio.QueueEmpty:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                item = await asyncio.wait_for(queue.get(), remaining)
+            except asyncio.TimeoutError:
+                break
+        if item is None:
+            return batch, True
+        batch.append(item)
+    return batch, False
 
 
 async def _write_batches(
@@ -189,31 +222,25 @@ async def _write_batches(
     roadmap_id: uuid.UUID,
     queue: asyncio.Queue[_Item | None],
     batch_size: int,
+    window_s: float,
     progress: Progress,
     notifier: Notifier,
     fence: Fence | None,
-) -> int:
-    """The single writer: commit finished concepts in batches, then announce each one saved.
+) -> tuple[int, int]:
+    """The single writer: commit finished concepts in batches, then announce each one saved;
+    (concepts saved, transactions) once the end arrives.
 
     One writer per job bounds the job's database use to one connection however many LLM calls
     run at once, and publishing only after commit means progress never runs ahead of the data.
+    The window makes batches real: at LLM latency concepts finish one by one, and taking only
+    what is already queued committed almost every concept alone.
     """
-    written = 0
+    written = transactions = 0
     finished = False
     while not finished:
-        first = await queue.get()
-        if first is None:
+        batch, finished = await _next_batch(queue, batch_size, window_s)
+        if not batch:
             break
-        batch = [first]
-        while len(batch) < batch_size:
-            try:
-                item = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                break
-            if item is None:
-                finished = True
-                break
-            batch.append(item)
         rows = [material.to_row(concept.id) for concept, material in batch]
 
         async def save(session: AsyncSession, rows: Sequence[NewContent] = rows) -> set[int]:
@@ -222,12 +249,36 @@ async def _write_batches(
             return await repositories.save_content(session, roadmap_id, rows)
 
         inserted = await db.run_in_transaction(save)
+        transactions += 1
         for concept, _ in batch:
             if concept.id not in inserted:
                 continue  # saved meanwhile by another run of this job: already counted
             written += 1
             await _announce(roadmap_id, concept, progress, notifier)
-    return written
+    return written, transactions
+
+
+async def _flush(
+    writer: asyncio.Task[tuple[int, int]],
+    queue: asyncio.Queue[_Item | None],
+    leftovers: list[_Item],
+    timeout: float | None,
+) -> None:
+    """Hand the writer what the stopped producers still held, then the end, and wait (at most
+    `timeout`) until it has saved everything; a writer still busy then is cancelled."""
+
+    async def hand_over() -> None:
+        for item in [*leftovers, None]:
+            await queue.put(item)
+
+    handing = asyncio.ensure_future(hand_over())
+    try:
+        # The writer, not the hand-over: a writer that died leaves a full queue nobody empties.
+        await asyncio.wait({writer}, timeout=timeout)
+    finally:
+        handing.cancel()
+        writer.cancel()  # no-op once it is done
+        await asyncio.gather(handing, writer, return_exceptions=True)
 
 
 async def _announce(
@@ -259,6 +310,7 @@ async def generate_missing_content(
     notifier: Notifier,
     *,
     batch_size: int = 8,
+    batch_window_s: float = 2.0,
     hold_connections: int | None = None,
     fence: Fence | None = None,
 ) -> ContentReport:
@@ -266,8 +318,10 @@ async def generate_missing_content(
 
     At most `options.concurrency` concepts are in flight. A concept whose LLM calls fail for
     good (`LLMError`) is listed in the report's `failed` and the others still finish, so a
-    resume only has those left to do. Any other error stops the run; whatever was finished is
-    still saved (the checkpoint a resume starts from). `fence` runs in every write transaction.
+    resume only has those left to do. Finished concepts are committed `batch_size` at a time, or
+    `batch_window_s` after the first of a batch. Any other error, or a cancellation, stops the
+    run; whatever was finished is still saved first (the checkpoint a resume starts from).
+    `fence` runs in every write transaction.
 
     With `hold_connections` (``CONTENT_WRITE_MODE=per-concept``) each concept instead opens its
     transaction first and keeps it, and its connection, across its three LLM calls, at most
@@ -289,8 +343,10 @@ async def generate_missing_content(
     queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=batch_size * 2)
     todo = iter(missing)
     hold = asyncio.Semaphore(hold_connections) if hold_connections is not None else None
-    held_written = 0
+    held_written = held_transactions = 0
     failed: list[FailedConcept] = []
+    # Finished concepts whose producer was stopped while waiting for room in the queue.
+    leftovers: list[_Item] = []
 
     async def material_of(concept: ConceptRef) -> Material | None:
         try:
@@ -304,14 +360,19 @@ async def generate_missing_content(
     stopping = False
 
     async def produce() -> None:
-        nonlocal held_written
+        nonlocal held_written, held_transactions
         for concept in todo:  # shared iterator: each concept is taken by exactly one producer
             if stopping:
                 return
             if hold is None:
                 material = await material_of(concept)
-                if material is not None:
+                if material is None:
+                    continue
+                try:
                     await queue.put((concept, material))
+                except asyncio.CancelledError:
+                    leftovers.append((concept, material))
+                    raise
                 continue
             async with hold, db.session() as session:
                 await session.execute(text("SELECT 1"))  # the transaction, and its connection
@@ -322,12 +383,15 @@ async def generate_missing_content(
                     await fence(session)
                 rows = [material.to_row(concept.id)]
                 inserted = await repositories.save_content(session, roadmap_id, rows)
+            held_transactions += 1
             if concept.id in inserted:
                 held_written += 1
                 await _announce(roadmap_id, concept, progress, notifier)
 
     writer = asyncio.create_task(
-        _write_batches(db, roadmap_id, queue, batch_size, progress, notifier, fence),
+        _write_batches(
+            db, roadmap_id, queue, batch_size, batch_window_s, progress, notifier, fence
+        ),
         name=f"content-writer-{roadmap_id}",
     )
     producers = {
@@ -335,12 +399,13 @@ async def generate_missing_content(
         for i in range(min(options.concurrency, len(missing)))
     }
     failure: BaseException | None = None
+    interrupted = False
     try:
         running = set(producers)
         while running and failure is None:
             done, _ = await asyncio.wait(running | {writer}, return_when=asyncio.FIRST_COMPLETED)
             if writer in done:
-                # The writer only returns after the sentinel, so finishing now means it failed.
+                # The writer only returns after the end is handed over, so now means it failed.
                 failure = writer.exception() or RuntimeError("the content writer stopped early")
                 break
             for task in done:
@@ -348,9 +413,7 @@ async def generate_missing_content(
                 if task.exception() is not None and failure is None:
                     failure = task.exception()
     except BaseException:
-        # Cancelled (a soft time limit, a shutting-down worker): stop writing too.
-        writer.cancel()
-        await asyncio.gather(writer, return_exceptions=True)
+        interrupted = True  # cancelled: a soft time limit, a shutting-down worker
         raise
     finally:
         stopping = True
@@ -363,20 +426,21 @@ async def generate_missing_content(
             # full queue; with the writer gone nobody else empties it.
             while writer.done() and not queue.empty():
                 queue.get_nowait()
-    if not writer.done():
-        # Let the writer save everything already generated. If it dies meanwhile (its lease was
-        # lost, the database refused) the queue may stay full: don't wait on it forever.
-        sentinel = asyncio.ensure_future(queue.put(None))
-        await asyncio.wait({sentinel, writer}, return_when=asyncio.FIRST_COMPLETED)
-        sentinel.cancel()
+        # Done, failed or interrupted: what was generated (and paid for) is saved first. If the
+        # writer dies meanwhile (its lease was lost, the database refused) it saves no more.
+        await _flush(writer, queue, leftovers, _INTERRUPTED_FLUSH_S if interrupted else None)
     try:
-        generated = await writer
+        generated, transactions = writer.result()
     except Exception:
         if failure is None:
             raise
-        generated = 0
+        generated = transactions = 0
     if failure is not None:
         raise failure
     return ContentReport(
-        generated=generated + held_written, skipped=skipped, progress=progress, failed=failed
+        generated=generated + held_written,
+        skipped=skipped,
+        progress=progress,
+        transactions=transactions + held_transactions,
+        failed=failed,
     )

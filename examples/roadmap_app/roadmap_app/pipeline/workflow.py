@@ -479,6 +479,7 @@ async def generate_content(
                     rt.options,
                     rt.events,
                     batch_size=rt.settings.content_batch_size,
+                    batch_window_s=rt.settings.content_batch_window_s,
                     hold_connections=rt.settings.content_db_semaphore
                     if rt.settings.content_write_mode == "per-concept"
                     else None,
@@ -519,6 +520,7 @@ async def generate_content(
         "generated": report.generated,
         "skipped": report.skipped,
         "concepts": report.progress.total,
+        "transactions": report.transactions,
     }
     await rt.events.emit(
         roadmap_id,

@@ -41,7 +41,7 @@ def _operation(openapi: dict[str, Any], operation_id: str) -> dict[str, Any]:
         ("create_roadmap", {"202", "413", "415", "422", "503"}),
         ("list_roadmaps", {"200", "422"}),
         ("get_roadmap", {"200", "404", "422"}),
-        ("roadmap_events", {"200", "404", "422"}),
+        ("roadmap_events", {"200", "404", "422", "503"}),
         ("review_roadmap", {"202", "404", "409", "413", "415", "422", "503"}),
         ("resume_roadmap", {"202", "404", "409", "413", "415", "422", "503"}),
     ],
@@ -54,6 +54,14 @@ def test_every_status_code_a_route_answers_is_documented_with_its_body(
     for code in codes - {"200", "202", "422"}:
         schema = responses[code]["content"]["application/json"]["schema"]
         assert schema == {"$ref": "#/components/schemas/ErrorOut"}
+
+
+def test_the_event_stream_documents_its_limit_and_when_to_retry(openapi: dict[str, Any]) -> None:
+    unavailable = _operation(openapi, "roadmap_events")["responses"]["503"]
+    assert "SSE_MAX_SUBSCRIBERS" in unavailable["description"]
+    assert unavailable["headers"]["Retry-After"]["schema"] == {"type": "integer", "minimum": 0}
+    create = _operation(openapi, "create_roadmap")["responses"]["503"]
+    assert create["description"].startswith("The job queue (broker) is unreachable")
 
 
 @pytest.mark.parametrize(

@@ -263,3 +263,43 @@ async def test_web_page_and_static_files_are_served_under_a_strict_policy(
         assert response.headers["x-content-type-options"] == "nosniff"
     assert "script-src 'self';" in CONTENT_SECURITY_POLICY
     assert "unsafe-inline" not in CONTENT_SECURITY_POLICY
+
+
+async def test_a_roadmap_lists_the_concepts_that_failed_with_their_reason(
+    client: httpx.AsyncClient,
+) -> None:
+    stages = [
+        {
+            "title": "Basics",
+            "modules": [
+                {"title": "Syntax", "concepts": [{"title": "Words"}, {"title": "Stack effects"}]}
+            ],
+        }
+    ]
+    async with loopsafe.db.session() as session:
+        roadmap = await repositories.create_roadmap(
+            session, goal="Learn Forth", level="beginner", weekly_hours=3, review=False
+        )
+        await repositories.replace_curriculum(session, roadmap.id, stages)
+        roadmap_id = roadmap.id
+    body = (await client.get(f"/api/v1/roadmaps/{roadmap_id}", params={"content": False})).json()
+    assert body["failed_concepts"] == []
+    words, effects = (c for s in body["stages"] for m in s["modules"] for c in m["concepts"])
+
+    reason = "tutorial for 'Stack effects' failed after 3 attempts: the model is down"
+    async with loopsafe.db.session() as session:
+        await repositories.update_roadmap(
+            session,
+            roadmap_id,
+            status=RoadmapStatus.failed,
+            failed_concepts=[
+                {"concept_id": effects["id"], "slug": effects["slug"], "reason": reason}
+            ],
+        )
+    body = (await client.get(f"/api/v1/roadmaps/{roadmap_id}")).json()
+    assert body["status"] == "failed"
+    assert body["failed_concepts"] == [
+        {"id": effects["id"], "title": "Stack effects", "reason": reason}
+    ]
+    assert not effects["has_content"]
+    assert words["title"] == "Words"

@@ -224,3 +224,146 @@ async def test_per_concept_mode_holds_at_most_the_semaphore_of_connections_and_s
     assert peak == 2
     saved = [e for e in notifier.events if e["type"] == "concept_saved"]
     assert [e["done"] for e in saved] == list(range(1, total + 1))
+
+
+async def _roadmap_of(concepts: int) -> uuid.UUID:
+    """A roadmap whose curriculum has exactly `concepts` concepts (modules of 5)."""
+    modules = [
+        {
+            "title": f"Module {m}",
+            "concepts": [
+                {"title": f"Concept {m}.{c}", "summary": "one idea"} for c in range(1, 6)
+            ],
+        }
+        for m in range(1, concepts // 5 + 1)
+    ]
+    stages = [{"title": "The only stage", "modules": modules}]
+    async with loopsafe.db.session() as session:
+        roadmap = await repositories.create_roadmap(
+            session, goal="Learn batching", level="beginner", weekly_hours=5, review=False
+        )
+        assert await repositories.replace_curriculum(session, roadmap.id, stages) == concepts
+        return roadmap.id
+
+
+async def _write_transactions(
+    monkeypatch: pytest.MonkeyPatch, llm: OfflineProvider, **batching: Any
+) -> tuple[int, int]:
+    """Generate a 30-concept roadmap; (content writes counted at the database call, the report's
+    transaction count)."""
+    roadmap_id = await _roadmap_of(30)
+    writes = 0
+    original = repositories.save_content
+
+    async def counting_save(session: Any, rid: uuid.UUID, batch: Any) -> set[int]:
+        nonlocal writes
+        writes += 1
+        return await original(session, rid, batch)
+
+    monkeypatch.setattr(repositories, "save_content", counting_save)
+    report = await generate_missing_content(
+        loopsafe.db.get_database(),
+        llm,
+        roadmap_id,
+        LLMOptions(concurrency=6),
+        RecordingNotifier(),
+        **batching,
+    )
+    monkeypatch.undo()
+    assert (report.generated, report.progress.done) == (30, 30)
+    return writes, report.transactions
+
+
+async def test_the_batch_window_turns_a_30_concept_roadmap_into_4_transactions(
+    configured: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At LLM latency concepts finish one by one: taking only what is already queued (window 0,
+    the old writer) commits nearly every concept alone; a window fills batches of 8."""
+    latency = {"latency_ms": 60.0, "jitter_ms": 50.0}
+    alone, reported_alone = await _write_transactions(
+        monkeypatch, OfflineProvider(**latency), batch_size=8, batch_window_s=0.0
+    )
+    batched, reported = await _write_transactions(
+        monkeypatch, OfflineProvider(**latency), batch_size=8, batch_window_s=10.0
+    )
+    assert (batched, reported) == (4, 4)  # 8 + 8 + 8 + 6
+    assert reported_alone == alone > 2 * batched
+
+
+async def test_a_batch_is_committed_when_its_window_ends_before_it_is_full(
+    configured: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Size OR time: with room for every concept, the window still commits as they come."""
+    transactions, _ = await _write_transactions(
+        monkeypatch,
+        OfflineProvider(latency_ms=40.0, jitter_ms=30.0),
+        batch_size=1000,
+        batch_window_s=0.2,
+    )
+    assert 1 < transactions < 30
+
+
+async def test_the_end_of_the_work_commits_the_last_batch_without_waiting_for_its_window(
+    configured: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started = asyncio.get_running_loop().time()
+    transactions, _ = await _write_transactions(
+        monkeypatch, OfflineProvider(latency_ms=2.0), batch_size=1000, batch_window_s=60.0
+    )
+    assert transactions == 1
+    assert asyncio.get_running_loop().time() - started < 30
+
+
+class StallingProvider(OfflineProvider):
+    """Answers for the first `answered` concepts; every call for a later concept never returns."""
+
+    def __init__(self, answered: int) -> None:
+        super().__init__(latency_ms=2.0)
+        self.answered = answered
+        self.started: list[str] = []
+        self.quizzes = 0
+        self.all_answered = asyncio.Event()
+
+    async def complete_json(self, prompt: Prompt) -> dict[str, Any]:
+        concept = str(prompt.context["concept"])
+        if prompt.kind == "tutorial":
+            self.started.append(concept)
+        if self.started.index(concept) >= self.answered:
+            await asyncio.Event().wait()
+        answer = await super().complete_json(prompt)
+        self.quizzes += prompt.kind == "quiz"
+        if self.quizzes == self.answered:
+            self.all_answered.set()
+        return answer
+
+
+async def test_a_cancelled_run_saves_the_concepts_already_generated_before_it_stops(
+    configured: Settings, database_url: str
+) -> None:
+    """A soft time limit or a worker shutdown cancels the job mid-window: the batch the writer
+    holds, and what is queued behind it, is committed before the cancellation goes on."""
+    roadmap_id = await _roadmap_of(30)
+    llm = StallingProvider(answered=6)
+    notifier = RecordingNotifier()
+    run = asyncio.create_task(
+        generate_missing_content(
+            loopsafe.db.get_database(),
+            llm,
+            roadmap_id,
+            LLMOptions(concurrency=4, timeout_s=60.0),
+            notifier,
+            batch_size=1000,
+            batch_window_s=60.0,
+        )
+    )
+    await asyncio.wait_for(llm.all_answered.wait(), 30)
+    await asyncio.sleep(0.05)  # the last answer reaches the writer
+    assert _saved(database_url, roadmap_id) == []  # still inside the window
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    saved = _saved(database_url, roadmap_id)
+    assert len(saved) == 6
+    assert [e["done"] for e in notifier.events if e["type"] == "concept_saved"] == list(
+        range(1, 7)
+    )

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel
 from sqlalchemy import select
@@ -22,6 +22,7 @@ from roadmap_app.api.schemas import (
     ContentOut,
     ErrorOut,
     ExecutionLogOut,
+    FailedConceptOut,
     JobAccepted,
     ModuleOut,
     ProgressOut,
@@ -32,6 +33,7 @@ from roadmap_app.api.schemas import (
     StageOut,
 )
 from roadmap_app.api.tutorial_html import tutorial_html
+from roadmap_app.config import Settings
 from roadmap_app.events import EventPublisher, EventStream
 from roadmap_app.models import TERMINAL_STATUSES, Roadmap, RoadmapStatus, Stage
 
@@ -40,9 +42,12 @@ __all__ = ("router",)
 router = APIRouter(prefix="/roadmaps", tags=["roadmaps"])
 S = RoadmapStatus
 
-# How often the event stream re-reads the database when no event arrived: the safety net for
-# events lost while Redis was unreachable.
+# While Redis is unreachable an event stream re-reads the database this often, and tries to
+# subscribe again this often; while Redis is up it reads the database only when it connects.
 POLL_INTERVAL_S = 1.0
+RESUBSCRIBE_INTERVAL_S = 5.0
+# Seconds a client refused for too many open streams is asked to wait (`Retry-After`).
+STREAMS_RETRY_AFTER_S = 5
 
 
 def _errors(*codes: int, stream: bool = False) -> dict[int | str, dict[str, Any]]:
@@ -50,7 +55,7 @@ def _errors(*codes: int, stream: bool = False) -> dict[int | str, dict[str, Any]
 
     Refusals are JSON even from the event stream, whose route FastAPI would document them under
     `text/event-stream`: there the body is named by reference (the other routes' `model`
-    registers `ErrorOut`).
+    registers `ErrorOut`), and its 503 is the limit of open streams.
     """
     meaning = {
         404: "No roadmap has this id.",
@@ -65,7 +70,16 @@ def _errors(*codes: int, stream: bool = False) -> dict[int | str, dict[str, Any]
         if stream
         else {"model": ErrorOut}
     )
-    return {code: {"description": meaning[code], **body} for code in codes}
+    responses: dict[int | str, dict[str, Any]] = {
+        code: {"description": meaning[code], **body} for code in codes
+    }
+    if stream and 503 in responses:
+        responses[503].update(
+            description="This API process already serves `SSE_MAX_SUBSCRIBERS` event streams; "
+            f"retry after the `Retry-After` seconds ({STREAMS_RETRY_AFTER_S}).",
+            headers={"Retry-After": {"schema": {"type": "integer", "minimum": 0}}},
+        )
+    return responses
 
 
 def _links(id_expression: str) -> dict[str, Any]:
@@ -177,6 +191,7 @@ async def get_roadmap(
         raise _not_found(roadmap_id)
     logs = await repositories.list_execution_logs(session, roadmap_id)
     stages: list[StageOut] = []
+    titles: dict[int, str] = {}
     done_total = total_total = 0
     for stage in roadmap.stages:
         modules: list[ModuleOut] = []
@@ -184,6 +199,7 @@ async def get_roadmap(
         for module in stage.modules:
             concepts: list[ConceptOut] = []
             for concept in module.concepts:
+                titles[concept.id] = concept.title
                 saved = concept.content
                 total += 1
                 done += saved is not None
@@ -211,6 +227,15 @@ async def get_roadmap(
         status=roadmap.status.value,
         progress=_progress(done_total, total_total),
         stages=stages,
+        # Stored as the job recorded them ({concept_id, slug, reason}); titles from the tree.
+        failed_concepts=[
+            FailedConceptOut(
+                id=failed["concept_id"],
+                title=titles.get(failed["concept_id"], failed["slug"]),
+                reason=failed["reason"],
+            )
+            for failed in roadmap.failed_concepts
+        ],
         logs=[_from_row(ExecutionLogOut, log) for log in logs],
     )
 
@@ -314,6 +339,24 @@ async def resume_roadmap(
     return JobAccepted(task_id=roadmap_id, status=new_status.value)
 
 
+async def _stream_slot(request: Request, settings: SettingsDep) -> AsyncIterator[None]:
+    """A place among this process's `SSE_MAX_SUBSCRIBERS` open event streams, for as long as the
+    stream stays open (each holds a Redis connection); 503 with `Retry-After` when none is free."""
+    state = request.app.state
+    if state.open_streams >= settings.sse_max_subscribers:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"this API process already serves {settings.sse_max_subscribers} event streams "
+            f"(SSE_MAX_SUBSCRIBERS); retry in {STREAMS_RETRY_AFTER_S} s",
+            headers={"Retry-After": str(STREAMS_RETRY_AFTER_S)},
+        )
+    state.open_streams += 1
+    try:
+        yield
+    finally:
+        state.open_streams -= 1
+
+
 async def _existing_roadmap(roadmap_id: uuid.UUID) -> uuid.UUID:
     # A short session of its own: a request-scoped one would hold a pooled connection for as long
     # as the event stream stays open.
@@ -364,11 +407,25 @@ def _is_terminal(event: dict[str, Any]) -> bool:
     }
 
 
+async def _subscribed(settings: Settings, roadmap_id: uuid.UUID) -> EventStream | None:
+    """An active subscription to the roadmap's events, or None while Redis is unreachable."""
+    stream = EventStream(settings, roadmap_id)
+    opened = False
+    try:
+        opened = await stream.open()
+    finally:
+        if not opened:
+            await stream.close()
+    return stream if opened else None
+
+
 @router.get(
     "/{roadmap_id}/events",
     response_class=EventSourceResponse,
     operation_id="roadmap_events",
-    responses=_errors(404, stream=True),
+    # The slot first: a refused stream costs no database read.
+    dependencies=[Depends(_stream_slot)],
+    responses=_errors(404, 503, stream=True),
 )
 async def roadmap_events(
     roadmap_id: Annotated[uuid.UUID, Depends(_existing_roadmap)], settings: SettingsDep
@@ -376,9 +433,11 @@ async def roadmap_events(
     """Server-Sent Events: the current state first (`snapshot`), then every progress event as
     it happens, until the roadmap is completed or failed.
 
-    Without Redis the stream still works, from the database, once a second.
+    The database is read once, when the stream opens; the events come from Redis. While Redis is
+    unreachable the stream reads the database once a second instead (a `snapshot` whenever the
+    state changed), and subscribes again every few seconds.
     """
-    stream = EventStream(settings, roadmap_id)
+    loop = asyncio.get_running_loop()
     number = 0
 
     def sse(event: dict[str, Any]) -> ServerSentEvent:
@@ -386,37 +445,45 @@ async def roadmap_events(
         number += 1
         return ServerSentEvent(data=event, id=str(number))
 
+    stream: EventStream | None = None
     try:
-        await stream.open()
+        stream = await _subscribed(settings, roadmap_id)
+        resubscribe_at = loop.time() + RESUBSCRIBE_INTERVAL_S
         state = await snapshot(roadmap_id)
         yield sse(state)
         seen = (state["status"], state["done"], state["curriculum_version"])
         while not _is_terminal(state):
-            event: dict[str, Any] | None = None
-            if stream.connected:
-                event = await stream.next(POLL_INTERVAL_S)
-                if event is not None and event["type"] == "stream_lost":
-                    stream.connected = False
-                    event = None
+            if stream is not None:
+                event = await stream.next()
+                if event["type"] != "stream_lost":
+                    status_now, done_now, version_now = seen
+                    if event["type"] == "status":
+                        status_now = event["status"]
+                    elif event["type"] == "concept_saved":
+                        done_now = max(done_now, int(event["done"]))
+                    elif event["type"] == "curriculum":
+                        version_now, done_now = int(event["version"]), 0
+                    seen = (status_now, done_now, version_now)
+                    yield sse(event)
+                    if _is_terminal(event):
+                        break
+                    continue
+                # Events published from now until a new subscription are lost: poll meanwhile.
+                await stream.close()
+                stream = None
+                resubscribe_at = loop.time() + RESUBSCRIBE_INTERVAL_S
             else:
                 await asyncio.sleep(POLL_INTERVAL_S)
-            if event is None:
-                state = await snapshot(roadmap_id)
-                now = (state["status"], state["done"], state["curriculum_version"])
-                if now != seen:
-                    seen = now
-                    yield sse(state)
-                continue
-            status_now, done_now, version_now = seen
-            if event["type"] == "status":
-                status_now = event["status"]
-            elif event["type"] == "concept_saved":
-                done_now = max(done_now, int(event["done"]))
-            elif event["type"] == "curriculum":
-                version_now, done_now = int(event["version"]), 0
-            seen = (status_now, done_now, version_now)
-            yield sse(event)
-            if _is_terminal(event):
-                break
+                if loop.time() >= resubscribe_at:
+                    stream = await _subscribed(settings, roadmap_id)
+                    resubscribe_at = loop.time() + RESUBSCRIBE_INTERVAL_S
+            # Read when the subscription was lost, on each poll, and once more when it is back
+            # (to catch up with what was published before it).
+            state = await snapshot(roadmap_id)
+            now = (state["status"], state["done"], state["curriculum_version"])
+            if now != seen:
+                seen = now
+                yield sse(state)
     finally:
-        await stream.close()
+        if stream is not None:
+            await stream.close()
