@@ -541,7 +541,7 @@ def test_faults_during_several_roadmaps_leave_every_one_completed_or_failed_as_i
                 timeout=60,
                 what="the workflow worker taking a job again",
             )
-            recovery.add("redis restart: a worker took a new job", restarted)
+            recovery.add("redis restart: a new roadmap reached design", restarted)
             # Down again while that job designs: it cannot hand its roadmap to the content queue.
             restarted = restart_redis(2.5)
             wait_for(
@@ -589,11 +589,13 @@ def test_faults_during_several_roadmaps_leave_every_one_completed_or_failed_as_i
                     c for c, title in concepts.items() if title in broken_titles.get(goal, ())
                 }
                 assert len(broken) == len(broken_titles.get(goal, ()))
-                status, error, failed_concepts = query(
+                status, error, failed_concepts, version = query(
                     database_url,
-                    "SELECT status, error, failed_concepts FROM roadmaps WHERE id = %(r)s",
+                    "SELECT status, error, failed_concepts, curriculum_version FROM roadmaps"
+                    " WHERE id = %(r)s",
                     {"r": roadmap_id},
                 )[0]
+                assert version == 1
                 if broken:
                     assert status == "failed", (goal, error)
                     assert sorted(f["concept_id"] for f in failed_concepts) == sorted(broken)
@@ -602,11 +604,24 @@ def test_faults_during_several_roadmaps_leave_every_one_completed_or_failed_as_i
                 else:
                     assert status == "completed", (goal, error)
                     assert failed_concepts == []
+                # Designed once: the duplicate `generate_roadmap` tasks redesigned nothing.
+                assert sorted(concepts.values()) == sorted(_curriculum_titles(goal))
                 content = [row[0] for row in _content_rows(database_url, roadmap_id)]
                 # One row per concept that is not broken, none twice, nothing foreign.
                 assert content == sorted(set(concepts) - broken), goal
                 rows += len(content)
-            # No content row whose concept is gone or belongs to another roadmap.
+            # No concept under another roadmap's module, no content row whose concept is gone
+            # or belongs to another roadmap.
+            assert (
+                _count(
+                    database_url,
+                    "SELECT count(*) FROM concepts c JOIN modules m ON m.id = c.module_id"
+                    " JOIN stages s ON s.id = m.stage_id"
+                    " WHERE c.roadmap_id = ANY(%(i)s::uuid[]) AND s.roadmap_id <> c.roadmap_id",
+                    ids,
+                )
+                == 0
+            )
             assert (
                 _count(
                     database_url,
