@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from roadmap_testkit import Stack, make_env, query, read_events, wait_for, wait_for_status
 
@@ -390,8 +393,28 @@ class _Recovery:
         self.seconds.setdefault(kind, []).append(round(time.monotonic() - started, 1))
 
 
+@pytest.fixture
+def private_database_url(postgres_url: str) -> Iterator[str]:
+    """A migrated database of its own: the session stack's sweeper (same database, another
+    broker) would otherwise take over this deployment's abandoned jobs, and the reverse."""
+    from sqlalchemy.engine import make_url
+
+    from roadmap_app.__main__ import migrate_database
+
+    name = f"roadmap_faults_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+        migrate_database(url)
+        yield url
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def test_faults_during_several_roadmaps_leave_every_one_completed_or_failed_as_injected(
-    database_url: str, tmp_path_factory: pytest.TempPathFactory
+    private_database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """While several roadmaps generate, on a private Redis: tasks delivered twice (`generate_roadmap`,
     `generate_content`, `resume_from_checkpoint`), resume pressed while each job runs, a
@@ -401,6 +424,8 @@ def test_faults_during_several_roadmaps_leave_every_one_completed_or_failed_as_i
     one content row per other concept and nothing else; no lease left; one job finished each."""
     from roadmap_app.config import Settings
     from roadmap_app.jobs import create_celery_app, send_job
+
+    database_url = private_database_url
 
     goals = ["Learn Elixir", "Learn OCaml", "Learn Zig"]
     late_goal = "Learn Julia"  # submitted right after Redis comes back

@@ -222,7 +222,7 @@ async def test_queueing_failure_after_design_leaves_the_roadmap_to_the_sweeper(
     query(database_url, "UPDATE roadmaps SET updated_at = now() - interval '1 hour'"
           " WHERE id = %(i)s RETURNING id", {"i": roadmap_id})  # fmt: skip
     assert roadmap_id in await workflow.recover_abandoned(runtime)
-    assert recorder.jobs == [("resume_from_checkpoint", (roadmap_id,))]
+    assert ("resume_from_checkpoint", (roadmap_id,)) in recorder.jobs
     assert await workflow.generate_content(runtime, roadmap_id, step="resume") is S.completed
 
 
