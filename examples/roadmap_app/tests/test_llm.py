@@ -102,7 +102,12 @@ async def test_failure_rate_one_always_fails_with_a_clear_reason() -> None:
 
 
 async def test_fail_concepts_always_fails_the_matching_concepts_and_only_those() -> None:
-    llm = get_provider(Settings.from_env({"LLM_FAIL_CONCEPTS": "core VOCABULARY,capstone"}))
+    env = {
+        "LLM_FAIL_CONCEPTS": "core VOCABULARY,capstone",
+        "LLM_LATENCY_MS": "0",
+        "LLM_JITTER_MS": "0",
+    }
+    llm = get_provider(Settings.from_env(env))
     brief = Brief("Learn Go", "beginner", 3)
     broken = ConceptRef(1, "core", "Core vocabulary of Go", "s", 1, "Basic building blocks")
     message = (
