@@ -94,6 +94,9 @@ class Settings:
     llm_latency_ms: int = 300
     llm_jitter_ms: int = 200
     llm_failure_rate: float = 0.0
+    # LLM_FAIL_CONCEPTS: offline provider only, a fault to inject: every call about a concept
+    # whose title contains one of these texts fails, however often it is retried.
+    llm_fail_concepts: tuple[str, ...] = ()
     llm_concurrency: int = 6
     llm_retries: int = 2
     llm_timeout_s: float = 60.0
@@ -150,6 +153,7 @@ class Settings:
                 "LLM_PROVIDER=openai needs LLM_API_KEY (any non-empty value for local servers "
                 "such as Ollama or vLLM); unset LLM_BASE_URL to use the offline provider"
             )
+        fail_concepts = _fail_concepts(env, provider)
         pooler = _text(env, "DATABASE_POOLER", "none")
         if pooler not in ("transaction", "session", "none"):
             raise SettingsError(
@@ -183,6 +187,7 @@ class Settings:
             llm_base_url=env.get("LLM_BASE_URL") or None,
             llm_api_key=api_key,
             llm_model=_text(env, "LLM_MODEL", cls.llm_model),
+            llm_fail_concepts=fail_concepts,
             database_pooler=(
                 "transaction" if pooler == "transaction" else "session" if pooler == "session" else None
             ),
@@ -198,6 +203,25 @@ class Settings:
     def channel(self, roadmap_id: object) -> str:
         """The Redis pub/sub channel carrying one roadmap's progress events."""
         return f"{self.key_prefix}roadmap:{roadmap_id}:events"
+
+
+def _fail_concepts(env: Mapping[str, str], provider: str) -> tuple[str, ...]:
+    """LLM_FAIL_CONCEPTS: comma-separated parts of concept titles, none of them empty."""
+    raw = env.get("LLM_FAIL_CONCEPTS", "").strip()
+    if not raw:
+        return ()
+    if provider != "offline":
+        raise SettingsError(
+            "LLM_FAIL_CONCEPTS injects failures into the offline provider only; unset it, or "
+            "unset LLM_PROVIDER and LLM_BASE_URL"
+        )
+    texts = tuple(part.strip() for part in raw.split(","))
+    if not all(texts):
+        raise SettingsError(
+            "LLM_FAIL_CONCEPTS must be comma-separated parts of concept titles with no empty "
+            f"part (an empty part would fail every concept), got {raw!r}"
+        )
+    return texts
 
 
 def _budget_plan(env: Mapping[str, str]) -> tuple[BudgetPlan | None, str | None]:

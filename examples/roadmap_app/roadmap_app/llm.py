@@ -317,20 +317,33 @@ class OfflineProvider:
 
     `latency_ms ± jitter_ms` of `asyncio.sleep` per call makes concurrency and progress visible;
     `failure_rate` (0–1) is the chance that a call raises `LLMError`, to exercise failure handling.
+    `fail_concepts` injects permanent failures: every call about a concept whose title contains
+    one of these texts (case-insensitive) raises `LLMError`, however often it is retried.
+
+    Raises `ValueError` for a rate outside 0–1, a negative latency or an empty `fail_concepts` text.
     """
 
     name = "offline"
 
     def __init__(
-        self, *, latency_ms: float = 0.0, jitter_ms: float = 0.0, failure_rate: float = 0.0
+        self,
+        *,
+        latency_ms: float = 0.0,
+        jitter_ms: float = 0.0,
+        failure_rate: float = 0.0,
+        fail_concepts: Sequence[str] = (),
     ) -> None:
         if not 0.0 <= failure_rate <= 1.0:
             raise ValueError(f"failure_rate must be between 0 and 1, got {failure_rate!r}")
         if latency_ms < 0 or jitter_ms < 0:
             raise ValueError("latency_ms and jitter_ms must not be negative")
+        if any(not text.strip() for text in fail_concepts):
+            # An empty text is in every title: it would fail every concept, surely not meant.
+            raise ValueError(f"fail_concepts must not contain an empty text, got {fail_concepts!r}")
         self.latency_ms = latency_ms
         self.jitter_ms = jitter_ms
         self.failure_rate = failure_rate
+        self.fail_concepts = tuple(text.strip() for text in fail_concepts)
         # Timing and failures are random on purpose (content is not): they model a real service.
         self._chaos = random.Random()
         self.calls = 0
@@ -345,6 +358,12 @@ class OfflineProvider:
                 f"(LLM_FAILURE_RATE={self.failure_rate:g})"
             )
         ctx = prompt.context
+        broken = self._broken(ctx)
+        if broken is not None:
+            raise LLMError(
+                f"offline provider: injected permanent failure for {prompt.kind!r} of concept "
+                f"{ctx['concept']!r} (LLM_FAIL_CONCEPTS contains {broken!r})"
+            )
         if prompt.kind == "intent":
             return self._intent(ctx)
         if prompt.kind == "curriculum":
@@ -354,6 +373,13 @@ class OfflineProvider:
         if prompt.kind == "resources":
             return self._resources(ctx)
         return self._quiz(ctx)
+
+    def _broken(self, ctx: Mapping[str, Any]) -> str | None:
+        """The `fail_concepts` text the prompt's concept title contains, if any."""
+        title = str(ctx.get("concept", "")).casefold()
+        if not title:
+            return None
+        return next((t for t in self.fail_concepts if t.casefold() in title), None)
 
     @staticmethod
     def _intent(ctx: Mapping[str, Any]) -> dict[str, Any]:
@@ -567,4 +593,5 @@ def get_provider(settings: Settings | None = None) -> LLMProvider:
         latency_ms=settings.llm_latency_ms,
         jitter_ms=settings.llm_jitter_ms,
         failure_rate=settings.llm_failure_rate,
+        fail_concepts=settings.llm_fail_concepts,
     )

@@ -95,6 +95,15 @@ def test_an_llm_base_url_selects_the_openai_provider() -> None:
             {"LLM_LIMIT_SCOPE": "host"},
             "LLM_LIMIT_SCOPE must be 'deployment' or 'process', got 'host'",
         ),
+        (
+            {"LLM_FAIL_CONCEPTS": "Core vocabulary,,Capstone"},
+            "LLM_FAIL_CONCEPTS must be comma-separated parts of concept titles with no empty "
+            "part (an empty part would fail every concept), got 'Core vocabulary,,Capstone'",
+        ),
+        (
+            {"LLM_FAIL_CONCEPTS": "Capstone", "LLM_BASE_URL": "http://x/v1", "LLM_API_KEY": "k"},
+            "LLM_FAIL_CONCEPTS injects failures into the offline provider only",
+        ),
     ],
 )
 def test_bad_values_raise_settings_error_naming_the_variable(
@@ -102,6 +111,12 @@ def test_bad_values_raise_settings_error_naming_the_variable(
 ) -> None:
     with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
         Settings.from_env(env)
+
+
+def test_llm_fail_concepts_lists_title_parts_for_the_offline_provider() -> None:
+    assert Settings.from_env({}).llm_fail_concepts == ()
+    settings = Settings.from_env({"LLM_FAIL_CONCEPTS": " Core vocabulary , Building the capstone"})
+    assert settings.llm_fail_concepts == ("Core vocabulary", "Building the capstone")
 
 
 def test_deployment_knobs_for_a_transaction_pooler_and_a_role_plan() -> None:

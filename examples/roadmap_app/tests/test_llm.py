@@ -25,10 +25,11 @@ from roadmap_app.llm import (
     topic_of,
 )
 from roadmap_app.pipeline.calls import Brief, LLMOptions, ask
-from roadmap_app.pipeline.content import Tutorial
+from roadmap_app.pipeline.content import Tutorial, generate_material
 from roadmap_app.pipeline.curriculum import Curriculum, design_curriculum
 from roadmap_app.pipeline.intent import analyze_intent
 from roadmap_app.processes import free_port
+from roadmap_app.repositories import ConceptRef
 
 OPTIONS = LLMOptions(retries=2, timeout_s=5.0)
 
@@ -100,14 +101,41 @@ async def test_failure_rate_one_always_fails_with_a_clear_reason() -> None:
     assert llm.calls == 4
 
 
+async def test_fail_concepts_always_fails_the_matching_concepts_and_only_those() -> None:
+    env = {
+        "LLM_FAIL_CONCEPTS": "core VOCABULARY,capstone",
+        "LLM_LATENCY_MS": "0",
+        "LLM_JITTER_MS": "0",
+    }
+    llm = get_provider(Settings.from_env(env))
+    brief = Brief("Learn Go", "beginner", 3)
+    broken = ConceptRef(1, "core", "Core vocabulary of Go", "s", 1, "Basic building blocks")
+    message = (
+        r"^tutorial for 'Core vocabulary of Go' failed after 3 attempts: offline provider: "
+        r"injected permanent failure for 'tutorial' of concept 'Core vocabulary of Go' "
+        r"\(LLM_FAIL_CONCEPTS contains 'core VOCABULARY'\)$"
+    )
+    with pytest.raises(LLMError, match=message):
+        await generate_material(llm, brief, broken, OPTIONS)
+    for kind in ("resources", "quiz"):
+        with pytest.raises(LLMError, match="contains 'capstone'"):
+            await llm.complete_json(_prompt(kind, goal="Go", concept="Building the capstone"))
+    healthy = ConceptRef(2, "setup", "Setting up a Go environment", "s", 1, "Orientation")
+    material = await generate_material(llm, brief, healthy, OPTIONS)
+    assert material.tutorial.markdown.startswith("## Setting up a Go environment")
+    # Prompts about no concept (intent, curriculum) are never broken.
+    assert await llm.complete_json(_prompt("intent", goal="Learn Go capstone"))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({"failure_rate": 1.5}, "failure_rate must be between 0 and 1, got 1.5"),
         ({"latency_ms": -1}, "latency_ms and jitter_ms must not be negative"),
+        ({"fail_concepts": ["Capstone", " "]}, "fail_concepts must not contain an empty text"),
     ],
 )
-def test_offline_provider_rejects_bad_settings(kwargs: dict[str, float], message: str) -> None:
+def test_offline_provider_rejects_bad_settings(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         OfflineProvider(**kwargs)
 

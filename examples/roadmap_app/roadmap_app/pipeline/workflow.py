@@ -278,14 +278,23 @@ async def _or_fail(
         raise
 
 
-async def _queue_next(rt: Runtime, roadmap_id: uuid.UUID, job: str, step: str) -> bool:
-    """Hand the next job to a worker; a broker failure is recorded on the (released) roadmap."""
+async def _queue_next(rt: Runtime, roadmap_id: uuid.UUID, job: str, step: str) -> None:
+    """Hand the next job to a worker; without a broker, leave it to the sweeper.
+
+    The roadmap is committed in flight and released (no lease) before this is called, so once it
+    has gone a lease period untouched, the sweeper re-queues it from the checkpoint: a Redis
+    restart during curriculum design used to end the roadmap `failed`, waiting for a human to
+    press resume (issue 13's fault suite).
+    """
     try:
         await rt.enqueue(job, roadmap_id)
     except Exception as exc:
-        await fail(rt, roadmap_id, step, _reason(step, exc))
-        return False
-    return True
+        reason = _reason(step, exc)
+        log.warning(
+            "roadmap %s: could not queue %s (%s); the sweeper re-queues it once the broker is back",
+            roadmap_id, job, reason,
+        )  # fmt: skip
+        await rt.log_step(roadmap_id, step, "queue_deferred", detail={"job": job, "error": reason})
 
 
 async def _design(
@@ -352,8 +361,8 @@ async def _design(
         duration_ms=timer.ms,
         detail={"version": version, "concepts": total, "feedback": feedback},
     )
-    if not review and not await _queue_next(rt, roadmap_id, "generate_content", "curriculum"):
-        return S.failed
+    if not review:
+        await _queue_next(rt, roadmap_id, "generate_content", "curriculum")
     return next_status
 
 
@@ -418,8 +427,7 @@ async def resume_after_review(
             await _skipped(rt, roadmap_id, "resume_after_review", "not waiting for this review")
             return None
         await rt.events.emit(roadmap_id, "status", status=S.generating_content.value, error=None)
-        if not await _queue_next(rt, roadmap_id, "generate_content", "review"):
-            return S.failed
+        await _queue_next(rt, roadmap_id, "generate_content", "review")
         return S.generating_content
     token = await _claim(rt, roadmap_id, submitted, status=S.designing)
     if token is None:

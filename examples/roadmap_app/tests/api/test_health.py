@@ -75,7 +75,11 @@ async def test_a_busy_pool_reads_busy_not_down_and_requests_get_503(configured: 
         app.state.celery.close()
     assert health.status_code == 200
     body = health.json()
-    assert (body["status"], body["database"]["busy"], body["database"]["ok"]) == ("busy", True, False)
+    assert (body["status"], body["database"]["busy"], body["database"]["ok"]) == (
+        "busy",
+        True,
+        False,
+    )
     assert body["database"]["budget"] is None  # fixed pools: DATABASE_POOL_SIZE
     assert listing.status_code == 503
     assert listing.headers["retry-after"] == "1"

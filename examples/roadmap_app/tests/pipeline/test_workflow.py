@@ -193,9 +193,11 @@ async def test_a_failing_notification_never_fails_the_job(
     assert recorder.status_when_failure_announced == "failed"
 
 
-async def test_queueing_failure_after_design_is_recorded(
+async def test_queueing_failure_after_design_leaves_the_roadmap_to_the_sweeper(
     configured: Settings, database_url: str
 ) -> None:
+    """A broker that is down when the curriculum is ready (a Redis restart) neither fails the
+    roadmap nor loses it: it stays in flight, unleased, and the sweeper queues its content."""
     recorder = Recorder(database_url)
 
     async def broker_down(job: str, roadmap_id: uuid.UUID, *args: Any) -> None:
@@ -204,11 +206,47 @@ async def test_queueing_failure_after_design_is_recorded(
     runtime = _runtime(configured, recorder)
     runtime.enqueue = broker_down
     roadmap_id = await _new()
-    assert await workflow.generate_roadmap(runtime, roadmap_id) is S.failed
-    assert _row(database_url, roadmap_id)[:2] == (
-        "failed",
-        "curriculum: Error 111 connecting to redis",
+    assert await workflow.generate_roadmap(runtime, roadmap_id) is S.generating_content
+    assert _row(database_url, roadmap_id) == ("generating_content", None, 1, True)
+    assert _lease(database_url, roadmap_id) == (None, None)
+    step, status, detail = recorder.logs[-1]
+    assert (step, status) == ("curriculum", "queue_deferred")
+    assert detail == {
+        "job": "generate_content",
+        "error": "curriculum: Error 111 connecting to redis",
+    }
+    assert not [e for e in recorder.events if e.get("status") == "failed"]
+
+    # The broker is back; the roadmap has gone a lease period untouched.
+    runtime.enqueue = recorder.enqueue
+    query(database_url, "UPDATE roadmaps SET updated_at = now() - interval '1 hour'"
+          " WHERE id = %(i)s RETURNING id", {"i": roadmap_id})  # fmt: skip
+    assert roadmap_id in await workflow.recover_abandoned(runtime)
+    assert ("resume_from_checkpoint", (roadmap_id,)) in recorder.jobs
+    assert await workflow.generate_content(runtime, roadmap_id, step="resume") is S.completed
+
+
+async def test_queueing_failure_after_approval_leaves_the_roadmap_to_the_sweeper(
+    configured: Settings, database_url: str
+) -> None:
+    recorder = Recorder(database_url)
+    roadmap_id = await _new(review=True)
+    runtime = _runtime(configured, recorder)
+    assert await workflow.generate_roadmap(runtime, roadmap_id) is S.human_review_pending
+    async with loopsafe.db.session() as session:
+        await repositories.update_roadmap(
+            session, roadmap_id, status=S.review_submitted, review_approved=True
+        )
+
+    async def broker_down(job: str, roadmap_id: uuid.UUID, *args: Any) -> None:
+        raise ConnectionError("Error 111 connecting to redis")
+
+    runtime.enqueue = broker_down
+    assert await workflow.resume_after_review(runtime, roadmap_id, True, None) is (
+        S.generating_content
     )
+    assert _row(database_url, roadmap_id) == ("generating_content", None, 1, True)
+    assert recorder.logs[-1][:2] == ("review", "queue_deferred")
 
 
 async def test_a_completed_roadmap_is_never_marked_failed_by_a_late_duplicate(
