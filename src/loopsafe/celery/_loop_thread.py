@@ -7,12 +7,14 @@ Two uses: helper loops for `run_async` called where a loop already runs in the c
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import contextlib
 import contextvars
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -65,6 +67,7 @@ class _Call:
         "result",
         "task",
         "timeout",
+        "waiter",
     )
 
     def __init__(
@@ -74,12 +77,35 @@ class _Call:
         self.timeout = timeout
         self.label = label
         self.context = contextvars.copy_context()
-        self.done = threading.Event()
+        # Held until the outcome is in: the caller waits by acquiring it, the loop thread wakes it
+        # with one release (a threading.Event runs a Condition in Python on both threads).
+        self.waiter = _thread.allocate_lock()
+        self.waiter.acquire()
+        self.done = False
         self.task: asyncio.Task[Any] | None = None
         self.result: Any = None
         self.exception: BaseException | None = None
         # Why the loop thread cancelled it (a revoke, a shutdown), raised to the waiting thread.
         self.cancel_error: BaseException | None = None
+
+    def finish(self, exception: BaseException | None = None, result: Any = None) -> None:
+        """Record the outcome and wake the caller (on the loop thread, once)."""
+        self.exception = exception
+        self.result = result
+        self.done = True
+        self.waiter.release()
+
+    def wait(self, timeout: float = -1) -> bool:
+        """Block until the outcome is in (at most `timeout` seconds if given); whether it is."""
+        # `done` first: after one successful wait the lock stays taken.
+        return self.done or self.waiter.acquire(timeout=timeout)
+
+
+def _stopped_error(name: str) -> RuntimeError:
+    return RuntimeError(
+        f"run_async: {name} was stopped (the worker or process is shutting down); the coroutine "
+        "was not run."
+    )
 
 
 class LoopThread:
@@ -97,8 +123,12 @@ class LoopThread:
         self.depth = depth
         self.pid = os.getpid()
         self.loop = loop_factory()
+        # Calls handed over and not started yet; `waking` while a callback that starts them is
+        # scheduled, so a burst of calls from many threads wakes the loop once, not once each.
+        self.pending: deque[_Call] = deque()
+        self.waking = False
         # Only touched on the loop's own thread.
-        self.calls: set[_Call] = set()
+        self.calls: dict[asyncio.Task[Any], _Call] = {}
         self.blocked_after = blocked_after
         self.last_beat = time.monotonic()
         self.stopping = threading.Event()
@@ -116,12 +146,48 @@ class LoopThread:
         finally:
             self.stopping.set()
             _runner.shutdown_loop(self.loop, _limits.DEFAULT_SHUTDOWN_TIMEOUT, self.name)
+            # Handed over while the loop closed, never started: their callers get an error.
+            while self.pending:
+                call = self.pending.popleft()
+                call.coro.close()
+                call.finish(_stopped_error(self.name))
 
     def usable(self) -> bool:
         return self.pid == os.getpid() and self.thread.is_alive() and not self.loop.is_closed()
 
     def submit(self, call: _Call) -> None:
-        self.loop.call_soon_threadsafe(self._start, call)
+        """Hand `call` to the loop (from any thread); RuntimeError if the loop is closed."""
+        self.pending.append(call)
+        if self.waking:
+            # A scheduled _start_pending will start this call too, unless the loop closed first:
+            # then _serve fails whatever is still pending, or we take the call back below.
+            if not self.loop.is_closed():
+                return
+        else:
+            self.waking = True
+            try:
+                self.loop.call_soon_threadsafe(self._start_pending)
+                return
+            except RuntimeError:  # closed; `waking` stays set, so later calls check as above
+                pass
+        try:
+            self.pending.remove(call)
+        except ValueError:  # _serve took it and fails it
+            return
+        raise _stopped_error(self.name)
+
+    def _start_pending(self) -> None:
+        # Cleared first: a call appended from now on either is started below or schedules
+        # another wake-up.
+        self.waking = False
+        pending = self.pending
+        while pending:
+            call = pending.popleft()
+            try:
+                self._start(call)
+            except Exception as exc:  # pragma: no cover - create_task failing: tell the caller
+                call.coro.close()
+                call.finish(exc)
 
     def _start(self, call: _Call) -> None:
         # Created inside the caller's copied context: the task runs with the caller's contextvars.
@@ -129,24 +195,18 @@ class LoopThread:
         coro = call.coro
         if call.timeout is not None:
             coro = await_bounded(coro, call.timeout, grace=_limits.DEFAULT_CLEANUP_TIMEOUT)
-        task = call.context.run(self.loop.create_task, coro)
-        if call.label is not None:
-            task.set_name(call.label)
+        task = call.context.run(self.loop.create_task, coro, name=call.label)
         call.task = task
-        self.calls.add(call)
-        task.add_done_callback(lambda _: self._finish(call))
+        self.calls[task] = call
+        task.add_done_callback(self._finish)
 
-    def _finish(self, call: _Call) -> None:
-        self.calls.discard(call)
-        task = call.task
-        assert task is not None
+    def _finish(self, task: asyncio.Task[Any]) -> None:
+        call = self.calls.pop(task)
         if task.cancelled():
-            call.exception = asyncio.CancelledError()
+            call.finish(asyncio.CancelledError())
         else:
-            call.exception = task.exception()
-            if call.exception is None:
-                call.result = task.result()
-        call.done.set()
+            exception = task.exception()
+            call.finish(exception, None if exception is not None else task.result())
 
     def cancel(self, call: _Call, error: BaseException | None = None) -> None:
         """Cancel `call`'s coroutine (from any thread); `error` is what its caller will see."""
@@ -162,7 +222,7 @@ class LoopThread:
         """Cancel the coroutines labelled `label` (every coroutine with None), from any thread."""
 
         def cancel() -> None:
-            for call in list(self.calls):
+            for call in list(self.calls.values()):
                 if label is None or call.label == label:
                     self.cancel(call, error)
 
@@ -228,16 +288,13 @@ def run_on(
         loop_thread.submit(call)
     except RuntimeError:
         coro.close()
-        raise RuntimeError(
-            f"run_async: {loop_thread.name} was stopped (the worker or process is shutting "
-            "down); the coroutine was not run."
-        ) from None
+        raise
     try:
-        call.done.wait()
+        call.wait()
     except BaseException:
         # Interrupted in this thread: cancel the coroutine over there and let it clean up.
         loop_thread.cancel(call)
-        if not call.done.wait(_limits.DEFAULT_CLEANUP_TIMEOUT):
+        if not call.wait(_limits.DEFAULT_CLEANUP_TIMEOUT):
             _runner.warn_cleanup_timeout(loop_thread.name)
         raise
     exception = call.exception
