@@ -1030,7 +1030,7 @@ def _other_load() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short run for CI (about 2 minutes)")
-    parser.add_argument("--profiles", default=",".join([*PROFILES, SHARED_LOOP]))
+    parser.add_argument("--profiles", default=",".join(PROFILES))
     parser.add_argument("--roadmaps", type=int, default=6)
     parser.add_argument("--concepts", type=int, default=30)
     parser.add_argument("--rate", type=float, default=20.0, help="API requests per second")
@@ -1071,7 +1071,7 @@ def main() -> None:
             args.profiles = f"seed-before,loopsafe,{SHARED_LOOP}"
         if args.name == "contention":
             args.name = "contention-quick"
-    wanted = [p.strip() for p in args.profiles.split(",") if p.strip()]
+    wanted = list(dict.fromkeys(p.strip() for p in args.profiles.split(",") if p.strip()))
     unknown = set(wanted) - set(PROFILES)
     if unknown:
         parser.error(f"unknown profiles: {', '.join(sorted(unknown))}")
