@@ -884,6 +884,39 @@ def chart(runs: list[Run], path: Path) -> None:
     plt.close(fig)
 
 
+def rate_limit_chart(limited: list[RateLimitRun], path: Path) -> None:
+    """Bars per configuration: 429s seen, concepts failed by 429, roadmaps completed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 0.6 * len(limited) + 2.2))
+    labels = [run.label for run in limited][::-1]
+    panels = (
+        ("429s seen", [run.rejected for run in limited], "#c0392b"),
+        ("concepts failed by 429", [run.failed_429 for run in limited], "#e67e22"),
+        ("roadmaps completed", [run.completed for run in limited], "#3b6ea5"),
+    )
+    for ax, (title, values, color) in zip(axes, panels, strict=True):
+        ax.barh(labels, values[::-1], color=color)
+        for y, value in enumerate(values[::-1]):
+            ax.text(value, y, f" {value}", va="center")
+        ax.set_title(title)
+        ax.margins(x=0.2)
+    for ax in axes[1:]:
+        ax.set_yticks([])
+    first = limited[0]
+    fig.suptitle(
+        f"{first.roadmaps} roadmaps through a provider that answers 429 above {first.cap} calls "
+        "in flight",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def report(
     runs: list[Run], limited: list[RateLimitRun], args: argparse.Namespace, name: str
 ) -> None:
@@ -924,6 +957,8 @@ def report(
             notes += ["", f"Goals for `{run.profile}`:", *_goals(run, total)]
     if limited:
         notes += ["", *_rate_limit_section(limited, args)]
+        notes += ["", f"![429s and failed concepts by LLM limit]({name}-429.png)"]
+        rate_limit_chart(limited, RESULTS / f"{name}-429.png")
     if runs:
         notes += ["", f"![API latency and PgBouncer pool over time]({name}.png)"]
         chart(runs, RESULTS / f"{name}.png")
@@ -934,9 +969,9 @@ def report(
         rows,
         notes="\n".join(notes),
     )
-    (RESULTS / f"{name}.json").write_text(
-        json.dumps([_summary(run) for run in runs], indent=1) + "\n"
-    )
+    summary = [_summary(run) for run in runs]
+    summary += [{"rate_limit": dataclasses.asdict(run)} for run in limited]
+    (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
 def _loads(loads: tuple[float, float, float]) -> str:
