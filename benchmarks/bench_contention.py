@@ -78,7 +78,7 @@ LLM_CONCURRENCY = 6  # concepts in flight per roadmap, the same in every profile
 CLIENT_TIMEOUT_S = 5.0
 SAMPLE_EVERY_S = 0.5
 APP_VARIABLES = ("LLM_", "DATABASE_", "LOOPSAFE_", "CELERY_", "CONTENT_", "WEB_", "REDIS_")
-WARMUP_S = 5.0  # load before the idle window that is not measured
+WARMUP_S = 5.0  # load before the idle window that is not measured (--quick: 2 s)
 FAKE_PROVIDER = Path(__file__).resolve().parents[1] / "examples/roadmap_app/tests"
 
 # The seed's layout: 4 uvicorn workers; content -c 6, workflow -c 4, logs -c 4.
@@ -172,11 +172,12 @@ class Run:
     pool_waits: tuple[int, float]  # API checkouts that waited > 1 ms, their total seconds
     roadmaps: int
     completed: int
+    warmup: float
 
     def window(self, generation: bool) -> list[Request]:
         if generation:
             return [r for r in self.requests if self.gen_start <= r.start < self.gen_end]
-        return [r for r in self.requests if WARMUP_S <= r.start < self.gen_start]
+        return [r for r in self.requests if self.warmup <= r.start < self.gen_start]
 
 
 # -- servers ------------------------------------------------------------------------------------
@@ -659,7 +660,7 @@ async def _measure(
         stop = asyncio.Event()
         load = asyncio.create_task(open_loop(base_url, args.rate, ids, t0, stop))
         # The first requests meet cold API workers (first connections, imports): not measured.
-        await asyncio.sleep(WARMUP_S + args.idle)
+        await asyncio.sleep(args.warmup + args.idle)
         gen_start = time.monotonic() - t0
         # Approving the reviews starts content generation for all K roadmaps at once.
         for roadmap_id in ids:
@@ -686,6 +687,7 @@ async def _measure(
         pool_waits=await asyncio.to_thread(_api_pool_waits, base_url),
         roadmaps=len(ids),
         completed=completed,
+        warmup=args.warmup,
     )
 
 
@@ -849,7 +851,7 @@ def chart(runs: list[Run], path: Path) -> None:
     fig, axes = plt.subplots(len(runs), 2, figsize=(13, 3.2 * len(runs)), squeeze=False)
     for (latency_ax, pool_ax), run in zip(axes, runs, strict=True):
         for ax in (latency_ax, pool_ax):
-            ax.axvspan(0, WARMUP_S, color="#dddddd", alpha=0.6, label="warm-up (not measured)")
+            ax.axvspan(0, run.warmup, color="#dddddd", alpha=0.6, label="warm-up (not measured)")
             ax.axvspan(run.gen_start, run.gen_end, color="#f3d9a4", alpha=0.6, label="generation")
         ok = [r for r in run.requests if r.outcome == "ok"]
         bad = [r for r in run.requests if r.outcome != "ok"]
@@ -930,7 +932,7 @@ def report(
         f"PgBouncer {_pgbouncer_version()} in transaction mode, default_pool_size = "
         f"{args.server_pool} (rows marked 'server pool N': N), max_client_conn = {MAX_CLIENTS}. "
         "Every process started by `python -m roadmap_app serve`; the first "
-        f"{WARMUP_S:g} s of load are not measured.",
+        f"{args.warmup:g} s of load are not measured.",
         "",
         "Latencies are of answered requests; errors are HTTP ≥ 400 (a 503 from an exhausted pool "
         f"counts) or /health not ok. The LLM-bound ideal ({args.ideal_s:.1f} s) is measured in the "
@@ -1098,8 +1100,10 @@ def main() -> None:
     parser.add_argument("--name", default="contention", help="results/<name>.md/.png")
     args = parser.parse_args()
     args.load_at_start = os.getloadavg()
+    args.warmup = WARMUP_S
     if args.quick:
-        args.roadmaps, args.idle, args.tail, args.latency_ms = 2, 5.0, 1.0, 300
+        args.roadmaps, args.idle, args.tail, args.latency_ms = 2, 4.0, 1.0, 300
+        args.warmup = 2.0
         args.max_generation, args.starvation_pools = 90.0, ""
         args.provider_latency_ms = 300
         if "--profiles" not in sys.argv:
