@@ -18,10 +18,16 @@ parts and measures it, configuration by configuration, in one run:
 
 Profiles: ``seed-before`` (the incident's settings), ``seed-fix`` (the team's hand-tuned fix),
 ``loopsafe`` (the seed's layout with one role-weighted BudgetPlan, no connection held across an
-LLM call, batched saves) and ``loopsafe-shared-loop`` (the same on shared-loop workers, which
-needs ``loopsafe.celery.install(app, loop="process")``; reported as not available until then).
-``seed-before`` and ``loopsafe`` run again with fewer server connections (``--starvation-pools``,
-default 20 and 15) to find where the seed's configuration starves.
+LLM call, batched saves) and ``loopsafe-shared-loop`` (the same on shared-loop workers: one
+process per queue, ``--pool threads`` with ``install(app, loop="process")``, planned as one loop
+per process). ``seed-before`` and ``loopsafe`` run again with fewer server connections
+(``--starvation-pools``, default 20 and 15) to find where the seed's configuration starves.
+
+429s avoided (``--rate-limit``, on by default): the app's OpenAI provider against a fake
+OpenAI-compatible server that answers 429 (``Retry-After: 1``) above ``--provider-cap`` calls in
+flight, K roadmaps across the content worker's processes, once with the deployment-wide limit
+(``loopsafe.llm.limit`` through Redis, ``LLM_CONCURRENCY`` = the cap) and once with a limit per
+process (``LLM_LIMIT_SCOPE=process``, what the seed did): 429s seen and concepts failed by them.
 
 Writes results/contention.md and results/contention.png. ``--quick`` runs a short version for CI.
 """
@@ -32,7 +38,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import inspect
 import json
 import math
 import os
@@ -43,7 +48,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +61,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import RESULTS, write_results
 
-import loopsafe.celery
 from loopsafe.testing import EmbeddedPostgres, EmbeddedRedis, PgBouncer, free_port
 from roadmap_app.__main__ import migrate_database
 from roadmap_app.config import Settings
@@ -74,7 +78,8 @@ LLM_CONCURRENCY = 6  # concepts in flight per roadmap, the same in every profile
 CLIENT_TIMEOUT_S = 5.0
 SAMPLE_EVERY_S = 0.5
 APP_VARIABLES = ("LLM_", "DATABASE_", "LOOPSAFE_", "CELERY_", "CONTENT_", "WEB_", "REDIS_")
-WARMUP_S = 5.0  # load before the idle window that is not measured
+WARMUP_S = 5.0  # load before the idle window that is not measured (--quick: 2 s)
+FAKE_PROVIDER = Path(__file__).resolve().parents[1] / "examples/roadmap_app/tests"
 
 # The seed's layout: 4 uvicorn workers; content -c 6, workflow -c 4, logs -c 4.
 SEED_LAYOUT = {
@@ -110,6 +115,14 @@ PROFILES: dict[str, dict[str, str]] = {
         "CONTENT_BATCH_SIZE": "8",
     },
 }
+SHARED_LOOP = "loopsafe-shared-loop"
+# The same, with each queue's worker one process of threads whose coroutines share one loop
+# (install(app, loop="process")): the plan counts one loop per worker process.
+PROFILES[SHARED_LOOP] = {
+    **PROFILES["loopsafe"],
+    "CELERY_POOL": "threads",
+    "CELERY_WORKER_LOOP": "process",
+}
 # With too few server connections for the seed's 18 processes to get one each, the plan refuses
 # that layout (`python -m loopsafe budget` says what would fit); loopsafe runs a smaller one.
 SMALL_LAYOUT = {
@@ -117,20 +130,9 @@ SMALL_LAYOUT = {
     "CELERY_WORKFLOW_CONCURRENCY": "2",
     "CELERY_LOGS_CONCURRENCY": "2",
 }
-SHARED_LOOP = "loopsafe-shared-loop"
 # Request mix of the open-loop client: (weight, name). The write creates a roadmap that stops at
 # human review: a real write and a workflow job, without adding content generation.
 MIX = ((45, "get roadmap"), (30, "list"), (20, "health"), (5, "create"))
-
-
-def shared_loop_profile() -> dict[str, str]:
-    """`loopsafe` on shared-loop workers; raises when loopsafe.celery cannot run them yet."""
-    if "loop" not in inspect.signature(loopsafe.celery.install).parameters:
-        raise NotImplementedError(
-            f"{SHARED_LOOP} is not available: loopsafe.celery.install(app) has no loop= "
-            "parameter yet (the shared-loop worker mode has not landed)"
-        )
-    return {**PROFILES["loopsafe"], "CELERY_WORKER_LOOP": "process"}
 
 
 @dataclasses.dataclass
@@ -170,11 +172,12 @@ class Run:
     pool_waits: tuple[int, float]  # API checkouts that waited > 1 ms, their total seconds
     roadmaps: int
     completed: int
+    warmup: float
 
     def window(self, generation: bool) -> list[Request]:
         if generation:
             return [r for r in self.requests if self.gen_start <= r.start < self.gen_end]
-        return [r for r in self.requests if WARMUP_S <= r.start < self.gen_start]
+        return [r for r in self.requests if self.warmup <= r.start < self.gen_start]
 
 
 # -- servers ------------------------------------------------------------------------------------
@@ -374,10 +377,23 @@ def _api_pool_waits(base_url: str) -> tuple[int, float]:
 # -- one profile ----------------------------------------------------------------------------------
 
 
-def run_profile(
-    name: str, overrides: dict[str, str], server_pool: int, args: argparse.Namespace,
-    database_url: str, redis_url: str, goals: list[str], log_dir: Path,
-) -> Run:  # fmt: skip
+@dataclasses.dataclass
+class Serving:
+    """The app as `serve` runs it behind a fresh PgBouncer, ready for load."""
+
+    base_url: str
+    bouncer: PgBouncer
+    serve: ManagedProcess
+    budget: str
+
+
+@contextlib.contextmanager
+def serving(
+    name: str, overrides: Mapping[str, str], server_pool: int, args: argparse.Namespace,
+    database_url: str, redis_url: str, log_dir: Path,
+) -> Iterator[Serving]:  # fmt: skip
+    """Empty the app's tables, start PgBouncer and `python -m roadmap_app serve` with the profile's
+    variables, wait until the API answers and the three workers are ready; stop it all after."""
     with psycopg.connect(database_url, autocommit=True) as admin:
         admin.execute("TRUNCATE roadmaps, execution_logs CASCADE")
     with PgBouncer(
@@ -413,43 +429,124 @@ def run_profile(
             deadline = time.monotonic() + 120
             while serve.log_text().count(" ready.") < 3 and time.monotonic() < deadline:
                 time.sleep(0.5)
-            return asyncio.run(
-                _measure(name, args, base_url, bouncer, database_url, serve, goals, budget)
-            )
+            yield Serving(base_url, bouncer, serve, budget)
         finally:
             serve.stop(timeout=30)
 
 
-def _fits(overrides: dict[str, str], server_pool: int) -> bool:
-    """Whether `serve` can plan this profile's layout within `server_pool` connections."""
-    env = {**overrides, "DATABASE_MAX_CONNECTIONS": str(server_pool)}
-    try:
-        Layout.from_env(env).plan(Settings.from_env(env))
-    except ValueError:
-        return False
-    return True
-
-
-def _budget_text(env: dict[str, str]) -> str:
-    settings = Settings.from_env(env)
-    layout = Layout.from_env(env)
-    counts = {"web": layout.web_workers, **{w.queue: w.concurrency for w in layout.workers}}
-    processes = sum(counts.values())
-    if settings.database_pool_size is not None:
-        per = settings.database_pool_size + settings.database_max_overflow
-        return f"none: {processes} processes × {per} = {processes * per} client connections"
-    plan = layout.plan(settings)
-    shares = ", ".join(f"{role} {plan.budget_for(role).per_process}" for role in plan.roles)
-    return f"plan: {plan.total} of {plan.usable} usable ({shares} per process)"
-
-
-async def _measure(
-    name: str, args: argparse.Namespace, base_url: str, bouncer: PgBouncer, database_url: str,
-    serve: ManagedProcess, goals: list[str], budget: str,
+def run_profile(
+    name: str, overrides: dict[str, str], server_pool: int, args: argparse.Namespace,
+    database_url: str, redis_url: str, goals: list[str], log_dir: Path,
 ) -> Run:  # fmt: skip
+    with serving(name, overrides, server_pool, args, database_url, redis_url, log_dir) as app:
+        return asyncio.run(
+            _measure(
+                name, args, app.base_url, app.bouncer, database_url, app.serve, goals, app.budget
+            )
+        )
+
+
+# -- 429s avoided ---------------------------------------------------------------------------------
+
+# (label, variables on top of the `loopsafe` profile): the deployment-wide limit, and the limit
+# each process kept to itself before loopsafe.llm (the seed's 429s).
+RATE_LIMIT_CONFIGS: tuple[tuple[str, dict[str, str]], ...] = (
+    ("loopsafe: deployment-wide limit", {}),
+    ("per-process limit", {"LLM_LIMIT_SCOPE": "process"}),
+)
+
+
+@dataclasses.dataclass
+class RateLimitRun:
+    label: str
+    cap: int
+    roadmaps: int
+    completed: int
+    failed: int
+    concepts: int
+    failed_429: int
+    failed_other: int
+    served: int
+    rejected: int
+    max_in_flight: int
+    seconds: float
+    content_processes: int
+
+
+@contextlib.contextmanager
+def capped_provider(cap: int, latency_ms: int, log_dir: Path) -> Iterator[str]:
+    """The app's tests' fake OpenAI server, answering 429 above `cap` calls in flight; its URL."""
+    port = free_port()
+    server = ManagedProcess(
+        "fake-openai",
+        [sys.executable, "-m", "uvicorn", "fake_openai_server:app", "--port", str(port),
+         "--app-dir", str(FAKE_PROVIDER), "--log-level", "warning"],
+        env={**os.environ, "FAKE_OPENAI_MAX_CONCURRENCY": str(cap),
+             "FAKE_OPENAI_LATENCY_MS": str(latency_ms)},
+        log_path=log_dir / f"fake-openai-{port}.log",
+    ).start()  # fmt: skip
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/docs", timeout=60, process=server)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.stop(timeout=10)
+
+
+def run_rate_limited(
+    label: str, overrides: Mapping[str, str], args: argparse.Namespace, database_url: str,
+    redis_url: str, goals: list[str], log_dir: Path,
+) -> RateLimitRun:  # fmt: skip
+    """K roadmaps through the capped provider, all content jobs at once; 429s and failures."""
+    with capped_provider(args.provider_cap, args.provider_latency_ms, log_dir) as provider:
+        env = {
+            **PROFILES["loopsafe"],
+            # The API is not measured here: one API worker, and a content process per roadmap.
+            "WEB_CONCURRENCY": "1",
+            "CELERY_WORKFLOW_CONCURRENCY": "2",
+            "CELERY_LOGS_CONCURRENCY": "1",
+            "CELERY_CONTENT_CONCURRENCY": str(max(2, len(goals))),
+            "LLM_PROVIDER": "openai",
+            "LLM_BASE_URL": provider,
+            "LLM_API_KEY": "bench",
+            "LLM_CONCURRENCY": str(args.provider_cap),
+            **overrides,
+        }
+        name = f"429 {label}"
+        with serving(
+            name, env, args.server_pool, args, database_url, redis_url, log_dir
+        ) as app:  # fmt: skip
+            layout = Layout.from_env(env)
+            content = next(w for w in layout.workers if w.queue == "content")
+            processes = content.concurrency if layout.pool == "prefork" else 1
+            ids = asyncio.run(_held_for_review(app.base_url, goals, app.serve, name))
+            before = httpx.get(f"{provider}/stats", timeout=10).json()
+            start = time.monotonic()
+            with httpx.Client(base_url=app.base_url, timeout=30) as client:
+                for roadmap_id in ids:
+                    client.post(
+                        f"/api/v1/roadmaps/{roadmap_id}/review", json={"approve": True}
+                    ).raise_for_status()
+            outcome = _wait_finished(database_url, ids, args.max_generation)
+            seconds = time.monotonic() - start
+            after = httpx.get(f"{provider}/stats", timeout=10).json()
+    return RateLimitRun(
+        label=label,
+        cap=args.provider_cap,
+        roadmaps=len(ids),
+        seconds=seconds,
+        served=after["served"] - before["served"],
+        rejected=after["rejected"] - before["rejected"],
+        max_in_flight=after["max_in_flight"],
+        content_processes=processes,
+        **outcome,
+    )
+
+
+async def _held_for_review(
+    base_url: str, goals: list[str], serve: ManagedProcess, name: str
+) -> list[str]:
+    """Create a roadmap per goal, held at human review (curriculum designed, no content yet)."""
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
-        # The reads need roadmaps to read: the K that will be generated, created now and held
-        # for review, so the idle window reads the same rows the generation window does.
         ids = []
         for goal in goals:
             response = await client.post("/api/v1/roadmaps", json={"goal": goal, "review": True})
@@ -465,13 +562,105 @@ async def _measure(
                 raise RuntimeError(
                     f"{name}: roadmap {roadmap_id} never reached review:\n{serve.tail()}"
                 )
+    return ids
+
+
+def _wait_finished(database_url: str, ids: list[str], limit: float) -> dict[str, int]:
+    """Poll until every roadmap is completed or failed (or `limit` s): roadmaps, concepts saved,
+    and the concepts that failed for good, by a 429 or otherwise."""
+    deadline = time.monotonic() + limit
+    with psycopg.connect(database_url, autocommit=True) as pg:
+        while True:
+            rows = pg.execute(
+                "SELECT status, failed_concepts, (SELECT count(*) FROM concept_content c "
+                "WHERE c.roadmap_id = r.id) FROM roadmaps r WHERE id::text = ANY(%s)",
+                (ids,),
+            ).fetchall()
+            statuses = [row[0] for row in rows]
+            done = sum(status in ("completed", "failed") for status in statuses)
+            if done == len(ids) or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
+    reasons = [str(f.get("reason", "")) for row in rows for f in row[1]]
+    by_429 = sum("429" in reason or "RateLimit" in reason for reason in reasons)
+    return {
+        "completed": statuses.count("completed"),
+        "failed": statuses.count("failed"),
+        "concepts": sum(int(row[2]) for row in rows),
+        "failed_429": by_429,
+        "failed_other": len(reasons) - by_429,
+    }
+
+
+RATE_LIMIT_COLUMNS = [
+    "configuration",
+    "provider cap (calls in flight)",
+    "429s seen",
+    "concepts failed by 429",
+    "other failed concepts",
+    "roadmaps completed / failed",
+    "peak calls in flight at the provider",
+    "calls served",
+    "content generation time",
+]
+
+
+def _rate_limit_row(run: RateLimitRun) -> list[object]:
+    return [
+        run.label,
+        run.cap,
+        run.rejected,
+        run.failed_429,
+        run.failed_other,
+        f"{run.completed} / {run.failed} of {run.roadmaps}",
+        run.max_in_flight,
+        run.served,
+        f"{run.seconds:.1f} s",
+    ]
+
+
+def _fits(overrides: dict[str, str], server_pool: int) -> bool:
+    """Whether `serve` can plan this profile's layout within `server_pool` connections."""
+    env = {**overrides, "DATABASE_MAX_CONNECTIONS": str(server_pool)}
+    try:
+        Layout.from_env(env).plan(Settings.from_env(env))
+    except ValueError:
+        return False
+    return True
+
+
+def _budget_text(env: dict[str, str]) -> str:
+    settings = Settings.from_env(env)
+    layout = Layout.from_env(env)
+    per_queue = {w.queue: w.concurrency if layout.pool == "prefork" else 1 for w in layout.workers}
+    processes = layout.web_workers + sum(per_queue.values())
+    if settings.database_pool_size is not None:
+        per = settings.database_pool_size + settings.database_max_overflow
+        return f"none: {processes} processes × {per} = {processes * per} client connections"
+    plan = layout.plan(settings)
+    shares = ", ".join(f"{role} {plan.budget_for(role).per_process}" for role in plan.roles)
+    shape = ""
+    if layout.pool == "threads":
+        loops = "one loop" if settings.celery_worker_loop == "process" else "a loop per thread"
+        shape = f"; workers: one threads-pool process per queue, {loops} each"
+    return f"plan: {plan.total} of {plan.usable} usable ({shares} per process{shape})"
+
+
+async def _measure(
+    name: str, args: argparse.Namespace, base_url: str, bouncer: PgBouncer, database_url: str,
+    serve: ManagedProcess, goals: list[str], budget: str,
+) -> Run:  # fmt: skip
+    # The reads need roadmaps to read: the K that will be generated, created now and held for
+    # review, so the idle window reads the same rows the generation window does.
+    ids = await _held_for_review(base_url, goals, serve, name)
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         t0 = time.monotonic()
         sampler = Sampler(bouncer, database_url, serve.pid, t0)
         sampler.start()
         stop = asyncio.Event()
         load = asyncio.create_task(open_loop(base_url, args.rate, ids, t0, stop))
         # The first requests meet cold API workers (first connections, imports): not measured.
-        await asyncio.sleep(WARMUP_S + args.idle)
+        await asyncio.sleep(args.warmup + args.idle)
         gen_start = time.monotonic() - t0
         # Approving the reviews starts content generation for all K roadmaps at once.
         for roadmap_id in ids:
@@ -498,6 +687,7 @@ async def _measure(
         pool_waits=await asyncio.to_thread(_api_pool_waits, base_url),
         roadmaps=len(ids),
         completed=completed,
+        warmup=args.warmup,
     )
 
 
@@ -661,7 +851,7 @@ def chart(runs: list[Run], path: Path) -> None:
     fig, axes = plt.subplots(len(runs), 2, figsize=(13, 3.2 * len(runs)), squeeze=False)
     for (latency_ax, pool_ax), run in zip(axes, runs, strict=True):
         for ax in (latency_ax, pool_ax):
-            ax.axvspan(0, WARMUP_S, color="#dddddd", alpha=0.6, label="warm-up (not measured)")
+            ax.axvspan(0, run.warmup, color="#dddddd", alpha=0.6, label="warm-up (not measured)")
             ax.axvspan(run.gen_start, run.gen_end, color="#f3d9a4", alpha=0.6, label="generation")
         ok = [r for r in run.requests if r.outcome == "ok"]
         bad = [r for r in run.requests if r.outcome != "ok"]
@@ -696,11 +886,43 @@ def chart(runs: list[Run], path: Path) -> None:
     plt.close(fig)
 
 
+def rate_limit_chart(limited: list[RateLimitRun], path: Path) -> None:
+    """Bars per configuration: 429s seen, concepts failed by 429, roadmaps completed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 0.6 * len(limited) + 2.2))
+    labels = [run.label for run in limited][::-1]
+    panels = (
+        ("429s seen", [run.rejected for run in limited], "#c0392b"),
+        ("concepts failed by 429", [run.failed_429 for run in limited], "#e67e22"),
+        ("roadmaps completed", [run.completed for run in limited], "#3b6ea5"),
+    )
+    for ax, (title, values, color) in zip(axes, panels, strict=True):
+        ax.barh(labels, values[::-1], color=color)
+        for y, value in enumerate(values[::-1]):
+            ax.text(value, y, f" {value}", va="center")
+        ax.set_title(title)
+        ax.margins(x=0.2)
+    for ax in axes[1:]:
+        ax.set_yticks([])
+    first = limited[0]
+    fig.suptitle(
+        f"{first.roadmaps} roadmaps through a provider that answers 429 above {first.cap} calls "
+        "in flight",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def report(
-    runs: list[Run], args: argparse.Namespace, unavailable: dict[str, str], name: str
+    runs: list[Run], limited: list[RateLimitRun], args: argparse.Namespace, name: str
 ) -> None:
     rows = [_row(run) for run in runs]
-    rows += [[profile, why, *[""] * (len(COLUMNS) - 2)] for profile, why in unavailable.items()]
     others = _other_load()
     notes = [
         f"K = {args.roadmaps} roadmaps × {args.concepts} concepts generated at once after a "
@@ -710,7 +932,7 @@ def report(
         f"PgBouncer {_pgbouncer_version()} in transaction mode, default_pool_size = "
         f"{args.server_pool} (rows marked 'server pool N': N), max_client_conn = {MAX_CLIENTS}. "
         "Every process started by `python -m roadmap_app serve`; the first "
-        f"{WARMUP_S:g} s of load are not measured.",
+        f"{args.warmup:g} s of load are not measured.",
         "",
         "Latencies are of answered requests; errors are HTTP ≥ 400 (a 503 from an exhausted pool "
         f"counts) or /health not ok. The LLM-bound ideal ({args.ideal_s:.1f} s) is measured in the "
@@ -727,15 +949,21 @@ def report(
         "connections: `python -m loopsafe budget` refuses it and says what fits), loopsafe runs "
         "2 API workers and workflow / logs -c 2 instead.",
         "",
-        f"Machine: {os.cpu_count()} cores, shared; load average at the end "
-        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}; other work running meanwhile: {others}.",
+        f"Machine: {os.cpu_count()} cores, shared with other work; `uptime` load average (1, 5, "
+        f"15 min) at the start {_loads(args.load_at_start)}, at the end {_loads(os.getloadavg())};"
+        f" other work running at the end: {others}.",
     ]
     for run in runs:
         if run.profile.startswith("loopsafe"):
             total = _plan_total(run.budget)
             notes += ["", f"Goals for `{run.profile}`:", *_goals(run, total)]
-    notes += ["", f"![API latency and PgBouncer pool over time]({name}.png)"]
-    chart(runs, RESULTS / f"{name}.png")
+    if limited:
+        notes += ["", *_rate_limit_section(limited, args)]
+        notes += ["", f"![429s and failed concepts by LLM limit]({name}-429.png)"]
+        rate_limit_chart(limited, RESULTS / f"{name}-429.png")
+    if runs:
+        notes += ["", f"![API latency and PgBouncer pool over time]({name}.png)"]
+        chart(runs, RESULTS / f"{name}.png")
     write_results(
         name,
         "Content generation vs the web API behind PgBouncer (seed-004 lab)",
@@ -743,9 +971,50 @@ def report(
         rows,
         notes="\n".join(notes),
     )
-    (RESULTS / f"{name}.json").write_text(
-        json.dumps([_summary(run) for run in runs], indent=1) + "\n"
-    )
+    summary = [_summary(run) for run in runs]
+    summary += [{"rate_limit": dataclasses.asdict(run)} for run in limited]
+    (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def _loads(loads: tuple[float, float, float]) -> str:
+    return ", ".join(f"{x:.2f}" for x in loads)
+
+
+def _rate_limit_section(limited: list[RateLimitRun], args: argparse.Namespace) -> list[str]:
+    """The 429s-avoided table and what it measured, as markdown lines."""
+    first = limited[0]
+    lines = [
+        "## 429s avoided: one LLM limit for the whole deployment",
+        "",
+        f"The app's OpenAI provider against a fake OpenAI-compatible server (the app's "
+        f"`tests/fake_openai_server.py`) that answers 429 with `Retry-After: 1` while more than "
+        f"{args.provider_cap} calls are in flight, each call taking {args.provider_latency_ms} ms. "
+        f"K = {first.roadmaps} roadmaps × {args.concepts} concepts, their content jobs started at "
+        f"once on the `loopsafe` settings with {first.content_processes} content worker processes (prefork"
+        " children; 1 API worker, workflow -c 2, logs -c 1: the API is not measured here), "
+        f"LLM_CONCURRENCY = {args.provider_cap} (concepts in flight per roadmap and the limit), "
+        "LLM_RETRIES = 2 (the app's default: three attempts per call). With the deployment-wide "
+        "limit every process shares one `loopsafe.llm` limit through Redis, and a 429's "
+        "Retry-After pauses them all; with a per-process limit (`LLM_LIMIT_SCOPE=process`, what "
+        "the seed's processes did) each keeps LLM_CONCURRENCY to itself. 429s seen are the "
+        "server's refusals during content generation; a concept fails by 429 when its last "
+        "attempt met one; peak calls in flight is the server's (refused calls included), over the whole run.",
+        "",
+        "| " + " | ".join(RATE_LIMIT_COLUMNS) + " |",
+        "|" + "---|" * len(RATE_LIMIT_COLUMNS),
+        *("| " + " | ".join(str(cell) for cell in _rate_limit_row(run)) + " |" for run in limited),
+    ]
+    shared = next((run for run in limited if run.label == RATE_LIMIT_CONFIGS[0][0]), None)
+    if shared is not None:
+        ok = shared.failed_429 == 0 and shared.completed == shared.roadmaps
+        lines += [
+            "",
+            f"Goal: K roadmaps finish with zero 429-failed concepts under the deployment-wide "
+            f"limit: {'met' if ok else 'NOT met'} ({shared.failed_429} concepts failed by 429, "
+            f"{shared.completed} of {shared.roadmaps} roadmaps completed, {shared.rejected} 429s "
+            "seen).",
+        ]
+    return lines
 
 
 def _summary(run: Run) -> dict[str, Any]:
@@ -798,7 +1067,7 @@ def _other_load() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short run for CI (about 2 minutes)")
-    parser.add_argument("--profiles", default=",".join([*PROFILES, SHARED_LOOP]))
+    parser.add_argument("--profiles", default=",".join(PROFILES))
     parser.add_argument("--roadmaps", type=int, default=6)
     parser.add_argument("--concepts", type=int, default=30)
     parser.add_argument("--rate", type=float, default=20.0, help="API requests per second")
@@ -816,35 +1085,46 @@ def main() -> None:
     parser.add_argument(
         "--max-generation", type=float, default=300.0, help="give up waiting after this many s"
     )
+    parser.add_argument(
+        "--rate-limit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure 429s avoided against a provider capped at --provider-cap calls",
+    )
+    parser.add_argument(
+        "--provider-cap", type=int, default=12, help="calls in flight the fake provider accepts"
+    )
+    parser.add_argument(
+        "--provider-latency-ms", type=int, default=500, help="the fake provider's time per call"
+    )
     parser.add_argument("--name", default="contention", help="results/<name>.md/.png")
     args = parser.parse_args()
+    args.load_at_start = os.getloadavg()
+    args.warmup = WARMUP_S
     if args.quick:
-        args.roadmaps, args.idle, args.tail, args.latency_ms = 2, 5.0, 1.0, 300
+        args.roadmaps, args.idle, args.tail, args.latency_ms = 2, 4.0, 1.0, 300
+        args.warmup = 2.0
         args.max_generation, args.starvation_pools = 90.0, ""
+        args.provider_latency_ms = 300
         if "--profiles" not in sys.argv:
             args.profiles = f"seed-before,loopsafe,{SHARED_LOOP}"
         if args.name == "contention":
             args.name = "contention-quick"
-    wanted = [p.strip() for p in args.profiles.split(",") if p.strip()]
-    unknown = set(wanted) - {*PROFILES, SHARED_LOOP}
+    wanted = list(dict.fromkeys(p.strip() for p in args.profiles.split(",") if p.strip()))
+    unknown = set(wanted) - set(PROFILES)
     if unknown:
         parser.error(f"unknown profiles: {', '.join(sorted(unknown))}")
     goals = goals_with(args.concepts, args.roadmaps)
     args.ideal_s = asyncio.run(llm_bound_seconds(args.roadmaps, args.concepts, args.latency_ms))
     runs: list[Run] = []
-    unavailable: dict[str, str] = {}
+    limited: list[RateLimitRun] = []
     plan = [(profile, args.server_pool) for profile in wanted]
     for pool in (int(n) for n in args.starvation_pools.split(",") if n.strip()):
         plan += [(profile, pool) for profile in ("seed-before", "loopsafe") if profile in wanted]
     with servers() as (database_url, redis_url), tempfile.TemporaryDirectory() as logs:
         migrate_database(database_url)
         for profile, server_pool in plan:
-            try:
-                overrides = shared_loop_profile() if profile == SHARED_LOOP else PROFILES[profile]
-            except NotImplementedError as error:
-                print(error, file=sys.stderr)
-                unavailable[profile] = str(error).split(": ", 1)[1]
-                continue
+            overrides = PROFILES[profile]
             label = profile
             if profile.startswith("loopsafe") and not _fits(overrides, server_pool):
                 overrides = {**overrides, **SMALL_LAYOUT}
@@ -866,12 +1146,24 @@ def main() -> None:
                     )
                 )
             except Exception:
-                log = Path(logs) / f"{label}.log"
-                print(
-                    log.read_text(errors="replace")[-4000:] if log.exists() else "", file=sys.stderr
-                )
+                _print_log(Path(logs) / f"{label}.log")
                 raise
-    report(runs, args, unavailable, args.name)
+        for label, variables in RATE_LIMIT_CONFIGS if args.rate_limit else ():
+            print(f"== 429 {label}", file=sys.stderr, flush=True)
+            try:
+                limited.append(
+                    run_rate_limited(
+                        label, variables, args, database_url, redis_url, goals, Path(logs)
+                    )
+                )
+            except Exception:
+                _print_log(Path(logs) / f"429 {label}.log")
+                raise
+    report(runs, limited, args, args.name)
+
+
+def _print_log(log: Path) -> None:
+    print(log.read_text(errors="replace")[-4000:] if log.exists() else "", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -132,8 +132,9 @@ class Settings:
     database_max_overflow: int = 0
     budget_plan: BudgetPlan | None = None
     role: str | None = None
-    # CELERY_WORKER_LOOP=process: every task's coroutine on one loop per worker process (needs
-    # loopsafe.celery.install(app, loop=...)); "thread" is loopsafe's default.
+    # CELERY_WORKER_LOOP=process: with a threads pool (CELERY_POOL=threads under `serve`), every
+    # task's coroutine runs on one loop per worker process: loopsafe.celery.install(app,
+    # loop="process"), the shared-loop worker mode. "thread": a loop per thread or prefork child.
     celery_worker_loop: Literal["thread", "process"] = "thread"
 
     @classmethod

@@ -10,13 +10,16 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import FrameType
+from typing import Literal
 
 from loopsafe.db import BudgetPlan, Role
 from roadmap_app.config import Settings, SettingsError, _number
 from roadmap_app.jobs import QUEUES
 from roadmap_app.processes import ManagedProcess
 
-__all__ = ("QUEUE_NAMES", "Layout", "QueueWorkers", "serve")
+__all__ = ("QUEUE_NAMES", "Layout", "QueueWorkers", "WorkerPool", "serve")
+
+WorkerPool = Literal["prefork", "threads"]
 
 QUEUE_NAMES = ("workflow", "content", "logs")
 # Seconds between a task's soft time limit (it is cancelled and cleans up) and the hard one.
@@ -28,7 +31,7 @@ STOP_TIMEOUT_S = 20.0
 
 @dataclass(frozen=True)
 class QueueWorkers:
-    """One Celery worker (its prefork children) serving one queue."""
+    """One Celery worker (its prefork children, or its threads) serving one queue."""
 
     queue: str
     concurrency: int
@@ -41,8 +44,11 @@ class Layout:
 
     ``WEB_CONCURRENCY`` uvicorn workers; per queue ``CELERY_<QUEUE>_CONCURRENCY`` prefork children
     and ``CELERY_<QUEUE>_TIME_LIMIT_S`` (soft; the hard limit is 30 s later);
-    ``CELERY_MAX_TASKS_PER_CHILD`` (0: children are never recycled); ``DATABASE_WEB_WEIGHT`` and
-    ``DATABASE_WEB_MINIMUM``: the API's priority in the connection plan; ``HOST``/``PORT``.
+    ``CELERY_MAX_TASKS_PER_CHILD`` (0: children are never recycled); ``CELERY_POOL``: ``prefork``
+    (a process per task in flight) or ``threads`` (one process per queue whose threads run its
+    tasks; with ``CELERY_WORKER_LOOP=process`` all their coroutines share one event loop, the
+    shared-loop worker mode); ``DATABASE_WEB_WEIGHT`` and ``DATABASE_WEB_MINIMUM``: the API's
+    priority in the connection plan; ``HOST``/``PORT``.
     """
 
     web_workers: int = 2
@@ -52,6 +58,7 @@ class Layout:
         QueueWorkers("logs", 1, 60),
     )
     max_tasks_per_child: int = 0
+    pool: WorkerPool = "prefork"
     web_weight: float = 4.0
     web_minimum: int = 0
     host: str = "127.0.0.1"
@@ -62,6 +69,9 @@ class Layout:
         """Raises `SettingsError` naming the variable whose value is unusable."""
         env = os.environ if env is None else env
         defaults = {w.queue: w for w in cls.workers}
+        pool = env.get("CELERY_POOL", "").strip() or cls.pool
+        if pool not in ("prefork", "threads"):
+            raise SettingsError(f"CELERY_POOL must be 'prefork' or 'threads', got {pool!r}")
         workers = tuple(
             QueueWorkers(
                 queue,
@@ -87,6 +97,7 @@ class Layout:
                     high=1_000_000,
                 )
             ),
+            pool="threads" if pool == "threads" else "prefork",
             web_weight=_number(
                 env, "DATABASE_WEB_WEIGHT", cls.web_weight, float, low=0.01, high=1000
             ),
@@ -100,10 +111,20 @@ class Layout:
     def plan(self, settings: Settings) -> BudgetPlan:
         """The deployment's connection plan: every process of every role, the API weighted up.
 
+        A queue's role counts the event loops that open pools: with prefork, one per child; with
+        the threads pool, one process whose loops are its threads (``CELERY_WORKER_LOOP=thread``)
+        or just one (``process``: the shared loop). Either way the queue weighs its concurrency,
+        so the threads pool does not shift the API's priority.
+
         Raises `SettingsError` when the layout cannot fit `DATABASE_MAX_CONNECTIONS`.
         """
         roles = {"web": Role(self.web_workers, weight=self.web_weight, minimum=self.web_minimum)}
-        roles.update({w.queue: Role(w.concurrency) for w in self.workers})
+        for w in self.workers:
+            if self.pool == "prefork":
+                roles[w.queue] = Role(w.concurrency)
+            else:
+                loops = 1 if settings.celery_worker_loop == "process" else w.concurrency
+                roles[w.queue] = Role(1, loops=loops, weight=w.concurrency)
         try:
             return BudgetPlan(settings.database_max_connections, roles)
         except ValueError as error:
@@ -118,7 +139,8 @@ class Layout:
                      "--workers", str(self.web_workers)]),
         ]  # fmt: skip
         for w in self.workers:
-            argv = [*module, "worker", "--queues", w.queue, "--concurrency", str(w.concurrency),
+            argv = [*module, "worker", "--queues", w.queue, "--pool", self.pool,
+                    "--concurrency", str(w.concurrency),
                     "--name", f"{w.queue}@%h", "--soft-time-limit", f"{w.time_limit_s:g}",
                     "--time-limit", f"{w.time_limit_s + HARD_LIMIT_GRACE_S:g}",
                     "--max-tasks-per-child", str(self.max_tasks_per_child)]  # fmt: skip

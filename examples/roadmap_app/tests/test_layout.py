@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from roadmap_testkit import delete_keys, make_env, wait_for, wait_for_status
 
@@ -51,6 +52,7 @@ def test_layout_reads_every_knob_and_builds_worker_commands() -> None:
         ({"CELERY_CONTENT_TIME_LIMIT_S": "0"}, "CELERY_CONTENT_TIME_LIMIT_S must be between"),
         ({"DATABASE_WEB_WEIGHT": "-1"}, "DATABASE_WEB_WEIGHT must be between"),
         ({"PORT": "70000"}, "PORT must be between 1 and 65535"),
+        ({"CELERY_POOL": "gevent"}, "CELERY_POOL must be 'prefork' or 'threads', got 'gevent'"),
     ],
 )
 def test_bad_layout_values_name_the_variable(env: dict[str, str], message: str) -> None:
@@ -71,6 +73,42 @@ def test_the_plan_protects_the_api_and_fits_the_limit() -> None:
     # Fixed pools (DATABASE_POOL_SIZE) or a plan given by the operator are left alone.
     fixed = Settings.from_env({"DATABASE_POOL_SIZE": "2", "DATABASE_MAX_OVERFLOW": "2"})
     assert "LOOPSAFE_BUDGET_PLAN" not in process_env(fixed, layout, {})
+
+
+@pytest.mark.parametrize(
+    ("worker_loop", "loops", "content_share"),
+    [("process", 1, 9), ("thread", 6, 6)],
+    ids=["shared-loop", "thread-loops"],
+)
+def test_a_threads_pool_is_planned_as_one_process_per_queue(
+    worker_loop: str, loops: int, content_share: int
+) -> None:
+    """CELERY_POOL=threads: each queue is one process; with the shared loop it opens one pool,
+    with a loop per thread one per thread, and either way it weighs its concurrency."""
+    env = {
+        "CELERY_POOL": "threads",
+        "CELERY_WORKER_LOOP": worker_loop,
+        "WEB_CONCURRENCY": "4",
+        "CELERY_CONTENT_CONCURRENCY": "6",
+        "CELERY_WORKFLOW_CONCURRENCY": "4",
+        "CELERY_LOGS_CONCURRENCY": "4",
+        "DATABASE_MAX_CONNECTIONS": "50",
+    }
+    layout = Layout.from_env(env)
+    assert layout.pool == "threads"
+    assert dict(layout.commands())["content"][6:10] == ["--pool", "threads", "--concurrency", "6"]
+    plan = layout.plan(Settings.from_env(env))
+    content = plan.budget_for("content")
+    assert (content.processes, content.loops_per_process) == (1, loops)
+    assert plan.roles["content"].weight == 6
+    # The API keeps its priority; one process holds at least what six prefork children would
+    # (one shared loop holds 9: 45 × 6/30 rounds down once, not six times 1.5).
+    prefork = Layout.from_env({**env, "CELERY_POOL": "prefork"}).plan(Settings.from_env(env))
+    assert plan.budget_for("web").per_process == prefork.budget_for("web").per_process == 6
+    assert content.per_process == content_share >= 6 * prefork.budget_for("content").per_process
+    assert plan.total <= plan.usable == 45
+    assert Layout.from_env({}).pool == "prefork"
+    assert dict(Layout.from_env({}).commands())["logs"][6:8] == ["--pool", "prefork"]
 
 
 def test_a_layout_too_big_for_the_limit_is_refused() -> None:
@@ -111,6 +149,42 @@ def test_serve_runs_the_whole_layout_with_role_budgets_and_stops_cleanly(
             timeout=30,
             what="a sweep to run",
         )
+    finally:
+        assert serve.stop(timeout=30) == 0, serve.tail()
+        delete_keys(redis_url, prefix)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.celery
+@pytest.mark.slow
+def test_serve_runs_shared_loop_workers_one_process_per_queue(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """CELERY_POOL=threads + CELERY_WORKER_LOOP=process: every worker is a single process (no
+    prefork children) and a roadmap still goes all the way through."""
+    port = free_port()
+    prefix = f"rmshared{uuid.uuid4().hex[:8]}:"
+    env = make_env(
+        database_url, redis_url, prefix, PORT=str(port), WEB_CONCURRENCY="1",
+        CELERY_WORKFLOW_CONCURRENCY="2", CELERY_CONTENT_CONCURRENCY="4",
+        CELERY_LOGS_CONCURRENCY="2", DATABASE_MAX_CONNECTIONS="20", CELERY_POOL="threads",
+        CELERY_WORKER_LOOP="process",
+    )  # fmt: skip
+    serve = ManagedProcess(
+        "serve", [sys.executable, "-m", "roadmap_app", "serve"], env=env, log_path=tmp_path / "log"
+    ).start()
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/health", timeout=90, process=serve)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            created = client.post("/api/v1/roadmaps", json={"goal": "Learn SQL"}).json()
+            done = wait_for_status(client, created["task_id"], "completed", timeout=90)
+        assert done["error"] is None
+        workers = [
+            p for p in psutil.Process(serve.pid).children() if "worker" in p.cmdline()
+        ]
+        assert len(workers) == 3
+        assert all("threads" in p.cmdline() and not p.children() for p in workers)
     finally:
         assert serve.stop(timeout=30) == 0, serve.tail()
         delete_keys(redis_url, prefix)
