@@ -184,7 +184,10 @@ def test_serve_runs_shared_loop_workers_one_process_per_queue(
             p for p in psutil.Process(serve.pid).children() if "worker" in p.cmdline()
         ]
         assert len(workers) == 3
-        assert all("threads" in p.cmdline() and not p.children() for p in workers)
+        assert all("threads" in p.cmdline() for p in workers)
+        # No pool children: the only child allowed is the workflow worker's embedded beat.
+        assert {len(p.children()) for p in workers if "--beat" not in p.cmdline()} == {0}
+        assert [len(p.children()) for p in workers if "--beat" in p.cmdline()] == [1]
     finally:
         assert serve.stop(timeout=30) == 0, serve.tail()
         delete_keys(redis_url, prefix)
