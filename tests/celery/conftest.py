@@ -109,13 +109,18 @@ class _ResultKeepingCelery(Celery):  # type: ignore[misc]
     Before Celery 5.7 (our floor is 5.3) a garbage collection that lands inside ``send_task``'s
     pub/sub SUBSCRIBE can finalise an older ``AsyncResult``, whose ``__del__`` re-enters the same
     non-reentrant pub/sub lock and hangs the test process (celery/celery#10477). A result kept
-    alive is never finalised mid-send.
+    alive is never finalised mid-send. They go before the client closes: finalised after, they
+    would reopen the pub/sub connection to unsubscribe, and leave that socket unclosed.
     """
 
     def send_task(self, *args: Any, **kwargs: Any) -> Any:
         result = super().send_task(*args, **kwargs)
         self.__dict__.setdefault("sent_results", []).append(result)
         return result
+
+    def close(self) -> None:
+        self.__dict__.pop("sent_results", None)
+        super().close()
 
 
 class Worker:
