@@ -49,6 +49,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,11 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The app's test kit: its fake OpenAI server is the lab's capped provider.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "examples/roadmap_app/tests"))
 
 from _report import RESULTS, write_results
+from roadmap_testkit import fake_openai
 
 from loopsafe.testing import EmbeddedPostgres, EmbeddedRedis, PgBouncer, free_port
 from roadmap_app.__main__ import migrate_database
@@ -79,7 +83,6 @@ CLIENT_TIMEOUT_S = 5.0
 SAMPLE_EVERY_S = 0.5
 APP_VARIABLES = ("LLM_", "DATABASE_", "LOOPSAFE_", "CELERY_", "CONTENT_", "WEB_", "REDIS_")
 WARMUP_S = 5.0  # load before the idle window that is not measured (--quick: 2 s)
-FAKE_PROVIDER = Path(__file__).resolve().parents[1] / "examples/roadmap_app/tests"
 
 # The seed's layout: 4 uvicorn workers; content -c 6, workflow -c 4, logs -c 4.
 SEED_LAYOUT = {
@@ -473,23 +476,14 @@ class RateLimitRun:
     content_processes: int
 
 
-@contextlib.contextmanager
-def capped_provider(cap: int, latency_ms: int, log_dir: Path) -> Iterator[str]:
+def capped_provider(cap: int, latency_ms: int, log_dir: Path) -> AbstractContextManager[str]:
     """The app's tests' fake OpenAI server, answering 429 above `cap` calls in flight; its URL."""
-    port = free_port()
-    server = ManagedProcess(
-        "fake-openai",
-        [sys.executable, "-m", "uvicorn", "fake_openai_server:app", "--port", str(port),
-         "--app-dir", str(FAKE_PROVIDER), "--log-level", "warning"],
-        env={**os.environ, "FAKE_OPENAI_MAX_CONCURRENCY": str(cap),
-             "FAKE_OPENAI_LATENCY_MS": str(latency_ms)},
-        log_path=log_dir / f"fake-openai-{port}.log",
-    ).start()  # fmt: skip
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/docs", timeout=60, process=server)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.stop(timeout=10)
+    return fake_openai(
+        log_dir / "fake-openai.log",
+        ready_within=60,
+        FAKE_OPENAI_MAX_CONCURRENCY=str(cap),
+        FAKE_OPENAI_LATENCY_MS=str(latency_ms),
+    )
 
 
 def run_rate_limited(

@@ -36,8 +36,10 @@ _SCRUBBED = ("LLM_BASE_URL", "LLM_API_KEY", "OPENAI_API_KEY", "CELERY_BROKER_URL
 
 
 @contextlib.contextmanager
-def fake_openai(log_path: Path, **env: str) -> Iterator[str]:
-    """Run tests/fake_openai_server.py (its ``FAKE_OPENAI_*`` knobs in `env`); yields its /v1 URL."""
+def fake_openai(log_path: Path, ready_within: float = 30, **env: str) -> Iterator[str]:
+    """Run tests/fake_openai_server.py (its ``FAKE_OPENAI_*`` knobs in `env`); yields its /v1 URL.
+
+    Also the contention lab's capped provider."""
     port = free_port()
     server = ManagedProcess(
         "fake-openai",
@@ -47,7 +49,7 @@ def fake_openai(log_path: Path, **env: str) -> Iterator[str]:
         log_path=log_path,
     ).start()  # fmt: skip
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/docs", timeout=30, process=server)
+        wait_for_http(f"http://127.0.0.1:{port}/docs", timeout=ready_within, process=server)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         server.stop(timeout=5)
