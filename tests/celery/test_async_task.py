@@ -151,3 +151,61 @@ def test_typed_as_async_task(app: Celery) -> None:
 
     typed: AsyncTask[[int, int], int] = add
     assert typed(1, 2) == 3
+
+
+# --- task.coroutine: the body, awaited directly ---------------------------------------------------
+
+
+async def test_coroutine_is_awaited_on_the_callers_loop(app: Celery) -> None:
+    """No worker, no run_async: the body runs on the test's own loop, and its errors propagate."""
+
+    @async_task(app, shared=False)
+    async def where(x: int, *, scale: int = 2) -> tuple[int, asyncio.AbstractEventLoop]:
+        if x < 0:
+            raise JobFailed(str(x))
+        return x * scale, asyncio.get_running_loop()
+
+    value, loop = await where.coroutine(21)
+    assert (value, loop) == (42, asyncio.get_running_loop())
+    assert (await where.coroutine(1, scale=3))[0] == 3
+    with pytest.raises(JobFailed, match="-1"):
+        await where.coroutine(-1)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'nope'"):
+        await where.coroutine(1, nope=2)  # type: ignore[call-arg]
+
+
+async def test_bound_coroutine_gets_the_task_as_self(app: Celery) -> None:
+    """The guess `task.run.__wrapped__(task, ...)` failed with "multiple values for argument"."""
+
+    @async_task(app, bind=True, shared=False)
+    async def whoami(self: Task, tag: str) -> tuple[Task, str, object]:
+        return self, tag, self.request.id
+
+    task, tag, request_id = await whoami.coroutine("x")
+    assert (task, tag, request_id) == (whoami, "x", None)  # no request outside a worker
+    assert (await whoami.coroutine(tag="y"))[1] == "y"
+
+
+async def test_shared_task_coroutine_and_a_custom_base(app: Celery) -> None:
+    class Base(Task):  # type: ignore[misc]
+        marker = "custom base"
+
+    @async_task(app, base=Base, bind=True, shared=False)
+    async def with_base(self: Base) -> str:
+        return str(self.marker)
+
+    @async_task
+    async def shared_square(x: int) -> int:
+        return x * x
+
+    assert await with_base.coroutine() == "custom base"
+    assert await shared_square.coroutine(9) == 81
+    assert shared_square(3) == 9  # the task itself still runs through run_async
+
+
+def test_coroutine_keeps_the_functions_identity(app: Celery) -> None:
+    async def plain(x: int) -> int:
+        return x
+
+    task = async_task(app, shared=False)(plain)
+    assert task.coroutine is plain

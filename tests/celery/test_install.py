@@ -30,6 +30,8 @@ from loopsafe.celery._pool import check_pool, pool_kind
 from loopsafe.celery._signals import worker_budget_shape
 from loopsafe.db import PoolBudget
 
+from ..conftest import logged
+
 
 class Conn:
     def __init__(self) -> None:
@@ -165,6 +167,49 @@ def test_by_default_only_the_threads_pool_shares_one_loop(
     app.WorkController(app=app, pool_cls=pool, concurrency=4)
     assert _run_async.loop_settings()[0] is shared
     close_all_loops()
+
+
+@pytest.mark.parametrize(
+    ("variable", "loop", "shared"),
+    [
+        ("process", None, True),  # the variable picks the mode ...
+        ("thread", None, False),
+        (" ", None, True),  # ... blank is unset: the threads pool's default, one shared loop
+        ("process", "thread", False),  # a loop= written in code wins over the variable
+        ("thread", "process", True),
+    ],
+)
+def test_worker_loop_variable_chooses_the_mode_unless_code_does(
+    app: Celery,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    variable: str,
+    loop: Literal["thread", "process"] | None,
+    shared: bool,
+) -> None:
+    monkeypatch.setenv("LOOPSAFE_WORKER_LOOP", variable)
+    caplog.set_level(logging.INFO, logger="loopsafe.celery")
+    install(app, loop=loop)
+    app.WorkController(app=app, pool_cls="threads", concurrency=4)
+    assert _run_async.loop_settings()[0] is shared
+    source = "code" if loop else ("LOOPSAFE_WORKER_LOOP" if variable.strip() else "default")
+    assert [
+        (fields["loop"], fields["loop_source"])
+        for fields in logged(caplog, "loopsafe.celery_worker_configured")
+    ] == [("process" if shared else "thread", source)]
+    close_all_loops()
+
+
+@pytest.mark.parametrize("variable", ["threads", "PROCESS", "gevent"])
+def test_worker_loop_variable_with_a_bad_value_is_refused_at_install(
+    app: Celery, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv("LOOPSAFE_WORKER_LOOP", variable)
+    with pytest.raises(
+        ValueError, match=rf"LOOPSAFE_WORKER_LOOP must be 'thread' or 'process'.*got '{variable}'"
+    ):
+        install(app)
+    assert not [step for step in app.steps["worker"] if step.name == "loopsafe.celery.install"]
 
 
 # --- time limits for pools that have none ---------------------------------------------------------

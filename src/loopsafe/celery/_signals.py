@@ -31,6 +31,8 @@ _ENFORCES_TIME_LIMITS = frozenset({"prefork"})
 DEFAULT_DRAIN_TIMEOUT = 30.0
 #: A shared loop held longer than this by one task is logged (``loopsafe.celery_loop_blocked``).
 DEFAULT_BLOCKED_AFTER = 0.5
+#: The worker loop mode a deployment sets per process, when the code passes no ``loop=``.
+LOOP_ENV = "LOOPSAFE_WORKER_LOOP"
 
 
 class _WorkerSettings:
@@ -43,6 +45,7 @@ class _WorkerSettings:
         "drain_timeout",
         "kind",
         "loop",
+        "loop_source",
         "process_loop",
     )
 
@@ -51,6 +54,8 @@ class _WorkerSettings:
         self.concurrency: int | None = None
         self.default_timeout: float | None = None
         self.loop: LoopMode | None = None  # None: "process" for the threads pool, else "thread"
+        # Where `loop` came from, logged so an operator can tell code from environment.
+        self.loop_source = "default"
         self.blocked_after = DEFAULT_BLOCKED_AFTER
         self.drain_timeout = DEFAULT_DRAIN_TIMEOUT
         # True once this worker runs its tasks' coroutines on one shared loop.
@@ -86,8 +91,11 @@ def install(
       ``"thread"``; pools loopsafe does not know are refused.
     - ``"thread"``: each pool thread (or prefork child) runs its tasks on its own persistent loop,
       so a coroutine that blocks holds up only its own thread.
-    - None (the default): ``"process"`` for the threads pool, where it measured faster with far
-      fewer connections (see the README's worker-mode guide), ``"thread"`` for every other pool.
+    - None (the default): ``$LOOPSAFE_WORKER_LOOP`` (``thread`` or ``process``) when it is set,
+      so a deployment can switch one worker without a code change; else ``"process"`` for the
+      threads pool, where it measured faster with far fewer connections (see the Celery guide's
+      worker modes), and ``"thread"`` for every other pool. A `loop` given in code wins over the
+      variable.
 
     `loop_factory` (``uvloop.new_event_loop``, for instance) makes every loop of the worker; no
     event-loop policy API is called.
@@ -111,8 +119,8 @@ def install(
     ``self.retry``, ``autoretry_for``, request context and result backends work as usual.
 
     Raises:
-        ValueError: `loop` is neither "thread" nor "process", or a number of seconds is not
-        finite and positive.
+        ValueError: `loop` (or ``$LOOPSAFE_WORKER_LOOP``) is neither "thread" nor "process", or a
+        number of seconds is not finite and positive.
         TypeError: `loop_factory` is not callable, or a number of seconds is not a number.
 
     .. versionadded:: 0.1.0
@@ -122,6 +130,10 @@ def install(
 
     if loop not in (None, "thread", "process"):
         raise ValueError(f"install() loop must be 'thread' or 'process', got {loop!r}")
+    source = "code" if loop is not None else "default"
+    if loop is None:
+        loop = _loop_from_env()
+        source = LOOP_ENV if loop is not None else source
     if loop_factory is not None and not callable(loop_factory):
         raise TypeError(
             f"install() loop_factory must make an event loop when called (for example "
@@ -136,6 +148,7 @@ def install(
             return
         _settings.default_timeout = default_timeout
         _settings.loop = loop
+        _settings.loop_source = source
         _settings.blocked_after = blocked_after
         _settings.drain_timeout = drain_timeout
         if loop_factory is not None:
@@ -154,6 +167,20 @@ def install(
             super().__init__(parent, **kwargs)
 
     app.steps["worker"].add(LoopsafeStep)
+
+
+def _loop_from_env() -> LoopMode | None:
+    """The worker loop mode in ``$LOOPSAFE_WORKER_LOOP``, None when unset or empty."""
+    raw = os.environ.get(LOOP_ENV, "").strip()
+    if not raw:
+        return None
+    if raw == "thread":
+        return "thread"
+    if raw == "process":
+        return "process"
+    raise ValueError(
+        f"{LOOP_ENV} must be 'thread' or 'process' (or unset for the pool's default), got {raw!r}"
+    )
 
 
 def _configure_worker(worker: Any) -> None:
@@ -178,6 +205,7 @@ def _configure_worker(worker: Any) -> None:
         pool=kind,
         concurrency=_settings.concurrency,
         loop="process" if _settings.process_loop else "thread",
+        loop_source=_settings.loop_source,
         run_async_time_limits=kind not in _ENFORCES_TIME_LIMITS,
     )
 

@@ -35,10 +35,23 @@ class AsyncTask(Protocol[P, R_co]):
     """What `async_task` returns: a Celery task whose call signature is the coroutine's.
 
     Calling it runs the task body synchronously (through `run_async`); ``delay``/``apply_async``
-    send it to a worker. All other Celery ``Task`` attributes are there too.
+    send it to a worker; ``await task.coroutine(...)`` runs the ``async def`` itself on the
+    caller's loop. All other Celery ``Task`` attributes are there too.
     """
 
     name: str
+
+    @property
+    def coroutine(self) -> Callable[P, Coroutine[Any, Any, R_co]]:
+        """The decorated ``async def``, for awaiting directly (in tests, or from async code).
+
+        ``await task.coroutine(*args, **kwargs)`` runs the body on the running loop, with no
+        worker, broker or `run_async` in between; for a ``bind=True`` task the task itself is
+        passed as ``self`` (its ``self.request`` is Celery's empty default outside a worker).
+
+        .. versionadded:: 0.1.0
+        """
+        ...
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
 
@@ -105,6 +118,9 @@ def async_task(app_or_function: Any = None, /, **task_options: Any) -> Any:
     One loopsafe option: ``timeout`` (seconds) is passed to `run_async` on every run; without it
     the limits `install` derives from the task's time limits apply.
 
+    ``task.coroutine`` is the ``async def`` itself, for ``await task.coroutine(...)`` in tests
+    and async code (see `AsyncTask.coroutine`).
+
     Raises:
         TypeError: the decorated function is not an ``async def``, or the first argument is
             neither a Celery app nor None.
@@ -156,6 +172,10 @@ def _register(
     # Celery builds its argument check from the task body's own signature (not __wrapped__):
     # give it the coroutine function's, so a wrong call fails at .delay(), not in the worker.
     run.__signature__ = inspect.signature(function)  # type: ignore[attr-defined]
+    # Task options become attributes of the task class Celery builds: the coroutine property
+    # reads these two (staticmethod: a plain function there would bind to the task).
+    options["_loopsafe_function"] = staticmethod(function)
+    options["_loopsafe_bind"] = bool(options.get("bind", False))
     if app is None:
         from celery import Task, shared_task
 
@@ -185,6 +205,13 @@ def _request_aware(base: type[Any]) -> type[Any]:
                 if current is not None and current[0] == self.name:
                     return current[1]
             return self._get_request()
+
+        @property
+        def coroutine(self) -> Callable[..., Coroutine[Any, Any, Any]]:
+            function: Callable[..., Coroutine[Any, Any, Any]] = self._loopsafe_function
+            if self._loopsafe_bind:
+                return functools.partial(function, self)
+            return function
 
     RequestAware.__name__ = RequestAware.__qualname__ = base.__name__
     return RequestAware
