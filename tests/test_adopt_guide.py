@@ -1,0 +1,223 @@
+"""The adoption guide, followed: its snippets are the whole app, run on real servers and workers.
+
+docs/getting-started/adopt.md is the single source: every code block whose first line is a
+file path comment (``# myapp/api.py``) is written to a fresh project, which then runs as the guide
+says — tables created, a real uvicorn serving the API, a real prefork Celery worker running the
+task, and the project's own pytest suite awaiting ``task.coroutine``. Blocks marked ``# before:``
+or ``# excerpt:`` are illustrations and are not written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from loopsafe.testing import EmbeddedRedis, free_port
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.celery, pytest.mark.slow]
+
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "getting-started" / "adopt.md"
+#: The files the guide must give, so that losing a snippet fails here and not in a reader's hands.
+EXPECTED = {
+    "pyproject.toml",
+    "myapp/models.py",
+    "myapp/db.py",
+    "myapp/worker.py",
+    "myapp/api.py",
+    "tests/conftest.py",
+    "tests/test_notes.py",
+}
+#: What the app's processes must never log: the failures the guide's changes remove.
+FORBIDDEN_IN_LOG = (
+    "different loop",
+    "Event loop is closed",
+    "another operation is in progress",
+    "loopsafe.instance_abandoned",
+    "was never awaited",
+    "unclosed",
+    "Traceback",
+)
+_BLOCK = re.compile(r"^```(?:python|toml)\n# (?P<path>[\w./]+\.(?:py|toml))\n(?P<body>.*?)^```$",
+                    re.MULTILINE | re.DOTALL)  # fmt: skip
+
+
+def guide_files(text: str) -> dict[str, str]:
+    """{path: content} of the guide's file blocks, the path comment line left out."""
+    files: dict[str, str] = {}
+    for block in _BLOCK.finditer(text):
+        assert block["path"] not in files, f"the guide gives {block['path']} twice"
+        files[block["path"]] = block["body"]
+    return files
+
+
+def test_guide_gives_every_file_of_the_app_once() -> None:
+    assert set(guide_files(GUIDE.read_text())) == EXPECTED
+
+
+def test_illustrations_are_not_taken_for_files() -> None:
+    text = "```python\n# before: myapp/db.py\nx = 1\n```\n```python\n# myapp/db.py\ny = 2\n```\n"
+    assert guide_files(text) == {"myapp/db.py": "y = 2\n"}
+
+
+def _psql(url: str, sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(sql)
+
+
+@pytest.fixture
+def database_url(postgres_url: str) -> Iterator[str]:
+    """A database of the guide's own on the test server, dropped afterwards."""
+    name = f"adopt_guide_{uuid.uuid4().hex[:10]}"
+    _psql(postgres_url, f"CREATE DATABASE {name}")
+    base, _, _ = postgres_url.rpartition("/")
+    yield f"{base}/{name}"
+    _psql(postgres_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+class Child:
+    """A child process of the app in its own process group, killed at its deadline."""
+
+    def __init__(self, command: list[str], cwd: Path, env: dict[str, str], log: Path) -> None:
+        self.log_path = log
+        with log.open("ab") as output:
+            self.process = subprocess.Popen(
+                command,
+                cwd=cwd,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # killpg takes a prefork worker's children too
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, ready: Any, within: float, what: str) -> None:
+        deadline = time.monotonic() + within
+        while not ready():
+            if self.process.poll() is not None:
+                pytest.fail(f"{what} exited with {self.process.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                pytest.fail(f"{what} not ready within {within} s:\n{self.log()}")
+            time.sleep(0.1)
+
+    def stop(self, within: float = 30.0) -> int:
+        """SIGTERM (a warm shutdown, as a deployment stops it); SIGKILL at the deadline."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(within)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"did not stop within {within} s:\n{self.log()}")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(30)
+
+
+def _forbidden(log: str) -> list[str]:
+    return [
+        line
+        for line in log.splitlines()
+        if any(needle.lower() in line.lower() for needle in FORBIDDEN_IN_LOG)
+    ]
+
+
+def _api_answers(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/health", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_the_guides_app_runs_on_real_servers(tmp_path: Path, database_url: str) -> None:
+    project = tmp_path / "project"
+    for path, content in guide_files(GUIDE.read_text()).items():
+        (project / path).parent.mkdir(parents=True, exist_ok=True)
+        (project / path).write_text(content)
+    children: list[Child] = []
+    with EmbeddedRedis() as broker:  # the guide's broker, private to this test
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "CELERY_BROKER_URL": broker.url,
+            "PYTHONPATH": str(project),
+            "PYTHONWARNINGS": "default::ResourceWarning",  # show an unclosed socket
+        }
+        try:
+            # The guide's run steps: tables, a worker, the API.
+            created = subprocess.run(
+                [sys.executable, "-m", "myapp.db"],
+                cwd=project, env=env, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert created.returncode == 0, created.stderr
+            assert not _forbidden(created.stderr), created.stderr
+            worker = Child(
+                [
+                    sys.executable, "-m", "celery", "-A", "myapp.worker", "worker",
+                    "--pool", "prefork", "-c", "2", "-l", "INFO",
+                    "--without-gossip", "--without-mingle", "--without-heartbeat",
+                ],
+                project, env, tmp_path / "worker.log",
+            )  # fmt: skip
+            children.append(worker)
+            port = free_port()
+            api = Child(
+                [sys.executable, "-m", "uvicorn", "myapp.api:app", "--port", str(port)],
+                project, env, tmp_path / "api.log",
+            )  # fmt: skip
+            children.append(api)
+            base_url = f"http://127.0.0.1:{port}"
+            worker.wait_for(lambda: " ready." in worker.log(), 60, "the Celery worker")
+            api.wait_for(lambda: _api_answers(base_url), 60, "uvicorn")
+
+            # A request writes through session() and sends the task; the worker runs it.
+            body = "a note written by the API, summarized by a prefork worker child"
+            created_note = httpx.post(f"{base_url}/notes", params={"body": body}, timeout=10)
+            assert created_note.status_code == 200, created_note.text
+            note_url = f"{base_url}/notes/{created_note.json()['id']}"
+            deadline = time.monotonic() + 30
+            while (note := httpx.get(note_url, timeout=10).json())["summary"] is None:
+                assert time.monotonic() < deadline, f"no summary within 30 s:\n{worker.log()}"
+                time.sleep(0.1)
+            assert note == {"body": body, "summary": body[:40]}
+            assert "succeeded" in worker.log()
+
+            # uvicorn ends by re-raising the SIGTERM it handled (after a complete shutdown).
+            assert api.stop() in (0, -signal.SIGTERM), api.log()
+            assert "Application shutdown complete" in api.log()
+            assert worker.stop() == 0, worker.log()
+            for child in children:
+                assert not _forbidden(child.log()), child.log()
+        finally:
+            for child in children:
+                child.kill()
+
+        # The project's own tests, as its developers run them: the plugin serves this suite's
+        # database (no second server), the task's coroutine is awaited on the test's loop.
+        suite = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"],
+            cwd=project,
+            env={**env, "LOOPSAFE_TEST_DATABASE_URL": database_url},
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+    assert suite.returncode == 0, suite.stdout + suite.stderr
+    assert re.search(r"\b1 passed\b", suite.stdout), suite.stdout
