@@ -30,7 +30,8 @@ myst_heading_anchors = 3
 # from private modules are not API.
 nitpicky = True
 nitpick_ignore_regex = [(r"py:.*", r"(?!loopsafe\.).*"), (r"py:.*", r"loopsafe(\.\w+)*\._.*")]
-# The README's guides keep their own heading levels (a "###" recipe under a "##" section).
+# Pages that include part of another page keep its heading levels (a "##" recipe included below
+# an intro paragraph).
 suppress_warnings = ["myst.header"]
 
 
