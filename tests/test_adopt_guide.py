@@ -31,6 +31,7 @@ GUIDE = Path(__file__).resolve().parents[1] / "docs" / "getting-started" / "adop
 #: The files the guide must give, so that losing a snippet fails here and not in a reader's hands.
 EXPECTED = {
     "pyproject.toml",
+    "migrations/env.py",
     "myapp/models.py",
     "myapp/db.py",
     "myapp/worker.py",
@@ -146,11 +147,49 @@ def _api_answers(base_url: str) -> bool:
         return False
 
 
-def test_the_guides_app_runs_on_real_servers(tmp_path: Path, database_url: str) -> None:
-    project = tmp_path / "project"
-    for path, content in guide_files(GUIDE.read_text()).items():
+def write_project(project: Path, files: dict[str, str]) -> None:
+    for path, content in files.items():
         (project / path).parent.mkdir(parents=True, exist_ok=True)
         (project / path).write_text(content)
+
+
+def test_the_guides_alembic_migration_creates_the_tables(tmp_path: Path, database_url: str) -> None:
+    """`alembic init -t async`, the guide's env.py, then autogenerate and upgrade, as written."""
+    project = tmp_path / "project"
+    files = guide_files(GUIDE.read_text())
+    env_py = files.pop("migrations/env.py")
+    write_project(project, files)
+    env = {**os.environ, "DATABASE_URL": database_url, "PYTHONPATH": str(project)}
+    alembic = [sys.executable, "-m", "alembic"]
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [*alembic, *args], cwd=project, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert not _forbidden(done.stderr), done.stderr
+        return done.stdout + done.stderr
+
+    run("init", "-t", "async", "migrations")
+    (project / "migrations" / "env.py").write_text(env_py)
+    run("revision", "--autogenerate", "-m", "notes")
+    [revision] = (project / "migrations" / "versions").glob("*_notes.py")
+    assert re.search(r"op\.create_table\(\s*[\"']notes[\"']", revision.read_text())
+    run("upgrade", "head")
+    import psycopg
+
+    with psycopg.connect(database_url) as connection:
+        columns = connection.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'notes'"
+        ).fetchall()
+        version = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+    assert sorted(name for (name,) in columns) == ["body", "id", "summary"]
+    assert len(version) == 1
+
+
+def test_the_guides_app_runs_on_real_servers(tmp_path: Path, database_url: str) -> None:
+    project = tmp_path / "project"
+    write_project(project, guide_files(GUIDE.read_text()))
     children: list[Child] = []
     with EmbeddedRedis() as broker:  # the guide's broker, private to this test
         env = {
