@@ -260,3 +260,65 @@ def test_the_guides_app_runs_on_real_servers(tmp_path: Path, database_url: str) 
         )
     assert suite.returncode == 0, suite.stdout + suite.stderr
     assert re.search(r"\b1 passed\b", suite.stdout), suite.stdout
+
+
+def test_the_worker_mode_switch_reaches_a_real_worker(tmp_path: Path, database_url: str) -> None:
+    """Step 7's command: LOOPSAFE_WORKER_LOOP=thread turns a threads worker to a loop per thread."""
+    import psycopg
+    from celery import Celery
+
+    project = tmp_path / "project"
+    write_project(project, guide_files(GUIDE.read_text()))
+    with EmbeddedRedis() as broker:
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "CELERY_BROKER_URL": broker.url,
+            "PYTHONPATH": str(project),
+            "PYTHONWARNINGS": "default::ResourceWarning",
+            "LOOPSAFE_WORKER_LOOP": "thread",
+        }
+        created = subprocess.run(
+            [sys.executable, "-m", "myapp.db"],
+            cwd=project, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert created.returncode == 0, created.stderr
+        with psycopg.connect(database_url, autocommit=True) as connection:
+            ids = [
+                connection.execute(
+                    "INSERT INTO notes (body) VALUES (%s) RETURNING id", (f"note {n} " * 10,)
+                ).fetchone()[0]  # type: ignore[index]
+                for n in range(6)
+            ]
+        worker = Child(
+            [
+                sys.executable, "-m", "celery", "-A", "myapp.worker", "worker",
+                "--pool", "threads", "-c", "4", "-l", "INFO",
+                "--without-gossip", "--without-mingle", "--without-heartbeat",
+            ],
+            project, env, tmp_path / "worker.log",
+        )  # fmt: skip
+        client = Celery("adopt_guide_client", broker=broker.url, set_as_current=False)
+        try:
+            worker.wait_for(lambda: " ready." in worker.log(), 60, "the Celery worker")
+            for note_id in ids:
+                client.send_task("myapp.worker.summarize", args=(note_id,))
+            deadline = time.monotonic() + 30
+            with psycopg.connect(database_url, autocommit=True) as connection:
+                while connection.execute(
+                    "SELECT count(*) FROM notes WHERE summary IS NULL"
+                ).fetchone() != (0,):
+                    assert time.monotonic() < deadline, f"tasks not done in 30 s:\n{worker.log()}"
+                    time.sleep(0.1)
+            assert worker.stop() == 0, worker.log()
+            configured = [
+                line for line in worker.log().splitlines() if "celery_worker_configured" in line
+            ]
+            assert len(configured) == 1, worker.log()
+            assert "pool='threads'" in configured[0]
+            assert "loop='thread'" in configured[0]
+            assert "loop_source='LOOPSAFE_WORKER_LOOP'" in configured[0]
+            assert not _forbidden(worker.log()), worker.log()
+        finally:
+            client.close()
+            worker.kill()
