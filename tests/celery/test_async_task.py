@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from celery import Celery, Task
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from loopsafe.celery import AsyncTask, async_task
 
@@ -209,3 +211,21 @@ def test_coroutine_keeps_the_functions_identity(app: Celery) -> None:
 
     task = async_task(app, shared=False)(plain)
     assert task.coroutine is plain
+
+
+@given(x=st.integers(), y=st.integers(), scale=st.integers(-3, 3))
+@settings(max_examples=40, deadline=None)
+def test_coroutine_and_task_agree_on_every_argument(x: int, y: int, scale: int) -> None:
+    """The body awaited directly and the task run through run_async compute the same thing."""
+    application = Celery("loopsafe_coroutine_property", broker="memory://", set_as_current=False)
+    try:
+
+        @async_task(application, shared=False)
+        async def combine(a: int, b: int, *, scale: int = 1) -> int:
+            await asyncio.sleep(0)
+            return (a + b) * scale
+
+        direct = asyncio.run(combine.coroutine(x, y, scale=scale))
+        assert direct == combine(x, y, scale=scale) == (x + y) * scale
+    finally:
+        application.close()
