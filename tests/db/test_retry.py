@@ -447,7 +447,7 @@ def _loopsafe_errors(draw: st.DrawFn) -> BaseException:
 
 
 def _lost_connection(orig: BaseException) -> BaseException:
-    return exc.DBAPIError("SELECT 1", None, orig, connection_invalidated=True)  # type: ignore[arg-type]
+    return exc.DBAPIError("SELECT 1", None, orig, connection_invalidated=True)
 
 
 def _wrap(inner: BaseException, how: str, outer: str) -> BaseException:
@@ -455,7 +455,7 @@ def _wrap(inner: BaseException, how: str, outer: str) -> BaseException:
     if outer == "dbapi_lost":
         wrapper = _lost_connection(inner if isinstance(inner, Exception) else Exception())
     elif outer == "operational":
-        wrapper = exc.OperationalError("SELECT 1", None, inner)  # type: ignore[arg-type]
+        wrapper = exc.OperationalError("SELECT 1", None, inner)
     elif outer == "disconnection":
         wrapper = exc.DisconnectionError("gone")
     else:
