@@ -10,6 +10,7 @@ import httpx
 import httpx2
 import openai
 
+from .._errors import NotConfiguredError
 from .._log import get_logger
 from .._owner import LoopOwner
 from .._registry import LoopLocal
@@ -84,7 +85,7 @@ def _provider(settings: Settings, name: str) -> Provider:
     provider = settings.providers.get(name)
     if provider is None:
         key = "OPENAI_API_KEY" if name == "openai" else "ANTHROPIC_API_KEY"
-        raise LookupError(
+        raise NotConfiguredError(
             f"loopsafe.llm has no {name} key: pass {name}_api_key= to loopsafe.llm.configure() "
             f"or set {key} before the first call"
         )
@@ -138,7 +139,7 @@ def _make_anthropic(settings: Settings) -> anthropic.AsyncAnthropic:
 def _make_http(settings: Settings, name: str) -> httpx.AsyncClient:
     options = settings.http.get(name)
     if options is None:
-        raise LookupError(
+        raise NotConfiguredError(
             f"No HTTP client named {name!r}: pass http={{{name!r}: {{...httpx options}}}} to "
             f"loopsafe.llm.configure() (configured: {', '.join(map(repr, settings.http))})"
         )
@@ -160,8 +161,8 @@ def get_openai() -> openai.AsyncOpenAI:
     client is kept without a byte sent and the child gets a new one. Call it where you use the
     client; do not keep the result beyond the current loop.
 
-    Raises `NoRunningLoopError` outside a running event loop and `LookupError` when no OpenAI key
-    is configured.
+    Raises `NoRunningLoopError` outside a running event loop and `NotConfiguredError` (a
+    `LookupError`) when no OpenAI key is configured.
 
     .. versionadded:: 0.1.0
     """
@@ -175,8 +176,8 @@ def get_anthropic() -> anthropic.AsyncAnthropic:
     The same lifecycle and limiting as `get_openai()`, with ``limits["anthropic"]``.
 
     Raises `ImportError` naming the extra when the anthropic SDK is not installed,
-    `NoRunningLoopError` outside a running event loop and `LookupError` when no Anthropic key is
-    configured.
+    `NoRunningLoopError` outside a running event loop and `NotConfiguredError` (a `LookupError`)
+    when no Anthropic key is configured.
 
     .. versionadded:: 0.1.0
     """
@@ -189,11 +190,13 @@ def get_anthropic() -> anthropic.AsyncAnthropic:
 def get_http(name: str = "default") -> httpx.AsyncClient:
     """Return the running loop's `httpx.AsyncClient` called `name`, creating it on first use.
 
-    Made from ``configure(http={name: {...}})`` (``"default"``: a plain client with the configured
-    timeout); limited by ``limits[name]`` when configured. The same lifecycle as `get_openai()`.
+    Made from ``loopsafe.llm.configure(http={name: {...}})`` (``"default"``: a plain client with
+    the configured timeout); limited by ``limits[name]`` when configured. The same lifecycle as
+    `loopsafe.llm.get_openai()`: closed inside its loop when the loop ends, dropped without I/O in
+    a forked child. Call it where you use the client; do not keep the result beyond the loop.
 
-    Raises `NoRunningLoopError` outside a running event loop and `LookupError` for a name that is
-    not configured.
+    Raises `NoRunningLoopError` outside a running event loop and `NotConfiguredError` (a
+    `LookupError`) for a name that is not configured.
 
     .. versionadded:: 0.1.0
     """
