@@ -12,15 +12,20 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import loopsafe.db
-from loopsafe.db._status import PoolStatus
+import loopsafe.fastapi
 
 from .conftest import server_connections, wait_for_connections
 
 SessionDep = Annotated[AsyncSession, Depends(loopsafe.db.session_dependency)]
 
 
+def _installed(app: FastAPI) -> FastAPI:
+    loopsafe.fastapi.install(app)
+    return app
+
+
 def make_app(table: str) -> FastAPI:
-    app = FastAPI(lifespan=loopsafe.db.lifespan)
+    app = _installed(FastAPI())
 
     @app.post("/items/{value}")
     async def add(value: int, session: SessionDep) -> dict[str, int]:
@@ -35,7 +40,7 @@ def make_app(table: str) -> FastAPI:
         return {"count": rows}
 
     @app.get("/health")
-    async def health() -> PoolStatus:
+    async def health() -> loopsafe.db.PoolStatus:
         return loopsafe.db.pool_status()
 
     return app
@@ -69,7 +74,7 @@ def test_app_served_from_its_own_loop_thread(
 ) -> None:
     """TestClient runs the app on a loop in another thread: the engine is that loop's own."""
     loopsafe.db.configure(postgres_url, name=db_name)
-    app = FastAPI(lifespan=loopsafe.db.lifespan)
+    app = _installed(FastAPI())
 
     @app.get("/whoami")
     async def whoami(session: SessionDep) -> dict[str, str]:

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from sqlalchemy import exc, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from loopsafe import LoopsafeError, PoolExhaustedError
-from loopsafe.db import Database, PoolBudget
+from loopsafe import LoopsafeError
+from loopsafe.db import Database, PoolBudget, PoolExhaustedError
 from loopsafe.db._retry import is_retryable_connect_error, is_retryable_transaction_error
 from loopsafe.testing import EmbeddedPostgres, free_port
 

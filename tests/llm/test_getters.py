@@ -15,7 +15,8 @@ import openai
 import pytest
 
 from loopsafe import WrongLoopError, aclose_all
-from loopsafe.llm import configure, get_anthropic, get_http, get_openai
+from loopsafe.http import get_http
+from loopsafe.llm import configure, get_anthropic, get_openai
 
 from ..conftest import LoopFactory, run_on_new_loop
 from ..forking import in_child
