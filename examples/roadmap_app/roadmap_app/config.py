@@ -190,11 +190,7 @@ class Settings:
             llm_model=_text(env, "LLM_MODEL", cls.llm_model),
             llm_fail_concepts=fail_concepts,
             database_pooler=(
-                "transaction"
-                if pooler == "transaction"
-                else "session"
-                if pooler == "session"
-                else None
+                "transaction" if pooler == "transaction" else "session" if pooler == "session" else None
             ),
             content_write_mode="per-concept" if write_mode == "per-concept" else "batched",
             database_pool_size=pool_size,

@@ -145,9 +145,7 @@ def test_serve_runs_the_whole_layout_with_role_budgets_and_stops_cleanly(
         # Beat runs the sweeper (every SWEEP_INTERVAL_S = 1 s here) and a worker runs it.
         serve.wait_for_log("Sending due task sweep-abandoned", timeout=30)
         wait_for(
-            lambda: re.search(
-                r"Task roadmap\.sweep_abandoned\[[^\]]+\] succeeded", serve.log_text()
-            ),
+            lambda: re.search(r"Task roadmap\.sweep_abandoned\[[^\]]+\] succeeded", serve.log_text()),
             timeout=30,
             what="a sweep to run",
         )
@@ -182,7 +180,9 @@ def test_serve_runs_shared_loop_workers_one_process_per_queue(
             created = client.post("/api/v1/roadmaps", json={"goal": "Learn SQL"}).json()
             done = wait_for_status(client, created["task_id"], "completed", timeout=90)
         assert done["error"] is None
-        workers = [p for p in psutil.Process(serve.pid).children() if "worker" in p.cmdline()]
+        workers = [
+            p for p in psutil.Process(serve.pid).children() if "worker" in p.cmdline()
+        ]
         assert len(workers) == 3
         assert all("threads" in p.cmdline() for p in workers)
         # No pool children: the only child allowed is the workflow worker's embedded beat.

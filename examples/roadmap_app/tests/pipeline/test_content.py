@@ -231,7 +231,9 @@ async def _roadmap_of(concepts: int) -> uuid.UUID:
     modules = [
         {
             "title": f"Module {m}",
-            "concepts": [{"title": f"Concept {m}.{c}", "summary": "one idea"} for c in range(1, 6)],
+            "concepts": [
+                {"title": f"Concept {m}.{c}", "summary": "one idea"} for c in range(1, 6)
+            ],
         }
         for m in range(1, concepts // 5 + 1)
     ]
@@ -362,4 +364,6 @@ async def test_a_cancelled_run_saves_the_concepts_already_generated_before_it_st
         await run
     saved = _saved(database_url, roadmap_id)
     assert len(saved) == 6
-    assert [e["done"] for e in notifier.events if e["type"] == "concept_saved"] == list(range(1, 7))
+    assert [e["done"] for e in notifier.events if e["type"] == "concept_saved"] == list(
+        range(1, 7)
+    )
