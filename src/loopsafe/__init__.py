@@ -1,5 +1,7 @@
 """loopsafe: async resources that stay correct across event loops, threads and forked processes."""
 
+from typing import TYPE_CHECKING
+
 from . import _errors
 from ._deprecated import deprecated_names
 from ._errors import ConfigurationError as ConfigurationError
@@ -36,8 +38,18 @@ __all__ = (
 claim_public_names(__name__, globals(), __all__)
 
 # Renamed before 1.0; removed in 0.2.0 (see CHANGELOG). Errors live with the part that raises them.
-__getattr__ = deprecated_names(
-    __name__,
-    {"PoolExhaustedError": ("loopsafe.db.PoolExhaustedError", lambda: _errors.PoolExhaustedError)},
-)
+# Type checkers see the old names as what they are (not as Any through __getattr__, which would
+# hide typos in every other attribute); at run time only __getattr__ serves them, with a warning.
+if TYPE_CHECKING:
+    from ._errors import PoolExhaustedError as PoolExhaustedError
+else:
+    __getattr__ = deprecated_names(
+        __name__,
+        {
+            "PoolExhaustedError": (
+                "loopsafe.db.PoolExhaustedError",
+                lambda: _errors.PoolExhaustedError,
+            )
+        },
+    )
 del claim_public_names, deprecated_names

@@ -6,10 +6,13 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ("REMOVED_IN", "deprecated_names", "warn_renamed")
+__all__ = ("REMOVED_IN", "RENAMED", "deprecated_names", "warn_renamed")
 
 #: The release that drops the names deprecated now (one minor version after their replacement).
 REMOVED_IN = "0.2.0"
+
+#: Every deprecated name of an imported module ("loopsafe.db.lifespan") → its replacement.
+RENAMED: dict[str, str] = {}
 
 
 def warn_renamed(old: str, new: str, *, stacklevel: int = 3) -> None:
@@ -31,6 +34,7 @@ def deprecated_names(
     the warning fires on ``module.old`` and ``from module import old`` alike, once per use, and
     old names stay out of ``__all__``, ``dir()`` and the API page.
     """
+    RENAMED.update({f"{module}.{old}": new for old, (new, _) in renamed.items()})
 
     def __getattr__(name: str) -> Any:
         found = renamed.get(name)

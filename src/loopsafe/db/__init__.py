@@ -1,5 +1,7 @@
 """loopsafe.db: SQLAlchemy async engines and sessions that are correct on every loop and process."""
 
+from typing import TYPE_CHECKING
+
 try:
     import sqlalchemy as _sqlalchemy
 except ImportError as _error:  # pragma: no cover - exercised only without the extra installed
@@ -66,13 +68,19 @@ def _overload_handler() -> object:
     return overload_handler
 
 
-# Renamed before 1.0; removed in 0.2.0 (see CHANGELOG).
-__getattr__ = deprecated_names(
-    __name__,
-    {
-        "lifespan": ("loopsafe.fastapi.install(app)", _lifespan),
-        "install_fastapi": ("loopsafe.fastapi.install(app)", _install_fastapi),
-        "overload_handler": ("loopsafe.fastapi.install(app)", _overload_handler),
-    },
-)
+# Renamed before 1.0; removed in 0.2.0 (see CHANGELOG). Typed for type checkers, served with a
+# warning at run time (see loopsafe/__init__.py).
+if TYPE_CHECKING:
+    from ._fastapi import lifespan as lifespan
+    from ._overload import install_fastapi as install_fastapi
+    from ._overload import overload_handler as overload_handler
+else:
+    __getattr__ = deprecated_names(
+        __name__,
+        {
+            "lifespan": ("loopsafe.fastapi.install(app)", _lifespan),
+            "install_fastapi": ("loopsafe.fastapi.install(app)", _install_fastapi),
+            "overload_handler": ("loopsafe.fastapi.install(app)", _overload_handler),
+        },
+    )
 del claim_public_names, deprecated_names, _sqlalchemy

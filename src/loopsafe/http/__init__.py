@@ -1,4 +1,4 @@
-"""loopsafe.http: per-loop `httpx.AsyncClient`s for any HTTP API, limited deployment-wide if asked.
+"""loopsafe.http: a per-loop httpx client for any HTTP API, limited deployment-wide if asked.
 
 Needs the ``llm`` extra for now (it brings httpx and the limits): ``pip install 'loopsafe[llm]'``.
 Clients are named and set up by ``loopsafe.llm.configure(http={name: {...httpx options}},
@@ -11,7 +11,7 @@ except ImportError as _error:  # pragma: no cover - exercised only without the e
     raise ImportError("loopsafe.http needs httpx: pip install 'loopsafe[llm]'") from _error
 
 from .._public import claim_public_names
-from ..llm._clients import get_http as get_http
+from ._client import get_http as get_http
 
 __all__ = ("get_http",)
 

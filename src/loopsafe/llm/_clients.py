@@ -22,7 +22,7 @@ from ._transport import LoopTransport, LoopTransport2
 if TYPE_CHECKING:
     import anthropic
 
-__all__ = ("get_anthropic", "get_http", "get_openai")
+__all__ = ("get_anthropic", "get_openai", "http_client")
 
 _log = get_logger("loopsafe.llm")
 
@@ -146,7 +146,7 @@ def _make_http(settings: Settings, name: str) -> httpx.AsyncClient:
     kwargs = {"timeout": settings.timeout, **options}
     kwargs["transport"] = LoopTransport(
         kwargs.get("transport") or httpx.AsyncHTTPTransport(),
-        _owner(f"get_http({name!r})"),
+        _owner(f"loopsafe.http.get_http({name!r})"),
         limiter(name, settings),
     )
     return httpx.AsyncClient(**kwargs)
@@ -187,19 +187,8 @@ def get_anthropic() -> anthropic.AsyncAnthropic:
     return client
 
 
-def get_http(name: str = "default") -> httpx.AsyncClient:
-    """Return the running loop's `httpx.AsyncClient` called `name`, creating it on first use.
-
-    Made from ``loopsafe.llm.configure(http={name: {...}})`` (``"default"``: a plain client with
-    the configured timeout); limited by ``limits[name]`` when configured. The same lifecycle as
-    `loopsafe.llm.get_openai()`: closed inside its loop when the loop ends, dropped without I/O in
-    a forked child. Call it where you use the client; do not keep the result beyond the loop.
-
-    Raises `NoRunningLoopError` outside a running event loop and `NotConfiguredError` (a
-    `LookupError`) for a name that is not configured.
-
-    .. versionadded:: 0.1.0
-    """
+def http_client(name: str) -> httpx.AsyncClient:
+    """The running loop's httpx client called `name` (what `loopsafe.http.get_http` returns)."""
     client: httpx.AsyncClient = _loop_clients.get().get(
         f"http:{name}", current_settings(), _make_http, name
     )
