@@ -1,6 +1,6 @@
 """loopsafe: async resources that stay correct across event loops, threads and forked processes."""
 
-from typing import TYPE_CHECKING
+import typing as _typing
 
 from . import _errors
 from ._deprecated import deprecated_names
@@ -40,7 +40,7 @@ claim_public_names(__name__, globals(), __all__)
 # Renamed before 1.0; removed in 0.2.0 (see CHANGELOG). Errors live with the part that raises them.
 # Type checkers see the old names as what they are (not as Any through __getattr__, which would
 # hide typos in every other attribute); at run time only __getattr__ serves them, with a warning.
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from ._errors import PoolExhaustedError as PoolExhaustedError
 else:
     __getattr__ = deprecated_names(

@@ -1,6 +1,6 @@
 """loopsafe.db: SQLAlchemy async engines and sessions that are correct on every loop and process."""
 
-from typing import TYPE_CHECKING
+import typing as _typing
 
 try:
     import sqlalchemy as _sqlalchemy
@@ -70,7 +70,7 @@ def _overload_handler() -> object:
 
 # Renamed before 1.0; removed in 0.2.0 (see CHANGELOG). Typed for type checkers, served with a
 # warning at run time (see loopsafe/__init__.py).
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from ._fastapi import lifespan as lifespan
     from ._overload import install_fastapi as install_fastapi
     from ._overload import overload_handler as overload_handler

@@ -3,7 +3,7 @@
 Needs the ``llm`` extra: ``pip install 'loopsafe[llm]'`` (``loopsafe[anthropic]`` for Claude).
 """
 
-from typing import TYPE_CHECKING
+import typing as _typing
 
 try:
     # Fail here, with the fix, rather than deep inside.
@@ -46,7 +46,7 @@ def _get_http() -> object:
 
 # Renamed before 1.0; removed in 0.2.0 (see CHANGELOG). A general HTTP client is not an LLM's.
 # Typed for type checkers, served with a warning at run time (see loopsafe/__init__.py).
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from ..http import get_http as get_http
 else:
     __getattr__ = deprecated_names(__name__, {"get_http": ("loopsafe.http.get_http", _get_http)})
