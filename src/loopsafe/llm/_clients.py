@@ -92,10 +92,10 @@ def _provider(settings: Settings, name: str) -> Provider:
     return provider
 
 
-def _owner(getter: str) -> LoopOwner:
+def _owner(package: str, getter: str) -> LoopOwner:
     return LoopOwner(
         asyncio.get_running_loop(),
-        what=f"This client from loopsafe.llm.{getter}",
+        what=f"This client from {package}.{getter}",
         fix=(
             f"Call {getter} where you use the client (it returns the running loop's own client) "
             "instead of keeping one in a variable, attribute or closure that outlives its loop."
@@ -109,7 +109,9 @@ def _sdk_options(
     """Keyword arguments of an SDK client for provider `name`, over a limited transport."""
     provider = _provider(settings, name)
     transport = LoopTransport2(
-        httpx2.AsyncHTTPTransport(), _owner(f"get_{name}()"), limiter(name, settings)
+        httpx2.AsyncHTTPTransport(),
+        _owner("loopsafe.llm", f"get_{name}()"),
+        limiter(name, settings),
     )
     return {
         "api_key": provider.api_key,
@@ -146,7 +148,7 @@ def _make_http(settings: Settings, name: str) -> httpx.AsyncClient:
     kwargs = {"timeout": settings.timeout, **options}
     kwargs["transport"] = LoopTransport(
         kwargs.get("transport") or httpx.AsyncHTTPTransport(),
-        _owner(f"loopsafe.http.get_http({name!r})"),
+        _owner("loopsafe.http", f"get_http({name!r})"),
         limiter(name, settings),
     )
     return httpx.AsyncClient(**kwargs)
