@@ -216,3 +216,72 @@ def test_error_tree_bases() -> None:
         loopsafe.llm.LimitTimeoutError,
     ):
         assert issubclass(error, loopsafe.LoopsafeError), error
+
+
+def _bad_subscribe() -> None:
+    import asyncio
+
+    import loopsafe.redis
+
+    async def first() -> None:
+        async for _ in loopsafe.redis.subscribe():
+            pass
+
+    asyncio.run(first())
+
+
+# One bad input per part that takes settings: each is a ConfigurationError, naming what is wrong.
+BAD_SETTINGS: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
+    "LoopLocal(factory=1)": (
+        lambda: loopsafe.LoopLocal(1),  # type: ignore[arg-type]
+        loopsafe.ConfigurationTypeError,
+        "LoopLocal factory must be callable",
+    ),
+    "LoopLocal(close_timeout=0)": (
+        lambda: loopsafe.LoopLocal(object, close_timeout=0),
+        loopsafe.ConfigurationError,
+        "close_timeout must be a finite number of seconds > 0",
+    ),
+    "db.Database(pooler=...)": (
+        lambda: importlib.import_module("loopsafe.db").Database(
+            "postgresql://u@h/d", pooler="statement"
+        ),
+        loopsafe.ConfigurationError,
+        "pooler must be 'transaction', 'session' or None",
+    ),
+    "db.Database(url=not a URL)": (
+        lambda: importlib.import_module("loopsafe.db").Database("not a url"),
+        loopsafe.ConfigurationError,
+        "Not a database URL",
+    ),
+    "redis.configure(url=http://)": (
+        lambda: importlib.import_module("loopsafe.redis").configure("http://localhost"),
+        loopsafe.ConfigurationError,
+        "Unsupported Redis URL",
+    ),
+    "redis.configure(unknown option)": (
+        lambda: importlib.import_module("loopsafe.redis").configure(no_such_option=1),
+        loopsafe.ConfigurationTypeError,
+        "got an option Redis does not accept",
+    ),
+    "redis.subscribe()": (_bad_subscribe, loopsafe.ConfigurationError, "at least one channel"),
+    "llm.configure(timeout=0)": (
+        lambda: importlib.import_module("loopsafe.llm").configure(timeout=0),
+        loopsafe.ConfigurationError,
+        "timeout must be a finite number of seconds > 0",
+    ),
+    "llm.configure(providers=[unknown])": (
+        lambda: importlib.import_module("loopsafe.llm").configure(providers=["mistral"]),
+        loopsafe.ConfigurationError,
+        "unknown provider 'mistral'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SETTINGS))
+def test_bad_settings_raise_configuration_errors(case: str) -> None:
+    make, error, message = BAD_SETTINGS[case]
+    with pytest.raises(error, match=re.escape(message)) as caught:
+        make()
+    assert isinstance(caught.value, loopsafe.LoopsafeError)
+    assert isinstance(caught.value, ValueError)  # what it was before, still caught as such
