@@ -13,8 +13,7 @@ import weakref
 import pytest
 
 import loopsafe
-from loopsafe import LoopLocal, LoopsafeError, NoRunningLoopError, loop_local
-from loopsafe._registry import RegistryStats
+from loopsafe import LoopLocal, LoopsafeError, NoRunningLoopError, RegistryStats, loop_local
 
 from .conftest import LoopFactory
 

@@ -3,30 +3,43 @@
 Hierarchy::
 
     LoopsafeError
-    ├── NoRunningLoopError          (also RuntimeError)  a loop-local resource asked for outside a loop
-    ├── WrongLoopError              (also RuntimeError)  a resource made on one loop used on another
-    ├── PoolExhaustedError          (also TimeoutError)  a budgeted pool had no connection in time
-    ├── DatabaseNotConfiguredError  (also RuntimeError)  loopsafe.db: no URL and no $DATABASE_URL
-    ├── SubscriptionLostError       (also redis ConnectionError)  loopsafe.redis: lost for good
-    ├── UnsupportedPoolError        (also RuntimeError)  loopsafe.celery: a pool it cannot serve
-    ├── WorkerBudgetError           (also ValueError)    loopsafe.celery: concurrency over budget
-    ├── LimitTimeoutError           (also TimeoutError)  loopsafe.llm: no limit slot within max_wait
-    └── BoundExceededError          (also TimeoutError)  internal: an awaited step overran its bound
+    ├── ConfigurationError            (also ValueError)    a setting or argument is invalid
+    │   ├── ConfigurationTypeError    (also TypeError)     … because it has the wrong type
+    │   └── WorkerBudgetError                              loopsafe.celery: concurrency over budget
+    ├── NotConfiguredError            (also LookupError)   something used was never configured
+    │   └── DatabaseNotConfiguredError (also RuntimeError) loopsafe.db: no URL, no $DATABASE_URL
+    ├── NoRunningLoopError            (also RuntimeError)  a loop-local resource asked for outside a loop
+    ├── WrongLoopError                (also RuntimeError)  a resource made on one loop used on another
+    ├── PoolExhaustedError            (also TimeoutError)  loopsafe.db: no connection in time
+    ├── SubscriptionLostError         (also redis ConnectionError)  loopsafe.redis: lost for good
+    ├── UnsupportedPoolError          (also RuntimeError)  loopsafe.celery: a pool it cannot serve
+    ├── LimitTimeoutError             (also TimeoutError)  loopsafe.llm: no limit slot within max_wait
+    └── BoundExceededError            (also TimeoutError)  internal: an awaited step overran its bound
 
-Defined elsewhere: `SubscriptionLostError` in ``redis/_subscribe.py``, because it also subclasses
-redis-py's ``ConnectionError`` and ``import loopsafe`` must not import redis. The integrations
-re-export theirs (`loopsafe.celery.UnsupportedPoolError`, `loopsafe.llm.LimitTimeoutError`…). The ``ValueError`` that `loopsafe.redis.publish` logs for a message it
-cannot send never leaves publish.
+Each error is public in the package of the part that raises it: the general ones in `loopsafe`,
+`PoolExhaustedError` and `DatabaseNotConfiguredError` in `loopsafe.db`, `SubscriptionLostError`
+in `loopsafe.redis`, `UnsupportedPoolError` and `WorkerBudgetError` in `loopsafe.celery`,
+`LimitTimeoutError` in `loopsafe.llm`. `SubscriptionLostError` is defined in
+``redis/_subscribe.py``, because it also subclasses redis-py's ``ConnectionError`` and
+``import loopsafe`` must not import redis. The built-in second bases are what each error used to
+be, so ``except ValueError`` / ``except LookupError`` / ``except TimeoutError`` code keeps
+working. The ``ValueError`` that `loopsafe.redis.publish` logs for a message it cannot send never
+leaves publish.
+
+No LoopsafeError is a transient fault: loopsafe.db never retries one, whatever its built-in bases.
 """
 
 from __future__ import annotations
 
 __all__ = (
     "BoundExceededError",
+    "ConfigurationError",
+    "ConfigurationTypeError",
     "DatabaseNotConfiguredError",
     "LimitTimeoutError",
     "LoopsafeError",
     "NoRunningLoopError",
+    "NotConfiguredError",
     "PoolExhaustedError",
     "UnsupportedPoolError",
     "WorkerBudgetError",
@@ -36,6 +49,36 @@ __all__ = (
 
 class LoopsafeError(Exception):
     """Base class of every error loopsafe raises.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+class ConfigurationError(LoopsafeError, ValueError):
+    """A setting or argument given to loopsafe is invalid; the message names it and what it takes.
+
+    Also a `ValueError`, so code that caught these as one keeps working. Raised where the setting is
+    given (``configure()``, a constructor), so a typo fails at start-up, not on first use.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+class ConfigurationTypeError(ConfigurationError, TypeError):
+    """A setting or argument given to loopsafe has the wrong type.
+
+    A `ConfigurationError` that is also a `TypeError`, so code that caught these as one keeps
+    working.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+class NotConfiguredError(LoopsafeError, LookupError):
+    """Something was used that was never configured: a provider key, a named client or limit.
+
+    Also a `LookupError`, so code that caught these as one keeps working. The message says which
+    ``configure()`` argument or environment variable provides it.
 
     .. versionadded:: 0.1.0
     """
@@ -63,14 +106,18 @@ class WrongLoopError(LoopsafeError, RuntimeError):
 class PoolExhaustedError(LoopsafeError, TimeoutError):
     """A connection pool held to a `PoolBudget` had no free connection within `pool_timeout`.
 
-    Waiting is preferred to exceeding the budget; this is raised only once the wait is over.
+    Waiting is preferred to exceeding the budget; this is raised only once the wait is over, and
+    never retried (it is a decision, not a fault). Public as ``loopsafe.db.PoolExhaustedError``;
+    `loopsafe.fastapi.install` answers it with 503 + ``Retry-After``.
 
     .. versionadded:: 0.1.0
     """
 
 
-class DatabaseNotConfiguredError(LoopsafeError, RuntimeError):
+class DatabaseNotConfiguredError(NotConfiguredError, RuntimeError):
     """No database URL was given and ``$DATABASE_URL`` is not set.
+
+    A `NotConfiguredError` (hence a `LookupError`), and still a `RuntimeError`.
 
     .. versionadded:: 0.1.0
     """
@@ -104,10 +151,11 @@ class UnsupportedPoolError(LoopsafeError, RuntimeError):
     """
 
 
-class WorkerBudgetError(LoopsafeError, ValueError):
+class WorkerBudgetError(ConfigurationError):
     """The worker's pool and concurrency need more than the database's `PoolBudget` allows.
 
-    Raised when the worker starts, before it takes a task.
+    Raised when the worker starts, before it takes a task. A `ConfigurationError` (and, as
+    before, a `ValueError`).
 
     .. versionadded:: 0.1.0
     """

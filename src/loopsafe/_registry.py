@@ -41,7 +41,7 @@ from typing import Any, Generic, Protocol, TypedDict, TypeVar, cast, overload
 from . import _fork, _validate
 from ._asyncio_compat import asyncgens_shut_down, get_running_loop_or_none
 from ._bound import DEFAULT_GRACE, await_bounded
-from ._errors import LoopsafeError, NoRunningLoopError
+from ._errors import ConfigurationTypeError, LoopsafeError, NoRunningLoopError
 from ._log import get_logger
 
 __all__ = (
@@ -287,7 +287,7 @@ class LoopLocal(Generic[T]):
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     ) -> None:
         if not callable(factory):
-            raise TypeError(f"LoopLocal factory must be callable, got {factory!r}")
+            raise ConfigurationTypeError(f"LoopLocal factory must be callable, got {factory!r}")
         self.close_timeout = _validate.seconds("close_timeout", close_timeout)
         self._factory = factory
         self._aclose = aclose

@@ -17,8 +17,7 @@ import threading
 import pytest
 from sqlalchemy import text
 
-from loopsafe import PoolExhaustedError
-from loopsafe.db import Database, PoolBudget
+from loopsafe.db import Database, PoolBudget, PoolExhaustedError
 
 from .conftest import TOO_MANY, limited_role
 

@@ -14,8 +14,8 @@ from sqlalchemy import text
 
 import loopsafe.db
 import loopsafe.db.metrics
-from loopsafe import PoolExhaustedError
-from loopsafe.db import Database, PoolBudget
+import loopsafe.fastapi
+from loopsafe.db import Database, PoolBudget, PoolExhaustedError
 
 from ..conftest import logged
 from ..forking import in_child
@@ -139,7 +139,7 @@ async def test_an_exhausted_pool_answers_503_with_retry_after(
 ) -> None:
     db = Database(postgres_url, name=db_name, budget=TWO, engine_options={"pool_timeout": 0.2})
     app = FastAPI()
-    loopsafe.db.install_fastapi(app, retry_after=2.5)
+    loopsafe.fastapi.install(app, retry_after=2.5)
 
     @app.get("/count")
     async def count() -> dict[str, int]:
@@ -166,14 +166,14 @@ async def test_an_exhausted_pool_answers_503_with_retry_after(
 
 
 @pytest.mark.parametrize("retry_after", [0, -1, "1", True])
-def test_install_fastapi_refuses_a_bad_retry_after(retry_after: object) -> None:
+def test_install_refuses_a_bad_retry_after(retry_after: object) -> None:
     with pytest.raises(ValueError, match="retry_after must be a number of seconds > 0"):
-        loopsafe.db.install_fastapi(FastAPI(), retry_after=retry_after)  # type: ignore[arg-type]
+        loopsafe.fastapi.install(FastAPI(), retry_after=retry_after)  # type: ignore[arg-type]
 
 
-async def test_default_overload_handler_is_a_plain_exception_handler() -> None:
+async def test_default_retry_after_is_one_second() -> None:
     app = FastAPI()
-    app.add_exception_handler(PoolExhaustedError, loopsafe.db.overload_handler)
+    loopsafe.fastapi.install(app)
 
     @app.get("/")
     async def fail() -> None:

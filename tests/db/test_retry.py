@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import exc, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from loopsafe.db import Database
+from loopsafe import LoopsafeError
+from loopsafe.db import Database, PoolBudget, PoolExhaustedError
+from loopsafe.db._retry import is_retryable_connect_error, is_retryable_transaction_error
 from loopsafe.testing import EmbeddedPostgres, free_port
 
+from ..conftest import logged
 from .conftest import raw_connection, wait_for_connections
+
+PUBLIC_PACKAGES = ("loopsafe", "loopsafe.db", "loopsafe.redis", "loopsafe.celery", "loopsafe.llm")
 
 
 @pytest.fixture
@@ -337,3 +347,162 @@ async def test_permanent_connect_errors_are_not_retried(
         async with db.session():
             pass
     assert "loopsafe.db.connect_retry" not in caplog.text
+
+
+async def test_an_exhausted_budget_is_not_retried_as_a_connect_failure(
+    postgres_url: str, db_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue #20: PoolExhaustedError is an OSError (via TimeoutError) but never a transient fault.
+
+    Retried, the error arrived after connect_retries × (pool_timeout + backoff) instead of after
+    pool_timeout: 2.5 s for 0.3 s, about two minutes with the default 30 s.
+    """
+    budget = PoolBudget(max_connections=1, processes=1, reserve=0)
+    db = Database(
+        postgres_url,
+        name=db_name,
+        budget=budget,
+        connect_retries=3,
+        engine_options={"pool_timeout": 0.3},
+    )
+    try:
+        async with db.session() as holder:  # the budget's one connection, held meanwhile
+            await holder.execute(text("SELECT 1"))
+            started = time.monotonic()
+            with (
+                caplog.at_level(logging.DEBUG, logger="loopsafe"),
+                pytest.raises(PoolExhaustedError, match="PoolBudget"),
+            ):
+                async with db.session():
+                    pass
+            elapsed = time.monotonic() - started
+        assert logged(caplog, "loopsafe.db.connect_retry") == []
+        # Generous: one pool_timeout plus scheduling noise, far below the retried ~2.5 s.
+        assert elapsed < 2.0, elapsed
+    finally:
+        await db.aclose()
+
+
+async def test_an_exhausted_budget_is_not_rerun_by_run_in_transaction(
+    postgres_url: str, db_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    budget = PoolBudget(max_connections=1, processes=1, reserve=0)
+    db = Database(postgres_url, name=db_name, budget=budget, engine_options={"pool_timeout": 0.2})
+    calls = 0
+
+    async def work(session: AsyncSession) -> None:
+        nonlocal calls
+        calls += 1
+
+    try:
+        async with db.session() as holder:
+            await holder.execute(text("SELECT 1"))
+            with (
+                caplog.at_level(logging.DEBUG, logger="loopsafe"),
+                pytest.raises(PoolExhaustedError),
+            ):
+                await db.run_in_transaction(work, retries=3)
+        assert calls == 0  # the checkout failed before fn ran, once
+        assert logged(caplog, "loopsafe.db.transaction_retry") == []
+        assert logged(caplog, "loopsafe.db.connect_retry") == []
+    finally:
+        await db.aclose()
+
+
+def _loopsafe_error_types() -> list[type[LoopsafeError]]:
+    """Every LoopsafeError subclass loopsafe defines, in every package (imported so they exist)."""
+    for package in PUBLIC_PACKAGES:
+        importlib.import_module(package)
+    found: list[type[LoopsafeError]] = []
+    pending: list[type[LoopsafeError]] = [LoopsafeError]
+    while pending:
+        cls = pending.pop()
+        if cls.__module__.startswith("loopsafe"):
+            found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return sorted(found, key=lambda cls: cls.__qualname__)
+
+
+LOOPSAFE_ERRORS = _loopsafe_error_types()
+# Built-in and library bases that make an error look transient to a classifier.
+TRANSIENT_LOOKING = (OSError, ConnectionResetError, ConnectionRefusedError, TimeoutError)
+
+
+def _instance(cls: type[BaseException]) -> BaseException:
+    try:
+        return cls("boom")
+    except TypeError:  # BoundExceededError takes its figures instead of a message
+        return cls(1.0, 1.0, settled=True)  # type: ignore[call-arg]
+
+
+@st.composite
+def _loopsafe_errors(draw: st.DrawFn) -> BaseException:
+    cls: type[BaseException] = draw(st.sampled_from(LOOPSAFE_ERRORS))
+    extra = draw(st.sampled_from((None, *TRANSIENT_LOOKING)))
+    if extra is not None and not issubclass(cls, extra):
+        # A user's or a future subclass that adds a transient-looking base.
+        with contextlib.suppress(TypeError):  # incompatible layouts cannot be combined
+            cls = type(f"{cls.__name__}Plus{extra.__name__}", (cls, extra), {})
+    return _instance(cls)
+
+
+def _lost_connection(orig: BaseException) -> BaseException:
+    return exc.DBAPIError("SELECT 1", None, orig, connection_invalidated=True)
+
+
+def _wrap(inner: BaseException, how: str, outer: str) -> BaseException:
+    wrapper: BaseException
+    if outer == "dbapi_lost":
+        wrapper = _lost_connection(inner if isinstance(inner, Exception) else Exception())
+    elif outer == "operational":
+        wrapper = exc.OperationalError("SELECT 1", None, inner)
+    elif outer == "disconnection":
+        wrapper = exc.DisconnectionError("gone")
+    else:
+        wrapper = {"oserror": OSError, "reset": ConnectionResetError, "timeout": TimeoutError}[
+            outer
+        ]("boom")
+    if how == "cause":
+        wrapper.__cause__ = inner
+    else:
+        wrapper.__context__ = inner
+    return wrapper
+
+
+@given(
+    error=_loopsafe_errors(),
+    wrappers=st.lists(
+        st.tuples(
+            st.sampled_from(("cause", "context")),
+            st.sampled_from(
+                ("dbapi_lost", "operational", "disconnection", "oserror", "reset", "timeout")
+            ),
+        ),
+        max_size=3,
+    ),
+)
+def test_no_loopsafe_error_is_ever_retried(
+    error: BaseException, wrappers: list[tuple[str, str]]
+) -> None:
+    """Neither classifier retries a LoopsafeError, whatever its bases and however it is wrapped."""
+    for how, outer in wrappers:
+        error = _wrap(error, how, outer)
+    assert not is_retryable_connect_error(error)
+    assert not is_retryable_transaction_error(error)
+
+
+@pytest.mark.parametrize(
+    "outer", ["dbapi_lost", "operational", "disconnection", "oserror", "reset", "timeout"]
+)
+def test_the_same_wrappers_alone_are_retried(outer: str) -> None:
+    """Control for the property above: its wrappers do look transient without a LoopsafeError."""
+    error = _wrap(ValueError("not ours"), "context", outer)
+    if outer in ("dbapi_lost", "disconnection"):
+        assert is_retryable_transaction_error(error)
+    assert is_retryable_connect_error(error)
+
+
+def test_every_public_package_error_is_covered() -> None:
+    """The property samples the whole tree, including errors defined outside loopsafe._errors."""
+    names = {cls.__name__ for cls in LOOPSAFE_ERRORS}
+    assert {"PoolExhaustedError", "WrongLoopError", "SubscriptionLostError"} <= names

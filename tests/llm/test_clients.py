@@ -1,5 +1,5 @@
 """The docs/llm_clients.md recipe for any other client: a per-loop SDK object over
-`loopsafe.llm.get_http(name)`, against a real OpenAI-compatible server, over loops and a fork."""
+`loopsafe.http.get_http(name)`, against a real OpenAI-compatible server, over loops and a fork."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+import loopsafe.http
 import loopsafe.llm
 from loopsafe import aclose_all, loop_local
 
@@ -41,7 +42,7 @@ class EchoAPI:
 
 @loop_local(name="echo-api")
 def echo_api() -> EchoAPI:
-    return EchoAPI(http_client=loopsafe.llm.get_http("echo"))
+    return EchoAPI(http_client=loopsafe.http.get_http("echo"))
 
 
 # -------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ import httpcore2
 import httpx
 import httpx2
 
-from loopsafe.llm import Limit, configure, get_http, get_openai
+from loopsafe.http import get_http
+from loopsafe.llm import Limit, configure, get_openai
 from loopsafe.llm._httpx_compat import pooled_transports
 
 WHERE = (

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from loopsafe.llm import Limit, configure, get_anthropic, get_http, get_openai, limit
+from loopsafe import NotConfiguredError
+from loopsafe.http import get_http
+from loopsafe.llm import Limit, configure, get_anthropic, get_openai, limit
 from loopsafe.llm._settings import current_settings
 
 
@@ -97,10 +99,11 @@ def test_anthropic_without_its_sdk_names_the_extra(monkeypatch: pytest.MonkeyPat
 
 async def test_getters_say_what_is_missing() -> None:
     configure()
+    # NotConfiguredError is a LoopsafeError and, as before, a LookupError.
     with pytest.raises(LookupError, match=r"no openai key: pass openai_api_key= .* OPENAI_API_KEY"):
         get_openai()
-    with pytest.raises(LookupError, match=r"No HTTP client named 'search': pass http="):
+    with pytest.raises(NotConfiguredError, match=r"No HTTP client named 'search': pass http="):
         get_http("search")
-    with pytest.raises(LookupError, match=r"No LLM limit named 'openai': pass limits="):
+    with pytest.raises(NotConfiguredError, match=r"No LLM limit named 'openai': pass limits="):
         async with limit("openai"):
             pass

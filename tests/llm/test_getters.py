@@ -15,7 +15,8 @@ import openai
 import pytest
 
 from loopsafe import WrongLoopError, aclose_all
-from loopsafe.llm import configure, get_anthropic, get_http, get_openai
+from loopsafe.http import get_http
+from loopsafe.llm import configure, get_anthropic, get_openai
 
 from ..conftest import LoopFactory, run_on_new_loop
 from ..forking import in_child
@@ -163,9 +164,11 @@ def test_a_loop_closed_without_disposal_releases_its_clients_quietly(configured:
     assert (asyncio.run(ask("next loop")))[0] == "echo: next loop"
 
 
-@pytest.mark.parametrize("getter", ["get_openai()", "get_http('llm')"])
+@pytest.mark.parametrize(
+    ("package", "getter"), [("loopsafe.llm", "get_openai()"), ("loopsafe.http", "get_http('llm')")]
+)
 def test_a_client_used_on_another_loop_raises_wrong_loop_error(
-    configured: str, loop_factory: LoopFactory, getter: str
+    configured: str, loop_factory: LoopFactory, package: str, getter: str
 ) -> None:
     async def request(client: Any) -> None:
         if isinstance(client, httpx.AsyncClient):
@@ -183,7 +186,7 @@ def test_a_client_used_on_another_loop_raises_wrong_loop_error(
         client = first.run_until_complete(keep())
         with pytest.raises(
             WrongLoopError,
-            match=rf"^This client from loopsafe\.llm\.{re.escape(getter)} was created on .* and "
+            match=rf"^This client from {re.escape(package)}\.{re.escape(getter)} was created on .* and "
             rf"used on .*\. Call {re.escape(getter)} where you use the client",
         ):
             run_on_new_loop(loop_factory, request(client))

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-import loopsafe
-import loopsafe.db
-import loopsafe.db.metrics
+import loopsafe.fastapi
 from roadmap_app.api.allowed_methods import answer_allowed_methods
 from roadmap_app.api.request_guard import RequestGuard
 from roadmap_app.api.routes import health, roadmaps, web
@@ -26,12 +21,6 @@ from roadmap_app.resources import configure_resources
 __all__ = ("create_app",)
 
 
-@functools.cache
-def _pool_metrics() -> None:
-    """Register the pool collector once per process, however many apps a test builds."""
-    loopsafe.db.metrics.register()
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app (`uvicorn --factory roadmap_app.main:create_app`)."""
     settings = settings or get_settings()
@@ -40,13 +29,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Only the app's own resources: loopsafe.fastapi.install closes loopsafe's (engine,
+        # Redis and LLM clients) inside this loop after this, so servers see a clean goodbye.
         try:
-            async with loopsafe.db.lifespan(app):
-                yield
+            yield
         finally:
-            # Close this loop's Redis client (and any LLM client) inside the loop too, so the
-            # servers see a clean goodbye instead of connections dropped at interpreter exit.
-            await loopsafe.aclose_all()
             celery_app.close()
 
     app = FastAPI(
@@ -62,15 +49,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
-    # A busy pool answers 503 + Retry-After instead of a 500 after the pool timeout.
-    loopsafe.db.install_fastapi(app)
-    _pool_metrics()
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        """This process's Prometheus metrics, loopsafe's pool gauges and wait histogram included."""
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
+    # Closes every loopsafe resource at shutdown, answers a busy pool with 503 + Retry-After
+    # instead of a 500, and serves Prometheus metrics (loopsafe's pool gauges and wait histogram).
+    loopsafe.fastapi.install(app, metrics="/metrics")
     answer_allowed_methods(app)
     app.add_middleware(RequestGuard)
     app.add_middleware(SecurityHeaders)

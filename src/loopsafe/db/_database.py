@@ -25,7 +25,7 @@ from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import greenlet_spawn
 
 from .. import _validate
-from .._errors import DatabaseNotConfiguredError
+from .._errors import ConfigurationError, ConfigurationTypeError, DatabaseNotConfiguredError
 from .._log import get_logger, redact_dsn
 from .._registry import LoopLocal
 from ._budget import PoolBudget
@@ -80,8 +80,8 @@ class Database:
     ``connect_args``; the default ``application_name`` is ``loopsafe:<name>``) and
     ``session_options`` to `async_sessionmaker` (default ``expire_on_commit=False``).
 
-    Raises `DatabaseNotConfiguredError` without a URL, `ValueError`/`TypeError` for invalid
-    options.
+    Raises `DatabaseNotConfiguredError` without a URL, and `ConfigurationError` (a `ValueError`;
+    `ConfigurationTypeError`, also a `TypeError`, for a wrong type) for invalid options.
 
     .. versionadded:: 0.1.0
     """
@@ -99,7 +99,7 @@ class Database:
         session_options: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
-            raise ValueError(f"Database name must be a non-empty string, got {name!r}")
+            raise ConfigurationError(f"Database name must be a non-empty string, got {name!r}")
         if url is None:
             url = os.environ.get("DATABASE_URL") or None
             if url is None:
@@ -108,11 +108,13 @@ class Database:
                     " or set the DATABASE_URL environment variable."
                 )
         if budget is not None and not isinstance(budget, PoolBudget):
-            raise TypeError(f"budget must be a loopsafe.db.PoolBudget, got {budget!r}")
+            raise ConfigurationTypeError(f"budget must be a loopsafe.db.PoolBudget, got {budget!r}")
         if pooler not in (None, "transaction", "session"):
-            raise ValueError(f"pooler must be 'transaction', 'session' or None, got {pooler!r}")
+            raise ConfigurationError(
+                f"pooler must be 'transaction', 'session' or None, got {pooler!r}"
+            )
         if poolclass not in ("queue", "null"):
-            raise ValueError(f"poolclass must be 'queue' or 'null', got {poolclass!r}")
+            raise ConfigurationError(f"poolclass must be 'queue' or 'null', got {poolclass!r}")
         _validate.count("connect_retries", connect_retries)
         self._engine_options = _check_engine_options(engine_options, budget, poolclass)
         self._session_options = _check_session_options(session_options)
@@ -497,28 +499,30 @@ def _check_engine_options(
     if options is None:
         return {}
     if not isinstance(options, Mapping):
-        raise TypeError(f"engine_options must be a mapping, got {type(options).__name__}")
+        raise ConfigurationTypeError(
+            f"engine_options must be a mapping, got {type(options).__name__}"
+        )
     checked = dict(options)
     for key in ("poolclass", "pool", "creator", "async_creator"):
         if key in checked:
-            raise ValueError(
+            raise ConfigurationError(
                 f"engine_options[{key!r}] is not supported: loopsafe creates one pool per loop "
                 "itself; choose Database(poolclass='queue' or 'null')."
             )
     for key in ("pool_size", "max_overflow"):
         if key in checked and budget is not None:
-            raise ValueError(
+            raise ConfigurationError(
                 f"engine_options[{key!r}] conflicts with budget={budget!r}, which sets pool_size="
                 f"{budget.pool_size} and max_overflow={budget.max_overflow}; pass one or the other."
             )
         if key in checked and poolclass == "null":
-            raise ValueError(
+            raise ConfigurationError(
                 f"engine_options[{key!r}] has no meaning with poolclass='null' (no pooling); "
                 "drop it or use poolclass='queue'."
             )
     connect_args = checked.get("connect_args", {})
     if not isinstance(connect_args, Mapping):
-        raise TypeError(
+        raise ConfigurationTypeError(
             f"engine_options['connect_args'] must be a mapping, got {type(connect_args).__name__}"
         )
     return checked
@@ -528,9 +532,11 @@ def _check_session_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     if options is None:
         options = {}
     if not isinstance(options, Mapping):
-        raise TypeError(f"session_options must be a mapping, got {type(options).__name__}")
+        raise ConfigurationTypeError(
+            f"session_options must be a mapping, got {type(options).__name__}"
+        )
     if "bind" in options or "binds" in options:
-        raise ValueError(
+        raise ConfigurationError(
             "session_options cannot bind sessions: each loop's sessions are bound to that loop's "
             "engine by loopsafe."
         )

@@ -1,4 +1,4 @@
-"""FastAPI glue: a session dependency and a lifespan that closes the databases' engines."""
+"""FastAPI glue: a session dependency per request (and the deprecated `lifespan`)."""
 
 from __future__ import annotations
 
@@ -31,12 +31,11 @@ async def session_dependency() -> AsyncIterator[AsyncSession]:
 @contextlib.asynccontextmanager
 async def lifespan(app: object) -> AsyncIterator[None]:
     """FastAPI/Starlette lifespan: on shutdown, dispose every Database's engine on the server's
-    loop, so connections close cleanly instead of at garbage collection.
+    loop (databases only: Redis and LLM clients stay open).
 
-    Use as ``FastAPI(lifespan=loopsafe.db.lifespan)``, or enter it from your own lifespan with
-    ``async with loopsafe.db.lifespan(app): yield``.
-
-    .. versionadded:: 0.1.0
+    .. deprecated:: 0.1.0
+       Use `loopsafe.fastapi.install`, which wraps the app's own lifespan and closes every
+       loopsafe resource.
     """
     try:
         yield

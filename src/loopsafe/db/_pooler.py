@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from sqlalchemy.engine import URL, make_url
 
+from .._errors import ConfigurationError
 from ._sqlalchemy_compat import async_dialect_class
 
 __all__ = ("Pooler", "driver_settings", "normalize_url")
@@ -23,12 +24,12 @@ _DRIVER_HINT = (
 def normalize_url(url: str | URL) -> URL:
     """Parse `url`; a bare ``postgresql://`` / ``postgres://`` means asyncpg.
 
-    Raises `ValueError` for text that is not a database URL or names a driver that is not async.
+    Raises `ConfigurationError` (a `ValueError`) for text that is not a database URL or names a driver that is not async.
     """
     try:
         parsed = make_url(url)
     except Exception as error:  # SQLAlchemy's ArgumentError; never echo the URL (password)
-        raise ValueError(
+        raise ConfigurationError(
             f"Not a database URL ({type(error).__name__}); expected something like "
             "postgresql://user:password@host:5432/dbname"
         ) from None
@@ -41,11 +42,11 @@ def normalize_url(url: str | URL) -> URL:
     try:
         dialect = async_dialect_class(parsed)
     except Exception as error:
-        raise ValueError(
+        raise ConfigurationError(
             f"SQLAlchemy cannot load the driver of {parsed.drivername!r}: {error}. {_DRIVER_HINT}"
         ) from None
     if not getattr(dialect, "is_async", False):
-        raise ValueError(f"{parsed.drivername!r} is not an asyncio driver. {_DRIVER_HINT}")
+        raise ConfigurationError(f"{parsed.drivername!r} is not an asyncio driver. {_DRIVER_HINT}")
     return parsed
 
 
@@ -67,7 +68,7 @@ def driver_settings(
 
     The caller's own values win, except that ``pooler="transaction"`` insists on the settings
     without which the driver fails behind a transaction pooler.
-    Raises `ValueError` for a pooler mode the driver cannot honour.
+    Raises `ConfigurationError` (a `ValueError`) for a pooler mode the driver cannot honour.
     """
     args = dict(connect_args)
     driver = url.get_driver_name()
@@ -93,7 +94,7 @@ def driver_settings(
             # psycopg prepares a statement after 5 executions; None never prepares.
             args["prepare_threshold"] = None
     elif pooler == "transaction":
-        raise ValueError(
+        raise ConfigurationError(
             f"pooler='transaction' knows how to configure asyncpg and psycopg, not {driver!r}; "
             "use one of those drivers, or pooler=None and configure the driver yourself."
         )

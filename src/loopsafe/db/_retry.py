@@ -9,7 +9,13 @@ from sqlalchemy import exc
 
 from .._errors import LoopsafeError
 
-__all__ = ("backoff", "is_retryable_connect_error", "is_retryable_transaction_error", "sqlstate")
+__all__ = (
+    "backoff",
+    "involves_loopsafe_error",
+    "is_retryable_connect_error",
+    "is_retryable_transaction_error",
+    "sqlstate",
+)
 
 # SQLSTATEs of a connection that went away or could not be made right now: class 08 (connection
 # exception), the server shutting down or starting up (57P01-57P03).
@@ -38,11 +44,35 @@ def sqlstate(error: BaseException) -> str | None:
     return None
 
 
+def involves_loopsafe_error(error: BaseException) -> bool:
+    """True when `error`, or anything it wraps or was raised from, is a `LoopsafeError`.
+
+    loopsafe's errors report decisions (an exhausted budget, a wrong-loop use, a missing
+    configuration), never transient faults: trying again only repeats the wait. They are checked
+    before any built-in base because those lie here: `PoolExhaustedError` is a `TimeoutError`,
+    hence an `OSError`, and was retried as a refused connection (issue #20: an overloaded request
+    waited ``connect_retries`` × ``pool_timeout`` plus backoff for its 503). A wrapper (SQLAlchemy's
+    ``.orig``, ``raise ... from``, an error raised while handling one) does not launder it.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, LoopsafeError):
+            return True
+        orig = getattr(current, "orig", None)
+        for linked in (current.__cause__, current.__context__, orig):
+            if isinstance(linked, BaseException):
+                pending.append(linked)
+    return False
+
+
 def _from_database(error: BaseException) -> bool:
     # Only the type of the error itself decides: an application error that merely happened while
     # handling a database error (its __context__) is still the application's.
-    if isinstance(error, LoopsafeError):
-        return False  # a wrong-loop use or an exhausted budget does not heal by trying again
     if isinstance(error, exc.SQLAlchemyError):
         return True
     return type(error).__module__.partition(".")[0] in _DRIVER_PACKAGES
@@ -63,9 +93,9 @@ def is_retryable_transaction_error(error: BaseException) -> bool:
     That is a serialization failure (40001), a deadlock (40P01) or a lost connection (invalidated
     by SQLAlchemy, SQLSTATE class 08, 57P01-57P03), raised by SQLAlchemy or the driver. The
     application's own `TimeoutError`, `OSError` or `ConnectionError` never is, even when it was
-    raised while a query was running.
+    raised while a query was running, and neither is any `LoopsafeError`.
     """
-    if not _from_database(error):
+    if involves_loopsafe_error(error) or not _from_database(error):
         return False
     return sqlstate(error) in _CONCURRENCY_STATES or _is_lost_connection(error)
 
@@ -77,8 +107,11 @@ def is_retryable_connect_error(error: BaseException) -> bool:
     Called only around the driver's connect, where a bare `OSError` (refused, reset, timed out,
     host not resolvable yet) can only come from the driver. Bad credentials, a missing database,
     a permission problem or a certificate that fails verification are not transient: retrying
-    them only delays the error.
+    them only delays the error, and so does any `LoopsafeError` (an exhausted budget is an
+    `OSError` by its bases, not a fault that passes).
     """
+    if involves_loopsafe_error(error):
+        return False
     if isinstance(error, OSError):
         return not isinstance(error, (PermissionError, ssl.SSLCertVerificationError))
     if not _from_database(error):

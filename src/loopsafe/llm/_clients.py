@@ -10,6 +10,7 @@ import httpx
 import httpx2
 import openai
 
+from .._errors import NotConfiguredError
 from .._log import get_logger
 from .._owner import LoopOwner
 from .._registry import LoopLocal
@@ -21,7 +22,7 @@ from ._transport import LoopTransport, LoopTransport2
 if TYPE_CHECKING:
     import anthropic
 
-__all__ = ("get_anthropic", "get_http", "get_openai")
+__all__ = ("get_anthropic", "get_openai", "http_client")
 
 _log = get_logger("loopsafe.llm")
 
@@ -84,17 +85,17 @@ def _provider(settings: Settings, name: str) -> Provider:
     provider = settings.providers.get(name)
     if provider is None:
         key = "OPENAI_API_KEY" if name == "openai" else "ANTHROPIC_API_KEY"
-        raise LookupError(
+        raise NotConfiguredError(
             f"loopsafe.llm has no {name} key: pass {name}_api_key= to loopsafe.llm.configure() "
             f"or set {key} before the first call"
         )
     return provider
 
 
-def _owner(getter: str) -> LoopOwner:
+def _owner(package: str, getter: str) -> LoopOwner:
     return LoopOwner(
         asyncio.get_running_loop(),
-        what=f"This client from loopsafe.llm.{getter}",
+        what=f"This client from {package}.{getter}",
         fix=(
             f"Call {getter} where you use the client (it returns the running loop's own client) "
             "instead of keeping one in a variable, attribute or closure that outlives its loop."
@@ -108,7 +109,9 @@ def _sdk_options(
     """Keyword arguments of an SDK client for provider `name`, over a limited transport."""
     provider = _provider(settings, name)
     transport = LoopTransport2(
-        httpx2.AsyncHTTPTransport(), _owner(f"get_{name}()"), limiter(name, settings)
+        httpx2.AsyncHTTPTransport(),
+        _owner("loopsafe.llm", f"get_{name}()"),
+        limiter(name, settings),
     )
     return {
         "api_key": provider.api_key,
@@ -138,14 +141,14 @@ def _make_anthropic(settings: Settings) -> anthropic.AsyncAnthropic:
 def _make_http(settings: Settings, name: str) -> httpx.AsyncClient:
     options = settings.http.get(name)
     if options is None:
-        raise LookupError(
+        raise NotConfiguredError(
             f"No HTTP client named {name!r}: pass http={{{name!r}: {{...httpx options}}}} to "
             f"loopsafe.llm.configure() (configured: {', '.join(map(repr, settings.http))})"
         )
     kwargs = {"timeout": settings.timeout, **options}
     kwargs["transport"] = LoopTransport(
         kwargs.get("transport") or httpx.AsyncHTTPTransport(),
-        _owner(f"get_http({name!r})"),
+        _owner("loopsafe.http", f"get_http({name!r})"),
         limiter(name, settings),
     )
     return httpx.AsyncClient(**kwargs)
@@ -160,8 +163,8 @@ def get_openai() -> openai.AsyncOpenAI:
     client is kept without a byte sent and the child gets a new one. Call it where you use the
     client; do not keep the result beyond the current loop.
 
-    Raises `NoRunningLoopError` outside a running event loop and `LookupError` when no OpenAI key
-    is configured.
+    Raises `NoRunningLoopError` outside a running event loop and `NotConfiguredError` (a
+    `LookupError`) when no OpenAI key is configured.
 
     .. versionadded:: 0.1.0
     """
@@ -175,8 +178,8 @@ def get_anthropic() -> anthropic.AsyncAnthropic:
     The same lifecycle and limiting as `get_openai()`, with ``limits["anthropic"]``.
 
     Raises `ImportError` naming the extra when the anthropic SDK is not installed,
-    `NoRunningLoopError` outside a running event loop and `LookupError` when no Anthropic key is
-    configured.
+    `NoRunningLoopError` outside a running event loop and `NotConfiguredError` (a `LookupError`)
+    when no Anthropic key is configured.
 
     .. versionadded:: 0.1.0
     """
@@ -186,17 +189,8 @@ def get_anthropic() -> anthropic.AsyncAnthropic:
     return client
 
 
-def get_http(name: str = "default") -> httpx.AsyncClient:
-    """Return the running loop's `httpx.AsyncClient` called `name`, creating it on first use.
-
-    Made from ``configure(http={name: {...}})`` (``"default"``: a plain client with the configured
-    timeout); limited by ``limits[name]`` when configured. The same lifecycle as `get_openai()`.
-
-    Raises `NoRunningLoopError` outside a running event loop and `LookupError` for a name that is
-    not configured.
-
-    .. versionadded:: 0.1.0
-    """
+def http_client(name: str) -> httpx.AsyncClient:
+    """The running loop's httpx client called `name` (what `loopsafe.http.get_http` returns)."""
     client: httpx.AsyncClient = _loop_clients.get().get(
         f"http:{name}", current_settings(), _make_http, name
     )

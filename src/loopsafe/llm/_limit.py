@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .. import _fork
+from .._errors import NotConfiguredError
 from .._log import get_logger
 from ..redis._client import loop_clients
 from ._errors import LimitTimeoutError
@@ -201,15 +202,15 @@ async def limit(name: str) -> AsyncIterator[None]:
     Redis unreachable each process keeps to its share and ``loopsafe.llm_limit_degraded`` is
     logged; coordination resumes by itself when Redis is back.
 
-    Raises `LimitTimeoutError` after `Limit.max_wait` seconds in line, and `LookupError` for a
-    name `configure(limits=...)` did not set.
+    Raises `LimitTimeoutError` after `Limit.max_wait` seconds in line, and `NotConfiguredError`
+    (a `LookupError`) for a name `configure(limits=...)` did not set.
 
     .. versionadded:: 0.1.0
     """
     found = limiter(name)
     if found is None:
         configured = sorted(current_settings().limits)
-        raise LookupError(
+        raise NotConfiguredError(
             f"No LLM limit named {name!r}: pass limits={{{name!r}: Limit(...)}} to "
             f"loopsafe.llm.configure() (configured: {', '.join(map(repr, configured)) or 'none'})"
         )

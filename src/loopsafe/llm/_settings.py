@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from .._errors import ConfigurationError, ConfigurationTypeError
 from .._log import get_logger
 from .._validate import count, seconds
 
@@ -120,9 +121,9 @@ def configure(
     Redis server `loopsafe.redis` is configured for (``$REDIS_URL``).
 
     Nothing connects here, but everything is checked now, with messages naming the setting:
-    `ValueError` for a missing key, an unknown provider, a limit or timeout that is not a positive
-    finite number (≤ 0, NaN, infinite); `TypeError` for a value of the wrong type and an `http`
-    option httpx does not accept; `ImportError` naming the extra when a named provider's SDK is
+    `ConfigurationError` (a `ValueError`) for a missing key, an unknown provider, a limit or
+    timeout that is not a positive finite number (≤ 0, NaN, infinite); `ConfigurationTypeError`
+    (also a `TypeError`) for a value of the wrong type and an `http` option httpx does not accept; `ImportError` naming the extra when a named provider's SDK is
     not installed.
 
     .. versionadded:: 0.1.0
@@ -145,7 +146,7 @@ def configure(
     space = namespace if namespace is not None else os.environ.get("LOOPSAFE_LLM_NAMESPACE")
     space = space or DEFAULT_NAMESPACE
     if not isinstance(space, str) or not space.strip():
-        raise ValueError(f"namespace must be a non-empty string, got {namespace!r}")
+        raise ConfigurationError(f"namespace must be a non-empty string, got {namespace!r}")
     with _lock:
         _version += 1
         _settings = Settings(
@@ -181,7 +182,7 @@ def _providers(
         names = [wanted] if isinstance(wanted, str) else list(wanted)
         for name in names:
             if name not in PROVIDERS:
-                raise ValueError(
+                raise ConfigurationError(
                     f"providers: unknown provider {name!r}; loopsafe.llm knows "
                     f"{' and '.join(map(repr, PROVIDERS))} (use get_http() for any other API)"
                 )
@@ -189,7 +190,7 @@ def _providers(
     for name in names:
         key, url = found[name]
         if not key:
-            raise ValueError(
+            raise ConfigurationError(
                 f"{name}_api_key is missing: pass {name}_api_key= to configure() or set "
                 f"{_ENV[name][0]} (any non-empty value for local servers such as vLLM or Ollama)"
             )
@@ -203,12 +204,12 @@ def _providers(
 
 def _check_limit(name: object, limit: object) -> Limit:
     if not isinstance(name, str) or not name:
-        raise ValueError(f"limits: a limit's name must be a non-empty string, got {name!r}")
+        raise ConfigurationError(f"limits: a limit's name must be a non-empty string, got {name!r}")
     where = f"limits[{name!r}]"
     if not isinstance(limit, Limit):
-        raise ValueError(f"{where} must be a loopsafe.llm.Limit, got {limit!r}")
+        raise ConfigurationError(f"{where} must be a loopsafe.llm.Limit, got {limit!r}")
     if limit.concurrency is None and limit.per_minute is None:
-        raise ValueError(f"{where} limits nothing: give concurrency=, per_minute= or both")
+        raise ConfigurationError(f"{where} limits nothing: give concurrency=, per_minute= or both")
     for setting in ("concurrency", "per_minute", "processes"):
         value = getattr(limit, setting)
         if value is not None:
@@ -218,7 +219,7 @@ def _check_limit(name: object, limit: object) -> Limit:
     if limit.processes is None and os.environ.get("LOOPSAFE_PROCESSES"):
         raw = os.environ["LOOPSAFE_PROCESSES"]
         if not raw.strip().isdigit() or int(raw) < 1:
-            raise ValueError(f"LOOPSAFE_PROCESSES must be a whole number >= 1, got {raw!r}")
+            raise ConfigurationError(f"LOOPSAFE_PROCESSES must be a whole number >= 1, got {raw!r}")
         return dataclasses.replace(limit, processes=int(raw))
     return limit
 
@@ -228,14 +229,14 @@ _HTTPX_OPTIONS = frozenset(inspect.signature(httpx.AsyncClient.__init__).paramet
 
 def _check_http(name: object, options: object) -> Mapping[str, Any]:
     if not isinstance(name, str) or not name:
-        raise ValueError(f"http: a client's name must be a non-empty string, got {name!r}")
+        raise ConfigurationError(f"http: a client's name must be a non-empty string, got {name!r}")
     if not isinstance(options, Mapping):
-        raise TypeError(
+        raise ConfigurationTypeError(
             f"http[{name!r}] must be a mapping of httpx.AsyncClient options, got {options!r}"
         )
     unknown = sorted(set(options) - _HTTPX_OPTIONS)
     if unknown:
-        raise TypeError(
+        raise ConfigurationTypeError(
             f"http[{name!r}]: httpx.AsyncClient does not accept {', '.join(unknown)}; pass only "
             "its keyword arguments (base_url, headers, timeout, limits, transport, …)"
         )

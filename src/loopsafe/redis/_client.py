@@ -15,6 +15,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
+from .._errors import ConfigurationError, ConfigurationTypeError
 from .._log import get_logger, redact_dsn
 from .._owner import LoopOwner
 from .._registry import LoopLocal
@@ -61,7 +62,8 @@ def configure(url: str | None = None, **client_options: Any) -> None:
 
     Clients that loops already made keep working with the old settings until their loop ends.
 
-    Raises `TypeError` for an option Redis does not accept and `ValueError` for a bad URL.
+    Raises `ConfigurationTypeError` (a `TypeError`) for an option Redis does not accept and
+    `ConfigurationError` (a `ValueError`) for a bad URL.
 
     .. versionadded:: 0.1.0
     """
@@ -79,9 +81,11 @@ def _resolve_url(url: str | None) -> str:
     if url is None:
         url = os.environ.get("REDIS_URL") or DEFAULT_URL
     if not isinstance(url, str):
-        raise TypeError(f"Redis URL must be a string such as 'redis://host:6379/0', got {url!r}")
+        raise ConfigurationTypeError(
+            f"Redis URL must be a string such as 'redis://host:6379/0', got {url!r}"
+        )
     if not url.startswith(_SCHEMES):
-        raise ValueError(
+        raise ConfigurationError(
             f"Unsupported Redis URL {redact_dsn(url)!r}: use redis://host:port/db, "
             "rediss://host:port/db (TLS) or unix:///path/to/redis.sock?db=0"
         )
@@ -95,12 +99,14 @@ def _validate(url: str, options: Mapping[str, Any]) -> None:
         # Connection classes take their options only here; an unknown keyword fails now.
         pool.make_connection()  # type: ignore[no-untyped-call]  # unannotated in redis-py
     except TypeError as exc:
-        raise TypeError(
+        raise ConfigurationTypeError(
             f"loopsafe.redis.configure() got an option Redis does not accept ({exc}). Pass only "
             "keyword arguments of redis.asyncio.Redis / ConnectionPool."
         ) from exc
     except ValueError as exc:
-        raise ValueError(f"Invalid Redis URL or option for {redact_dsn(url)!r}: {exc}") from exc
+        raise ConfigurationError(
+            f"Invalid Redis URL or option for {redact_dsn(url)!r}: {exc}"
+        ) from exc
 
 
 def _current_settings() -> _Settings:

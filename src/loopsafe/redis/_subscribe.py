@@ -17,7 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import _validate
 from .._bound import await_bounded
-from .._errors import LoopsafeError
+from .._errors import ConfigurationError, ConfigurationTypeError, LoopsafeError
 from .._log import get_logger
 from ._client import loop_clients
 from ._redis_compat import close_socket_now
@@ -85,8 +85,9 @@ async def subscribe(
     iteration ends with `SubscriptionLostError`. The subscription is active once the first
     ``__anext__`` has sent SUBSCRIBE; a message published before that is not seen.
 
-    Raises `ValueError` (no channels, bad `reconnect_timeout`) or `TypeError` (a channel that is
-    not a string) on the first iteration, and `NoRunningLoopError` outside a loop.
+    Raises `ConfigurationError` (a `ValueError`: no channels, bad `reconnect_timeout`) or
+    `ConfigurationTypeError` (a `TypeError`: a channel that is not a string) on the first
+    iteration, and `NoRunningLoopError` outside a loop.
 
     .. versionadded:: 0.1.0
     """
@@ -151,10 +152,12 @@ async def subscribe(
 
 def _check_arguments(channels: tuple[object, ...], reconnect_timeout: object) -> None:
     if not channels:
-        raise ValueError("subscribe() needs at least one channel (or pattern) name")
+        raise ConfigurationError("subscribe() needs at least one channel (or pattern) name")
     for channel in channels:
         if not isinstance(channel, str):
-            raise TypeError(f"channel names must be str, got {type(channel).__name__}: {channel!r}")
+            raise ConfigurationTypeError(
+                f"channel names must be str, got {type(channel).__name__}: {channel!r}"
+            )
     _validate.seconds("reconnect_timeout", reconnect_timeout, allow_zero=True)
 
 
