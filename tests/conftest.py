@@ -7,6 +7,8 @@ enabled below; this suite is its first user.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
@@ -79,3 +81,70 @@ def attach_a_new_loop() -> None:
         local.get()
 
     asyncio.run(touch())
+
+
+#: Seconds a fresh interpreter may take for its one test before it is killed.
+FRESH_INTERPRETER_DEADLINE = 60.0
+
+# Runs one test function in a new interpreter: its arguments are importable objects named
+# "module:qualname" (the parametrised fork function), warnings are errors as under pytest.
+_RUN_ONE = """
+import importlib, sys
+def named(spec):
+    module, _, name = spec.partition(":")
+    value = importlib.import_module(module)
+    for part in name.split("."):
+        value = getattr(value, part)
+    return value
+test = named(sys.argv[1])
+test(**{key: named(spec) for key, spec in (arg.split("=", 1) for arg in sys.argv[2:])})
+print("passed")
+"""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run a test marked ``fresh_interpreter`` alone in a new interpreter, within a deadline.
+
+    A fork that skips the at-fork hooks copies every lock another thread holds at that moment;
+    in a shared run (embedded-server threads, the loop reaper) a child once deadlocked on one.
+    A new interpreter has only the test's own threads. Such tests take no fixtures: only
+    parameters that are importable functions.
+    """
+    if pyfuncitem.get_closest_marker("fresh_interpreter") is None:
+        return None
+    arguments = []
+    for name in pyfuncitem._fixtureinfo.argnames:
+        value = pyfuncitem.funcargs[name]
+        module, qualname = getattr(value, "__module__", None), getattr(value, "__qualname__", "")
+        if module is None or "<" in qualname:
+            raise TypeError(
+                f"a fresh_interpreter test takes importable arguments, {name}={value!r}"
+            )
+        arguments.append(f"{name}={module}:{qualname}")
+    test = f"{pyfuncitem.module.__name__}:{pyfuncitem.originalname}"
+    rootdir = pyfuncitem.config.rootpath
+    command = [sys.executable, "-W", "error", "-c", _RUN_ONE, test, *arguments]
+    try:
+        done = subprocess.run(
+            command,
+            cwd=rootdir,
+            capture_output=True,
+            text=True,
+            timeout=FRESH_INTERPRETER_DEADLINE,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as timeout:  # subprocess.run has killed it
+        seen = timeout.stderr.decode() if isinstance(timeout.stderr, bytes) else timeout.stderr
+        pytest.fail(
+            f"{pyfuncitem.nodeid} did not finish within {FRESH_INTERPRETER_DEADLINE:g} s in a "
+            f"fresh interpreter and was killed:\n{seen or ''}",
+            pytrace=False,
+        )
+    if done.returncode != 0 or done.stdout.strip() != "passed":
+        pytest.fail(
+            f"{pyfuncitem.nodeid} failed in a fresh interpreter (exit {done.returncode}):\n"
+            f"{done.stdout}\n{done.stderr}",
+            pytrace=False,
+        )
+    return True
