@@ -7,6 +7,7 @@ enabled below; this suite is its first user.
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
 from collections.abc import Callable, Coroutine, Mapping
@@ -148,3 +149,35 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
             pytrace=False,
         )
     return True
+
+
+def _unclosed_streams() -> list[str]:
+    """asyncio stream writers still open on a closed loop: each would warn at interpreter exit."""
+    from loopsafe import _release
+
+    gc.collect()
+    # Kept on purpose (their sockets let go without I/O) and quieted at exit by loopsafe itself.
+    kept = {id(obj) for obj in _release._kept}
+    found = []
+    for obj in gc.get_objects():
+        if isinstance(obj, asyncio.StreamWriter) and id(obj.transport) not in kept:
+            transport = obj.transport
+            loop = getattr(obj, "_loop", None)
+            if not transport.is_closing() and loop is not None and loop.is_closed():
+                referrers = [type(ref).__name__ for ref in gc.get_referrers(obj)]
+                found.append(f"{obj!r} (held by {', '.join(referrers)})")
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a stream outlived its loop unclosed.
+
+    Its ResourceWarning ("loop is closed") would come only at interpreter exit, after pytest
+    ends, where no filterwarnings reaches: a leak of exactly the kind loopsafe exists to prevent.
+    """
+    leaked = _unclosed_streams()
+    if leaked:
+        session.config.get_terminal_writer().line(
+            "asyncio streams left open on a closed loop:\n  " + "\n  ".join(leaked), red=True
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
