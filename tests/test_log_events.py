@@ -134,7 +134,7 @@ def test_a_representative_run_emits_only_documented_events_and_is_quiet_at_info(
     run_async(work())
     close_all_loops()
 
-    seen = [
+    seen: list[tuple[str, str | None, str]] = [
         (record.levelname, getattr(record, "loopsafe_event", None), record.name)
         for record in caplog.records
         if record.name.startswith("loopsafe")
@@ -151,7 +151,7 @@ def test_a_representative_run_emits_only_documented_events_and_is_quiet_at_info(
         "loopsafe.run_async_loop_created",
         "loopsafe.run_async_loop_closed",
     } <= names
-    at_info = [event for level, event, _ in seen if level != "DEBUG"]
+    at_info = [str(event) for level, event, _ in seen if level != "DEBUG"]
     # Configuration once, then one engine line per loop (3 asyncio.run + 1 run_async loop).
     assert sorted(set(at_info)) == [
         "loopsafe.db.engine_created",

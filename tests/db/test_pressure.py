@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -92,7 +93,7 @@ async def test_pool_status_counts_only_connections_that_exist_under_a_hard_cap(
         start.wait(10)
         asyncio.run(main())
 
-    samples: list[tuple[dict[str, float], int]] = []
+    samples: list[tuple[dict[str, Any], int]] = []
     async with raw_connection(postgres_url) as raw:
         threads = [threading.Thread(target=one_loop) for _ in range(2)]
         for thread in threads:
