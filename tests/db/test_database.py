@@ -318,7 +318,7 @@ async def test_pool_status_sums_over_loops(postgres_url: str, db_name: str) -> N
         "checked_out": 0,
         "checked_in": 0,
         "overflow": 0,
-        "capacity": 0,
+        "capacity": 10,  # the budgeted share, before any loop too (0 would mean unbounded)
         "usage": 0.0,
         "waiting": 0,
         "longest_wait": 0.0,
