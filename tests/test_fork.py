@@ -15,7 +15,7 @@ import loopsafe
 from loopsafe import LoopLocal
 
 from .conftest import logged
-from .forking import in_child, libc_fork
+from .forking import FORKS, in_child, libc_fork
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -60,7 +60,7 @@ def _child_report(
     }
 
 
-@pytest.mark.parametrize("fork", [os.fork, libc_fork], ids=["os.fork", "fork-without-hooks"])
+@pytest.mark.parametrize("fork", FORKS)
 def test_forked_child_drops_inherited_instances_and_parent_keeps_its_own(
     fork: Callable[[], int],
 ) -> None:
@@ -163,6 +163,7 @@ raise SystemExit(os.waitstatus_to_exitcode(status))
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.fresh_interpreter
 def test_a_fork_without_hooks_never_hands_out_or_closes_inherited_instances_on_the_inherited_loop() -> (
     None
 ):
@@ -200,6 +201,7 @@ def test_a_fork_without_hooks_never_hands_out_or_closes_inherited_instances_on_t
     assert parent_conn.closed_by == [os.getpid()]
 
 
+@pytest.mark.fresh_interpreter
 def test_reset_after_fork_is_the_fix_for_a_child_that_reuses_the_inherited_loop_first() -> None:
     local = _make_local()
     loop = asyncio.new_event_loop()

@@ -9,13 +9,18 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
 from loopsafe.testing import EmbeddedPostgres, EmbeddedRedis
+
+from . import conftest as suite_conftest
+from .forking import in_child
 
 
 @pytest.mark.postgres
@@ -140,3 +145,50 @@ def test_a_temp_dir_the_server_user_cannot_reach_is_refused_not_opened_up(
     finally:
         server.close()
     assert _modes(tmp_path) == before
+
+
+def test_a_forked_child_past_its_deadline_is_killed_and_fails_the_test() -> None:
+    def hang() -> dict[str, Any]:
+        time.sleep(3600)
+        return {}
+
+    started = time.monotonic()
+    with pytest.raises(AssertionError, match=r"did not finish within 0\.5 s and was killed"):
+        in_child(hang, deadline=0.5)
+    assert time.monotonic() - started < 10
+
+
+FRESH_TESTS = """
+import os, sys, time
+import pytest
+
+@pytest.mark.fresh_interpreter
+def test_runs_elsewhere():
+    with open("ran_in", "w") as out:
+        out.write(str(os.getpid()))
+
+@pytest.mark.fresh_interpreter
+def test_fails_elsewhere():
+    raise ValueError("seen in the fresh interpreter")
+
+@pytest.mark.fresh_interpreter
+def test_hangs_elsewhere():
+    time.sleep(3600)
+"""
+
+
+def test_fresh_interpreter_tests_run_apart_report_failures_and_are_killed_at_their_deadline(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(suite_conftest, "FRESH_INTERPRETER_DEADLINE", 5.0)
+    pytester.makeconftest("from tests.conftest import pytest_pyfunc_call")
+    pytester.makeini(
+        "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+        "markers =\n    fresh_interpreter: run alone in a new interpreter\n"
+    )
+    pytester.makepyfile(test_fresh=FRESH_TESTS)
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines(["*ValueError: seen in the fresh interpreter*"])
+    result.stdout.fnmatch_lines(["*did not finish within 5 s in a fresh interpreter*"])
+    assert int((pytester.path / "ran_in").read_text()) != os.getpid()

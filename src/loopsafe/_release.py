@@ -12,6 +12,7 @@ unregister the descriptor from an epoll set the parent still uses, or warn about
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import threading
@@ -53,6 +54,25 @@ def release_transport(transport: Any, *owners: object) -> None:
             return
     _point_at_devnull(transport)
     keep_forever(transport, *owners)
+
+
+def _quiet_at_exit() -> None:
+    """Let the kept transports go quietly before the interpreter tears its modules down.
+
+    "For good" ends at exit: the list is freed with this module, and each kept stream writer then
+    warned "loop is closed" (a ResourceWarning printed after the test suite, outside any
+    filterwarnings). Their descriptors point at /dev/null by now, so closing them sends nothing
+    and touches no registration a forked parent still uses.
+    """
+    with _kept_lock:
+        kept = list(_kept)
+    for transport in kept:
+        sock = take_socket(transport)
+        if sock is not None:
+            sock.close()
+
+
+atexit.register(_quiet_at_exit)
 
 
 def _point_at_devnull(transport: Any) -> None:

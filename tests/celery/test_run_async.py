@@ -29,7 +29,7 @@ from loopsafe.celery import (
 )
 from tests.conftest import LOOP_FACTORIES
 
-from ..forking import in_child, libc_fork
+from ..forking import FORKS, in_child
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
@@ -539,7 +539,7 @@ def test_a_task_blocking_the_process_loop_is_named_in_a_warning(
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-@pytest.mark.parametrize("fork", [os.fork, libc_fork], ids=["os.fork", "fork-without-hooks"])
+@pytest.mark.parametrize("fork", FORKS)
 def test_forked_child_gets_a_fresh_loop_and_the_parent_keeps_its_own(
     fork: Callable[[], int],
 ) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from ..test_log_events import documented_events
 from .conftest import AMQP_URL, WorkerEnv, amqp_reachable, postgres
 
 pytestmark = [pytest.mark.celery, pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
@@ -144,7 +145,15 @@ def test_async_tasks_on_a_real_worker(pool: str, worker_env: WorkerEnv, start_wo
     log = worker.log()
     assert worker.forbidden_lines() == [], log
     assert_every_resource_closed_cleanly(log)
-    assert "loopsafe.celery_worker_shutdown" in log
+    # Every loopsafe event the worker's processes logged is in the logging guide.
+    worker_events = set(re.findall(r"\] (loopsafe\.[a-z_.]+[a-z])(?: |$)", log, re.MULTILINE))
+    assert "loopsafe.celery_worker_configured" in worker_events, log
+    assert sorted(worker_events - set(documented_events())) == []
+    shutdown = re.findall(r"loopsafe\.celery_worker_shutdown .*loops_closed=(\d+)", log)
+    assert len(shutdown) == 1, log
+    if pool == "threads, loop=thread":
+        # Each pool thread's loop closed as its thread ended, before worker_shutdown: counted.
+        assert int(shutdown[0]) >= 2, log
     if pool == "prefork":
         assert "loopsafe.celery_process_shutdown" in log  # each child closed its own loop
 

@@ -229,6 +229,37 @@ def test_sequential_asyncio_runs_leave_no_connection_behind(
     assert disposed["abandoned"] == 0
 
 
+def test_a_loop_end_logs_one_loopsafe_line_at_info_and_nothing_from_the_pool(
+    postgres_url: str, db_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An application showing loopsafe's INFO events sees `engine_created` per loop, nothing
+    more: SQLAlchemy's "Pool disposed" / "Pool recreating" stay under `sqlalchemy.pool`."""
+    caplog.set_level(logging.DEBUG, logger="loopsafe")
+    db = Database(postgres_url, name=db_name)
+
+    async def once() -> None:
+        async with db.session() as session:
+            await session.execute(text("SELECT 1"))
+
+    asyncio.run(once())
+    loud = [
+        (record.name, record.getMessage())
+        for record in caplog.records
+        if record.levelno >= logging.INFO and record.name.startswith("loopsafe")
+    ]
+    assert [message.split()[0] for _, message in loud] == ["loopsafe.db.engine_created"], loud
+    # Still SQLAlchemy's to show, as for any of its pools (echo_pool, the sqlalchemy.pool logger).
+    pool_lines = [record for record in caplog.records if "Pool disposed" in record.getMessage()]
+    assert pool_lines == []
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="sqlalchemy.pool")
+    asyncio.run(once())
+    assert any(
+        record.name.startswith("sqlalchemy.pool") and "Pool disposed" in record.getMessage()
+        for record in caplog.records
+    )
+
+
 def test_loop_closed_without_shutdown_drops_its_connections(
     postgres_url: str,
     db_name: str,
@@ -287,7 +318,7 @@ async def test_pool_status_sums_over_loops(postgres_url: str, db_name: str) -> N
         "checked_out": 0,
         "checked_in": 0,
         "overflow": 0,
-        "capacity": 0,
+        "capacity": 10,  # the budgeted share, before any loop too (0 would mean unbounded)
         "usage": 0.0,
         "waiting": 0,
         "longest_wait": 0.0,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -19,6 +21,7 @@ from loopsafe.db import Database, PoolBudget, PoolExhaustedError
 
 from ..conftest import logged
 from ..forking import in_child
+from .conftest import raw_connection
 
 TWO = PoolBudget(max_connections=2, processes=1, reserve=0)  # pool 1 + overflow 1
 
@@ -66,6 +69,75 @@ async def test_pool_status_counts_waiting_checkouts_and_their_longest_wait(
     assert set(status) >= {"loops", "pool_size", "max_overflow", "checked_out", "checked_in"}
 
 
+async def test_pool_status_counts_only_connections_that_exist_under_a_hard_cap(
+    postgres_url: str, db_name: str, app_name: str
+) -> None:
+    """Two threads' loops share a budget of 2 with 8 sessions: a checkout waiting for a budget
+    slot is `waiting`, never `checked_out`, and the pool never reports more than the server has.
+
+    SQLAlchemy counts a checkout before its connection exists; counted that way, most samples
+    read 4 checked out (usage 2.0) while the server held 2.
+    """
+    db = Database(postgres_url, name=db_name, budget=TWO, engine_options={"pool_timeout": 10})
+    start = threading.Barrier(3)
+
+    def one_loop() -> None:
+        async def one() -> None:
+            async with db.session() as session:
+                await session.execute(text("SELECT pg_sleep(0.05)"))
+
+        async def main() -> None:
+            await asyncio.gather(*(one() for _ in range(4)))
+            await db.aclose()
+
+        start.wait(10)
+        asyncio.run(main())
+
+    samples: list[tuple[dict[str, Any], int]] = []
+    async with raw_connection(postgres_url) as raw:
+        threads = [threading.Thread(target=one_loop) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        await asyncio.to_thread(start.wait, 10)
+        while any(thread.is_alive() for thread in threads):
+            before = dict(db.pool_status())
+            server = await raw.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", app_name
+            )
+            after = dict(db.pool_status())
+            samples.append((before, server))
+            samples.append((after, server))
+            await asyncio.sleep(0.005)
+        for thread in threads:
+            await asyncio.to_thread(thread.join, 10)
+    assert len(samples) >= 10, samples
+    assert max(server for _, server in samples) <= 2
+    assert any(status["waiting"] >= 1 for status, _ in samples), "no sample saw the cap bite"
+    wrong = [
+        status
+        for status, _ in samples
+        if status["checked_out"] > 2
+        or status["usage"] > 1.0
+        or status["checked_out"] + status["checked_in"] > 2
+    ]
+    assert wrong == [], f"{len(wrong)} of {len(samples)} samples over-report: {wrong[:3]}"
+    assert any(status["checked_out"] == 2 for status, _ in samples)
+
+
+async def test_pool_status_reports_the_budgeted_capacity_before_the_first_loop(
+    postgres_url: str, db_name: str
+) -> None:
+    db = Database(postgres_url, name=db_name, budget=TWO)
+    assert (db.pool_status()["loops"], db.pool_status()["capacity"]) == (0, 2)
+    async with db.session() as session:
+        await session.execute(text("SELECT 1"))
+    assert (db.pool_status()["loops"], db.pool_status()["capacity"]) == (1, 2)
+    await db.aclose()
+    assert (db.pool_status()["loops"], db.pool_status()["capacity"]) == (0, 2)
+    unbudgeted = Database(postgres_url, name=db_name, poolclass="null")
+    assert unbudgeted.pool_status()["capacity"] == 0  # documented: unbounded
+
+
 async def test_a_long_hold_and_sustained_usage_are_logged_with_the_code_path(
     postgres_url: str,
     db_name: str,
@@ -97,6 +169,36 @@ async def test_a_long_hold_and_sustained_usage_are_logged_with_the_code_path(
     assert len(held) == 1
     assert held[0]["held_s"] >= 0.1
     assert "test_pressure.py" in held[0]["code"]
+
+
+async def test_a_busy_one_connection_pool_alerts_only_when_a_checkout_waits(
+    postgres_url: str,
+    db_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Per-thread loops under a budget get one connection each: busy by design, not pressure."""
+    monkeypatch.setenv("LOOPSAFE_DB_USAGE_ALERT_AFTER", "0.05")
+    caplog.set_level(logging.INFO, logger="loopsafe")
+    one_per_loop = PoolBudget(max_connections=2, processes=1, loops_per_process=2, reserve=0)
+    db = Database(postgres_url, name=db_name, budget=one_per_loop)
+
+    async def hold(seconds: float) -> None:
+        async with db.session() as session:
+            await session.execute(text("SELECT 1"))
+            await asyncio.sleep(seconds)
+
+    try:
+        for _ in range(4):  # usage 1/1 at every checkout, for 0.3 s: nobody waits, no alert
+            await hold(0.1)
+        assert db.pool_status()["capacity"] == 1
+        assert logged(caplog, "loopsafe.db.pool_pressure") == []
+        await asyncio.gather(*(hold(0.1) for _ in range(3)))  # two wait behind the first
+    finally:
+        await db.aclose()
+    pressure = logged(caplog, "loopsafe.db.pool_pressure")
+    assert len(pressure) == 1
+    assert (pressure[0]["capacity"], pressure[0]["waiting"]) == (1, 1)
 
 
 @pytest.mark.parametrize("variable", ["LOOPSAFE_DB_HELD_ALERT", "LOOPSAFE_DB_USAGE_ALERT"])

@@ -32,6 +32,11 @@ FAST_LLM = {
     "LLM_RETRIES": "2",
     "CONTENT_BATCH_SIZE": "4",
 }
+#: ``LOOPSAFE_TEST_TIER=full`` (CI's first suite stage) also runs the slow tier: the fault suite,
+#: and schemathesis with its whole budget. ``make test`` alone runs the quick tier.
+FULL_TIER = os.environ.get("LOOPSAFE_TEST_TIER", "") == "full"
+SLOW_TIER_REASON = "slow tier: runs with LOOPSAFE_TEST_TIER=full (as CI does)"
+
 _SCRUBBED = ("LLM_BASE_URL", "LLM_API_KEY", "OPENAI_API_KEY", "CELERY_BROKER_URL")
 
 

@@ -11,7 +11,16 @@ from typing import Any
 
 import psycopg
 import pytest
-from roadmap_testkit import Stack, make_env, query, read_events, wait_for, wait_for_status
+from roadmap_testkit import (
+    FULL_TIER,
+    SLOW_TIER_REASON,
+    Stack,
+    make_env,
+    query,
+    read_events,
+    wait_for,
+    wait_for_status,
+)
 
 from loopsafe.testing import EmbeddedRedis
 from roadmap_app.demo import iter_sse
@@ -413,6 +422,7 @@ def private_database_url(postgres_url: str) -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.mark.skipif(not FULL_TIER, reason=SLOW_TIER_REASON)
 def test_faults_during_several_roadmaps_leave_every_one_completed_or_failed_as_injected(
     private_database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

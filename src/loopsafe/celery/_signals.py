@@ -14,7 +14,7 @@ from .. import _fork
 from .._errors import WorkerBudgetError
 from .._log import get_logger
 from .._validate import seconds
-from . import _limits, _loop_thread, _run_async
+from . import _limits, _loop_thread, _run_async, _runner
 from ._pool import PoolKind, check_pool, process_loop_pool
 
 if TYPE_CHECKING:
@@ -267,6 +267,9 @@ def _connect_signals() -> None:
     signals.worker_process_shutdown.connect(
         _on_process_shutdown, weak=False, dispatch_uid="loopsafe.process_shutdown"
     )
+    signals.worker_shutting_down.connect(
+        _on_worker_shutting_down, weak=False, dispatch_uid="loopsafe.worker_shutting_down"
+    )
     signals.worker_shutdown.connect(
         _on_worker_shutdown, weak=False, dispatch_uid="loopsafe.worker_shutdown"
     )
@@ -289,9 +292,25 @@ def _on_process_shutdown(**_: Any) -> None:
     _log.info("loopsafe.celery_process_shutdown", pid=os.getpid(), loops_closed=closed)
 
 
+# The run_async loops open when the worker began to shut down. A threads pool's threads end
+# before worker_shutdown, and each thread's loop is closed (its pools disposed) as its thread
+# ends: counted only by close_all_loops(), those read "loops_closed=0" after 8 pools closed.
+_open_at_shutdown: list[_runner.ThreadLoop] = []
+
+
+def _on_worker_shutting_down(**_: Any) -> None:
+    _open_at_shutdown[:] = _runner.open_records()
+
+
 def _on_worker_shutdown(**_: Any) -> None:
+    ended_with_threads = sum(1 for record in _open_at_shutdown if record.closed)
+    _open_at_shutdown.clear()
     closed = _run_async.close_all_loops()
-    _log.info("loopsafe.celery_worker_shutdown", pid=os.getpid(), loops_closed=closed)
+    _log.info(
+        "loopsafe.celery_worker_shutdown",
+        pid=os.getpid(),
+        loops_closed=closed + ended_with_threads,
+    )
 
 
 def _task_label(task: Any, task_id: object) -> str:

@@ -425,21 +425,29 @@ class Database:
         for bound in bounds:
             pool = bound.engine.sync_engine.pool
             status["loops"] += 1
+            context = context_of(pool)
+            # Connections that exist, from loopsafe's own accounting: SQLAlchemy's counters
+            # include checkouts still waiting for a budget slot and emptied idle records.
+            held = context.held() if context is not None else 0
+            opened = context.open_count() if context is not None else 0
+            status["checked_out"] += held
             if isinstance(pool, QueuePool):
                 size = pool.size()
                 overflow_limit = max(0, max_overflow(pool))
                 status["pool_size"] += size
                 status["max_overflow"] += overflow_limit
-                status["checked_in"] += pool.checkedin()
-                status["checked_out"] += pool.checkedout()
-                status["overflow"] += max(0, pool.overflow())
+                status["checked_in"] += max(0, opened - held)
+                status["overflow"] += max(0, opened - size)
                 capacity += size + overflow_limit
-            else:
-                context = context_of(pool)
-                status["checked_out"] += context.checked_out if context is not None else 0
         if self.budget is not None:
             per_process = self.budget.per_process
-            capacity = per_process if self.poolclass == "null" else min(capacity, per_process)
+            # Before the first loop (or after the last one ended) the budget is still the
+            # process's share: a health check must not read 0, which means "unbounded".
+            capacity = (
+                per_process
+                if self.poolclass == "null" or not bounds
+                else min(capacity, per_process)
+            )
         waiting, longest_wait = self._pressure.waiting()
         status["capacity"] = capacity
         status["usage"] = round(status["checked_out"] / capacity, 4) if capacity else 0.0

@@ -74,8 +74,23 @@ class PoolContext:
         # Every driver connection this loop's engine opened and has not closed yet, keyed by id:
         # the entries are strong references, so an id cannot be reused while it is listed.
         self.connections: dict[int, Any] = {}
+        # Records a queue pool handed out and not yet got back. SQLAlchemy's checkedout() counts
+        # a checkout before its connection exists, so a checkout waiting for a budget slot (or
+        # reconnecting an emptied record) looked like a held connection (issue #20: 4 reported
+        # "checked out" while the server saw 2). Only a record with a connection is held.
+        self.out: set[ConnectionPoolEntry] = set()
         self.checked_out = 0
         self._lock = threading.Lock()
+
+    def held(self) -> int:
+        """Connections that exist and are checked out right now."""
+        if self.out:
+            return sum(1 for record in list(self.out) if record.dbapi_connection is not None)
+        return self.checked_out
+
+    def open_count(self) -> int:
+        """Connections this loop's engine opened and has not closed."""
+        return len(self.connections)
 
     def opened(self, connection: Any) -> None:
         with self._lock:
@@ -230,6 +245,12 @@ class _LoopBound(Pool):
 class LoopBoundQueuePool(_LoopBound, AsyncAdaptedQueuePool):
     """`AsyncAdaptedQueuePool` that refuses other loops and counts against a process budget."""
 
+    # SQLAlchemy names a pool's logger after its class's module: ours would log "Pool disposed"
+    # and "Pool recreating" at INFO under `loopsafe.db._pool…`, where an application that shows
+    # loopsafe's INFO events saw them at every loop end. Under SQLAlchemy's own name they follow
+    # `echo_pool` and the `sqlalchemy.pool` logger, as for any SQLAlchemy pool.
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"
+
     def _do_get(self) -> ConnectionPoolEntry:
         context = self.loopsafe
         if context is None:
@@ -254,9 +275,10 @@ class LoopBoundQueuePool(_LoopBound, AsyncAdaptedQueuePool):
         finally:
             if pressure is not None and wait is not None:
                 pressure.wait_ended(wait)
+        context.out.add(record)
         if pressure is not None:
             record.info[_CHECKED_OUT_AT] = time.monotonic()
-            pressure.observe_usage(self.checkedout(), self.size() + max_overflow(self))
+            pressure.observe_usage(context.held(), self.size() + max_overflow(self))
         try:
             self._invalidate_if_dead(record)
         except BaseException as error:  # a cancelled ping: nothing else would return the record
@@ -267,8 +289,11 @@ class LoopBoundQueuePool(_LoopBound, AsyncAdaptedQueuePool):
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         now = record.info[_CHECKED_IN_AT] = time.monotonic()
         checked_out_at = record.info.pop(_CHECKED_OUT_AT, None)
-        if checked_out_at is not None and self.loopsafe is not None and self.loopsafe.pressure:
-            self.loopsafe.pressure.observe_hold(now - checked_out_at)
+        context = self.loopsafe
+        if context is not None:
+            context.out.discard(record)
+            if checked_out_at is not None and context.pressure is not None:
+                context.pressure.observe_hold(now - checked_out_at)
         super()._do_return_conn(record)
 
     def _invalidate_if_dead(self, record: ConnectionPoolEntry) -> None:
@@ -319,6 +344,8 @@ class LoopBoundQueuePool(_LoopBound, AsyncAdaptedQueuePool):
 
 class LoopBoundNullPool(_LoopBound, NullPool):
     """`NullPool` (a new connection per checkout) with the same loop check and budget cap."""
+
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.NullPool"  # see LoopBoundQueuePool
 
     def _do_get(self) -> ConnectionPoolEntry:
         context = self.loopsafe

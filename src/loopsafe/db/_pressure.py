@@ -140,7 +140,12 @@ class PoolPressure:
     # -- alerts ----------------------------------------------------------------------------
 
     def observe_usage(self, used: int, capacity: int) -> None:
-        """Log ``loopsafe.db.pool_pressure`` when usage has stayed high for a while."""
+        """Log ``loopsafe.db.pool_pressure`` when usage has stayed high for a while.
+
+        `used` and `capacity` are one loop's pool. A pool of one connection (per-thread loops
+        under a budget) is busy by design whenever its loop works: it alerts only when a
+        checkout waits, never for usage alone.
+        """
         if capacity <= 0:
             return
         now = time.monotonic()
@@ -156,8 +161,10 @@ class PoolPressure:
             or now - self._last_usage_alert < self.alerts.interval
         ):
             return
-        self._last_usage_alert = now
         waiting, longest = self.waiting()
+        if capacity <= 1 and waiting == 0:
+            return
+        self._last_usage_alert = now
         _log.warning(
             "loopsafe.db.pool_pressure",
             database=self.database,

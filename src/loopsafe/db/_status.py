@@ -14,9 +14,11 @@ class PoolStatus(TypedDict):
     """Pool figures summed over a `Database`'s live loops in this process.
 
     ``loops``: live engines; ``pool_size``, ``max_overflow``: their configured sizes;
-    ``checked_out``, ``checked_in``: connections in use and idle; ``overflow``: connections open
-    beyond ``pool_size``; ``capacity``: the most connections this process may open (with a
-    budget, its per-process share; 0 means unbounded, a NullPool without budget); ``usage``:
+    ``checked_out``, ``checked_in``: connections that exist and are in use, or idle (a checkout
+    still waiting for a connection is counted in ``waiting``, never here); ``overflow``:
+    connections open beyond ``pool_size``; ``capacity``: the most connections this process may
+    open (with a budget, its per-process share, also before the first loop; 0 means unbounded,
+    a NullPool without budget); ``usage``:
     ``checked_out / capacity`` (0.0 when unbounded); ``waiting``: checkouts waiting for a
     connection now; ``longest_wait``: seconds the oldest of them has waited.
     """

@@ -10,12 +10,15 @@ import uuid
 from pathlib import Path
 
 import pytest
-from roadmap_testkit import Stack, delete_keys, make_env
+from roadmap_testkit import FULL_TIER, Stack, delete_keys, make_env
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
 # Seed, examples per operation, time budget (60 s) and stream reading are pinned there.
 CONFIG = Path(__file__).resolve().parent.parent / "schemathesis.toml"
+# The quick tier (`make test`): every check and phase, fewer examples, a third of the time. The
+# full budget runs with LOOPSAFE_TEST_TIER=full (CI's first suite stage).
+QUICK = [] if FULL_TIER else ["--max-examples", "8", "--max-time", "20"]
 
 
 @pytest.mark.timeout(180)
@@ -38,6 +41,7 @@ def test_the_api_keeps_its_openapi_contract_under_schemathesis(
                 "--checks",
                 "all",
                 "--no-color",
+                *QUICK,
                 f"{api.base_url}/openapi.json",
             ],
             cwd=tmp_path,  # where schemathesis keeps its cache of found failures
