@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 
 import loopsafe
+import loopsafe.http
 import loopsafe.llm
 import loopsafe.redis
 from loopsafe.celery import close_all_loops, run_async
@@ -127,7 +128,7 @@ def test_a_representative_run_emits_only_documented_events_and_is_quiet_at_info(
             await session.execute(text("SELECT 1"))
         await loopsafe.redis.get_redis().ping()
         assert await loopsafe.redis.publish(f"{db_name}:events", "hello") is True
-        loopsafe.llm.get_http()
+        loopsafe.http.get_http()
 
     for _ in range(3):
         asyncio.run(work())
