@@ -1,5 +1,9 @@
 """loopsafe: async resources that stay correct across event loops, threads and forked processes."""
 
+from ._bridge._run_async import close_all_loops as close_all_loops
+from ._bridge._run_async import close_thread_loop as close_thread_loop
+from ._bridge._run_async import run_async as run_async
+from ._bridge._run_async import use_process_loop as use_process_loop
 from ._errors import LoopsafeError as LoopsafeError
 from ._errors import NoRunningLoopError as NoRunningLoopError
 from ._errors import PoolExhaustedError as PoolExhaustedError
@@ -20,9 +24,13 @@ __all__ = (
     "PoolExhaustedError",
     "WrongLoopError",
     "aclose_all",
+    "close_all_loops",
+    "close_thread_loop",
     "loop_local",
     "reset_after_fork",
+    "run_async",
     "stats",
+    "use_process_loop",
 )
 
 claim_public_names(__name__, globals(), __all__)

@@ -9,7 +9,10 @@ runs on the calling thread itself (``run_until_complete``), which keeps a call a
 Lifecycle of those loops:
 
 - forked child: inherited loops are forgotten, never closed or used (see `forget_inherited`);
-- thread ends: its loop is closed on a small reaper thread (`_thread_ended`);
+- thread ends: its loop is closed at once on a closer thread of its own, so many ended threads'
+  loops close in parallel (`_thread_ended`, `_Reaper`);
+- loop idle for `idle_close` seconds (the main thread's after import-time work, a gunicorn
+  master's before it forks): closed the same way; its thread gets a new loop on its next call;
 - `close_record` (``close_thread_loop()``, ``close_all_loops()``, ``atexit``): the loop is drained
   and closed by `shutdown_loop`.
 
@@ -25,9 +28,10 @@ import asyncio
 import os
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Coroutine
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from typing import Any, NoReturn, TypeVar
 
 from .. import _fork
@@ -44,6 +48,7 @@ __all__ = (
     "inherited_loops",
     "open_records",
     "run_here",
+    "set_idle_close",
     "shutdown_loop",
     "thread_loop",
     "warn_cleanup_timeout",
@@ -52,7 +57,7 @@ __all__ = (
 T = TypeVar("T")
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
-_log = get_logger("loopsafe.celery")
+_log = get_logger("loopsafe.run_async")
 
 
 class ThreadLoop:
@@ -64,6 +69,7 @@ class ThreadLoop:
         "description",
         "finalizer",
         "interrupt",
+        "last_used",
         "lock",
         "loop",
         "pid",
@@ -82,6 +88,7 @@ class ThreadLoop:
         # An exception a signal handler raised inside a loop callback (see _exception_handler).
         self.interrupt: BaseException | None = None
         self.finalizer: weakref.finalize[Any, Any] | None = None
+        self.last_used = time.monotonic()
 
 
 class _ThreadSentinel:
@@ -96,6 +103,7 @@ _records_lock = threading.Lock()
 # shutdown signal or atexit), never longer.
 _records: set[ThreadLoop] = set()
 _reaper: _Reaper | None = None
+_idle_close: float | None = _limits.DEFAULT_IDLE_CLOSE
 # Loops inherited across fork(). Never closed: closing one would EPOLL_CTL_DEL its self-pipe from
 # the epoll instance the child shares with its parent, deafening the parent's loop. Never
 # collected either (a collected open loop warns): they are held here, a few file descriptors each.
@@ -123,25 +131,29 @@ def current_record() -> ThreadLoop | None:
 
 
 def run_here(
+    record: ThreadLoop,
     coro: Coroutine[Any, Any, T],
     timeout: float | None,
     make_error: _limits.TimeoutFactory,
     loop_factory: LoopFactory,
 ) -> T:
-    """Run `coro` on the calling thread's persistent loop (made by `loop_factory` if missing)."""
-    record = current_record() or thread_loop(loop_factory)
+    """Run `coro` on `record`, the calling thread's persistent loop."""
     try:
         record.lock.acquire()
     except BaseException:
         coro.close()
         raise
     try:
-        if record.closed:  # closed by another thread while we waited for the lock
+        if record.closed:  # closed by another thread (idle, shutdown) while we waited for the lock
             record.lock.release()
-            record = thread_loop(loop_factory)
+            # No cap here: this thread had its loop, it keeps its place.
+            fresh = thread_loop(loop_factory)
+            assert fresh is not None  # without a limit there is always one
+            record = fresh
             record.lock.acquire()
         return _run_locked(record, coro, timeout, make_error)
     finally:
+        record.last_used = time.monotonic()
         record.lock.release()
 
 
@@ -231,11 +243,16 @@ def _exception_handler(
     return handle
 
 
-def thread_loop(loop_factory: LoopFactory) -> ThreadLoop:
-    """Create (or re-create) the calling thread's persistent loop."""
+def thread_loop(loop_factory: LoopFactory, limit: int | None = None) -> ThreadLoop | None:
+    """Create (or re-create) the calling thread's persistent loop; None if `limit` loops exist."""
     _fork.check_pid()  # forked without the at-fork hooks? Then they run now.
-    loop = loop_factory()
-    record = ThreadLoop(loop)
+    with _records_lock:
+        # Counted with the loops still closing: they hold their connections until closed.
+        if limit is not None and len(_records) >= limit:
+            return None
+        loop = loop_factory()
+        record = ThreadLoop(loop)
+        _records.add(record)
     loop.set_exception_handler(_exception_handler(weakref.ref(record)))
     sentinel = _ThreadSentinel()
     finalizer = weakref.finalize(sentinel, _thread_ended, record)
@@ -244,12 +261,15 @@ def thread_loop(loop_factory: LoopFactory) -> ThreadLoop:
     record.finalizer = finalizer
     _local.record = record
     _local.sentinel = sentinel
-    with _records_lock:
-        _records.add(record)
-    if threading.current_thread() is not threading.main_thread():
-        _ensure_reaper()
+    _ensure_reaper()
     _log.debug("loopsafe.run_async_loop_created", loop=record.description)
     return record
+
+
+def set_idle_close(seconds: float | None) -> None:
+    """Close per-thread loops idle for `seconds` (None: never)."""
+    global _idle_close
+    _idle_close = seconds
 
 
 def open_records() -> list[ThreadLoop]:
@@ -314,11 +334,22 @@ async def _cancel_leftovers(timeout: float, description: str) -> None:
         )
 
 
-def close_record(record: ThreadLoop, timeout: float) -> bool:
-    """Close `record`'s loop if it is idle; False if it stayed busy for `timeout` seconds."""
+def close_record(record: ThreadLoop, timeout: float, *, idle_for: float | None = None) -> bool:
+    """Close `record`'s loop if it is idle; False if it stayed busy for `timeout` seconds.
+
+    With `idle_for`, only a loop unused that many seconds, and without waiting for it.
+    """
     if record.pid != os.getpid():
         return False
-    if not record.lock.acquire(timeout=timeout):
+    if idle_for is not None:
+        # A loop whose thread is making a call is not idle: leave it, do not wait for it.
+        if not record.lock.acquire(blocking=False):
+            return False
+        if not record.closed and time.monotonic() - record.last_used < idle_for:
+            record.lock.release()
+            return False
+        _log.debug("loopsafe.run_async_loop_idle", loop=record.description, seconds=idle_for)
+    elif not record.lock.acquire(timeout=timeout):
         _log.warning(
             "loopsafe.run_async_loop_busy",
             loop=record.description,
@@ -347,22 +378,67 @@ def close_record(record: ThreadLoop, timeout: float) -> bool:
 # --- threads that end ---------------------------------------------------------------------------
 
 
+#: Loops closed at the same time at most. Closing is mostly waiting on servers (an engine's
+#: dispose, a Redis client's close), so closers overlap well; one reaper closing loops one after
+#: another (14.7 ms each) fell behind a thread-per-request server and every loop not reached yet
+#: kept its connection (issue #24: 429 of 1000 requests failed with "too many clients").
+MAX_PARALLEL_CLOSES = 32
+
+
 class _Reaper:
-    """A daemon thread that closes the loops of threads that ended."""
+    """A daemon thread that hands ended threads' and idle loops to closer threads of their own."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.queue: SimpleQueue[ThreadLoop] = SimpleQueue()
+        self.slots = threading.BoundedSemaphore(MAX_PARALLEL_CLOSES)
         self.thread = threading.Thread(target=self._serve, name="loopsafe-loop-reaper", daemon=True)
         self.thread.start()
 
     def _serve(self) -> None:
         while True:
-            record = self.queue.get()
+            idle = _idle_close
             try:
-                close_record(record, _limits.DEFAULT_SHUTDOWN_TIMEOUT)
-            except Exception as exc:  # pragma: no cover - shutdown_loop logs its own failures
-                _log.warning("loopsafe.run_async_reap_failed", error=repr(exc))
+                record = self.queue.get(timeout=None if idle is None else max(idle / 4, 0.01))
+            except Empty:
+                self._close_idle()
+                continue
+            self._close_soon(record)
+            if idle is not None:
+                self._close_idle()
+
+    def _close_soon(self, record: ThreadLoop, idle: float | None = None) -> None:
+        self.slots.acquire()
+        try:
+            threading.Thread(
+                target=self._close,
+                args=(record, True, idle),
+                name="loopsafe-loop-closer",
+                daemon=True,
+            ).start()
+        except BaseException:  # pragma: no cover - no thread to be had: close it here
+            self.slots.release()
+            self._close(record, False, idle)
+
+    def _close(self, record: ThreadLoop, release: bool = True, idle: float | None = None) -> None:
+        try:
+            close_record(record, _limits.DEFAULT_SHUTDOWN_TIMEOUT, idle_for=idle)
+        except Exception as exc:  # pragma: no cover - shutdown_loop logs its own failures
+            _log.warning("loopsafe.run_async_reap_failed", error=repr(exc))
+        finally:
+            if release:
+                self.slots.release()
+
+    def _close_idle(self) -> None:
+        idle = _idle_close
+        if idle is None:
+            return
+        cutoff = time.monotonic() - idle
+        for record in open_records():
+            # Not locked: a loop running a call is not idle, and its lock says so below.
+            if record.closed or record.last_used > cutoff or record.lock.locked():
+                continue
+            self._close_soon(record, idle)
 
 
 def _ensure_reaper() -> None:
