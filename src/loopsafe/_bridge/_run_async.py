@@ -187,13 +187,22 @@ def run_async(
     ``SoftTimeLimitExceeded``) cancels the coroutine, waits up to `DEFAULT_CLEANUP_TIMEOUT`
     seconds for its ``finally`` blocks, then propagates: nothing is left running on the loop.
 
+    Where the coroutine runs is chosen once per process by `use_process_loop` or
+    ``LOOPSAFE_RUN_ASYNC_LOOP`` (``thread``, the default, or ``process``); with
+    ``LOOPSAFE_LOOPS_PER_PROCESS`` set, threads beyond that many loops share the process loop. A
+    thread's loop is closed promptly when the thread ends, and after
+    ``LOOPSAFE_RUN_ASYNC_IDLE_CLOSE`` seconds unused (60 by default, ``never`` to keep it).
+
     Raises:
         TypeError: `coro` is not a coroutine object.
-        ValueError: `timeout` is not a finite, positive number.
+        ValueError: `timeout` is not a finite, positive number, or a ``LOOPSAFE_*`` variable
+            above is malformed (read on the first call).
         TimeoutError: `timeout` seconds passed; the coroutine was cancelled and its cleanup ran.
         RuntimeError: calls nested more than `MAX_NESTING` deep.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       Public as ``loopsafe.run_async``; loop mode, loop cap and idle closing.
     """
     if not isinstance(coro, Coroutine):
         raise _not_a_coroutine(coro)
@@ -219,7 +228,11 @@ def run_async(
         return _run_nested(coro, timeout, make_error, factory)
     process_loop = _settings.process_loop
     if process_loop is None:
-        process_loop = _settings.resolve()
+        try:
+            process_loop = _settings.resolve()
+        except ValueError:  # a bad LOOPSAFE_* variable: nothing runs, nothing left unawaited
+            coro.close()
+            raise
     if not process_loop:
         record = _runner.current_record()
         if record is None:

@@ -270,6 +270,9 @@ def set_idle_close(seconds: float | None) -> None:
     """Close per-thread loops idle for `seconds` (None: never)."""
     global _idle_close
     _idle_close = seconds
+    reaper = _reaper
+    if reaper is not None and reaper.pid == os.getpid():
+        reaper.queue.put(None)  # wake it: it may be waiting on the previous setting
 
 
 def open_records() -> list[ThreadLoop]:
@@ -390,7 +393,8 @@ class _Reaper:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.queue: SimpleQueue[ThreadLoop] = SimpleQueue()
+        # None only wakes it up (the idle setting changed).
+        self.queue: SimpleQueue[ThreadLoop | None] = SimpleQueue()
         self.slots = threading.BoundedSemaphore(MAX_PARALLEL_CLOSES)
         self.thread = threading.Thread(target=self._serve, name="loopsafe-loop-reaper", daemon=True)
         self.thread.start()
@@ -403,7 +407,8 @@ class _Reaper:
             except Empty:
                 self._close_idle()
                 continue
-            self._close_soon(record)
+            if record is not None:
+                self._close_soon(record)
             if idle is not None:
                 self._close_idle()
 
