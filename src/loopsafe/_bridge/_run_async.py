@@ -127,7 +127,7 @@ def use_process_loop(enabled: bool = True, *, blocked_after: float | None = None
     Raises:
         TypeError, ValueError: `blocked_after` is not a finite, positive number of seconds.
 
-    .. versionadded:: 0.2.0
+    .. versionadded:: 0.1.0
     """
     if blocked_after is not None:
         blocked_after = seconds("use_process_loop() blocked_after", blocked_after)
@@ -195,14 +195,11 @@ def run_async(
 
     Raises:
         TypeError: `coro` is not a coroutine object.
-        ValueError: `timeout` is not a finite, positive number, or a ``LOOPSAFE_*`` variable
-            above is malformed (read on the first call).
+        ValueError: `timeout` is not a finite, positive number, or a variable above is malformed.
         TimeoutError: `timeout` seconds passed; the coroutine was cancelled and its cleanup ran.
         RuntimeError: calls nested more than `MAX_NESTING` deep.
 
     .. versionadded:: 0.1.0
-    .. versionchanged:: 0.2.0
-       Public as ``loopsafe.run_async``; loop mode, loop cap and idle closing.
     """
     if not isinstance(coro, Coroutine):
         raise _not_a_coroutine(coro)
@@ -291,6 +288,9 @@ def _off_loop(function: Callable[[], T]) -> T:
 def close_thread_loop(*, timeout: float = _limits.DEFAULT_SHUTDOWN_TIMEOUT) -> bool:
     """Close the calling thread's `run_async` loop cleanly; the next `run_async` makes a new one.
 
+    Sync, for code outside any loop (after import-time work, before a fork); from async code,
+    ``await loopsafe.aclose_all()`` closes the running loop's resources instead.
+
     Leftover tasks are cancelled, every loop-local resource is closed inside the loop
     (``loopsafe.aclose_all()``), async generators and the default executor are shut down, then the
     loop is closed. Each step is bounded by `timeout` seconds. Returns False if there was no loop
@@ -306,6 +306,9 @@ def close_thread_loop(*, timeout: float = _limits.DEFAULT_SHUTDOWN_TIMEOUT) -> b
 
 def close_all_loops(*, timeout: float = _limits.DEFAULT_SHUTDOWN_TIMEOUT) -> int:
     """Close every `run_async` loop of this process, each cleanly (see `close_thread_loop`).
+
+    Not to be confused with ``await loopsafe.aclose_all()``, which closes the resources of the
+    one loop it runs on and keeps the loop.
 
     Loops of live threads are closed only while idle (a loop running a call is waited for up to
     `timeout` seconds, then left alone and logged); their threads get a new loop on their next

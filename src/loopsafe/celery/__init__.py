@@ -26,7 +26,7 @@ __all__ = (
 claim_public_names(__name__, globals(), __all__)
 del claim_public_names
 
-#: Names that moved to the core package with the bridge (0.2.0); removed in 0.3.0.
+#: Names that moved to the core package with the bridge; removed in the next minor version.
 _MOVED = {
     "close_all_loops": "loopsafe.close_all_loops",
     "close_thread_loop": "loopsafe.close_thread_loop",
@@ -38,7 +38,7 @@ def __getattr__(name: str) -> object:
     if replacement is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     _warnings.warn(
-        f"loopsafe.celery.{name} is deprecated since 0.2.0 and will be removed in 0.3.0: use "
+        f"loopsafe.celery.{name} is deprecated and will be removed in the next minor version: use "
         f"{replacement} (the same function; run_async's loops are not Celery's).",
         DeprecationWarning,
         stacklevel=2,
