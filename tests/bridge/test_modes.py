@@ -214,6 +214,20 @@ def test_loops_per_process_caps_per_thread_loops(fresh_settings: pytest.MonkeyPa
     assert len(shared) == threads - 2
 
 
+def test_one_loop_per_process_keeps_the_first_thread_on_its_own_loop(
+    fresh_settings: pytest.MonkeyPatch,
+) -> None:
+    """LOOPSAFE_LOOPS_PER_PROCESS=1 (a prefork child's budget): the calling thread runs its own
+    loop as without a cap; a second thread, alive meanwhile, shares the process loop."""
+    fresh_settings.setenv("LOOPSAFE_LOOPS_PER_PROCESS", "1")
+    name, loop = run_async(where())
+    assert name == threading.current_thread().name
+    other = in_thread(lambda: run_async(where()))
+    assert isinstance(other, tuple)
+    assert other[0] == "loopsafe-process-loop"
+    assert run_async(where())[1] is loop
+
+
 def test_idle_loop_is_closed_and_the_next_call_makes_a_new_one(
     fresh_settings: pytest.MonkeyPatch,
 ) -> None:

@@ -189,7 +189,8 @@ def run_async(
 
     Where the coroutine runs is chosen once per process by `use_process_loop` or
     ``LOOPSAFE_RUN_ASYNC_LOOP`` (``thread``, the default, or ``process``); with
-    ``LOOPSAFE_LOOPS_PER_PROCESS`` set, threads beyond that many loops share the process loop. A
+    ``LOOPSAFE_LOOPS_PER_PROCESS=N`` set, N − 1 threads (at least one) get their own loop and
+    the others share the process loop. A
     thread's loop is closed promptly when the thread ends, and after
     ``LOOPSAFE_RUN_ASYNC_IDLE_CLOSE`` seconds unused (60 by default, ``never`` to keep it).
 
@@ -235,8 +236,13 @@ def run_async(
         if record is None:
             # A new loop only while the process holds fewer than its cap (the shared loop, which
             # takes the threads beyond it, counts as one): thread churn cannot multiply pools.
+            # With a cap of 1 the first thread still gets its own loop: a prefork child or a sync
+            # worker (one calling thread, LOOPSAFE_LOOPS_PER_PROCESS=1 for its budget) keeps
+            # running coroutines on its own thread, as without a cap.
             max_loops = _settings.max_loops
-            record = _runner.thread_loop(factory, None if max_loops is None else max_loops - 1)
+            record = _runner.thread_loop(
+                factory, None if max_loops is None else max(max_loops - 1, 1)
+            )
         if record is not None:
             return _runner.run_here(record, coro, timeout, make_error, factory)
     shared = _loop_thread.process_loop(factory, _settings.blocked_after)
