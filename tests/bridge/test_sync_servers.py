@@ -21,7 +21,7 @@ from loopsafe.testing import free_port
 
 from .servers import FORBIDDEN_IN_LOG, ROOT, Watcher, new_name, recipe_env, serve, server_command
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(180)]
 
 #: One pool: SQLAlchemy's default QueuePool holds 5 connections and 5 + 10 at most.
 ONE_POOL = 15
