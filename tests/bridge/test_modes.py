@@ -178,7 +178,13 @@ def test_ended_threads_loops_close_in_parallel(fresh_settings: pytest.MonkeyPatc
     async def use() -> None:
         resource_closing.get()
 
-    workers = [threading.Thread(target=lambda: run_async(use())) for _ in range(threads)]
+    together = threading.Barrier(threads)
+
+    def work() -> None:
+        run_async(use())
+        together.wait(10)  # all alive at once: six loops, none reused by a later thread
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -186,6 +192,31 @@ def test_ended_threads_loops_close_in_parallel(fresh_settings: pytest.MonkeyPatc
     eventually(lambda: len(met) == threads, "every ended thread's loop closed", within=30)
     assert met == [True] * threads
     eventually(lambda: not _runner.open_records(), "no loop left open")
+
+
+def test_an_ended_threads_loop_is_reused_by_the_next_thread_then_closed(
+    fresh_settings: pytest.MonkeyPatch,
+) -> None:
+    """A thread per request reuses warm loops (and their pools); unused, a spare closes soon."""
+    fresh_settings.setattr(_runner, "SPARE_LINGER", 0.3)
+    closed: list[asyncio.AbstractEventLoop] = []
+
+    async def note(_: object) -> None:
+        closed.append(asyncio.get_running_loop())
+
+    resource: LoopLocal[object] = LoopLocal(object, aclose=note, name="tests.spare")
+
+    async def use() -> tuple[object, asyncio.AbstractEventLoop]:
+        return resource.get(), asyncio.get_running_loop()
+
+    first = in_thread(lambda: run_async(use()))
+    second = in_thread(lambda: run_async(use()))
+    assert isinstance(first, tuple)
+    assert isinstance(second, tuple)
+    assert second == first  # same loop, same resource: nothing reopened
+    eventually(lambda: closed == [first[1]], "the spare loop closed once it lingered")
+    assert first[1].is_closed()
+    assert not _runner.open_records()
 
 
 def test_loops_per_process_caps_per_thread_loops(fresh_settings: pytest.MonkeyPatch) -> None:

@@ -9,8 +9,11 @@ runs on the calling thread itself (``run_until_complete``), which keeps a call a
 Lifecycle of those loops:
 
 - forked child: inherited loops are forgotten, never closed or used (see `forget_inherited`);
-- thread ends: its loop is closed at once on a closer thread of its own, so many ended threads'
-  loops close in parallel (`_thread_ended`, `_Reaper`);
+- thread ends: its loop is kept warm for the next thread that needs one (up to
+  `MAX_SPARE_LOOPS`, for `SPARE_LINGER` seconds), so a server starting a thread per request reuses
+  loops and their pools instead of opening and closing one per request; the others are closed at
+  once, each on a closer thread of its own, so many ended threads' loops close in parallel
+  (`_thread_ended`, `_Reaper`);
 - loop idle for `idle_close` seconds (the main thread's after import-time work, a gunicorn
   master's before it forks): closed the same way; its thread gets a new loop on its next call;
 - `close_record` (``close_thread_loop()``, ``close_all_loops()``, ``atexit``): the loop is drained
@@ -67,6 +70,7 @@ class ThreadLoop:
         "__weakref__",
         "closed",
         "description",
+        "factory",
         "finalizer",
         "interrupt",
         "last_used",
@@ -75,12 +79,12 @@ class ThreadLoop:
         "pid",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, factory: LoopFactory) -> None:
         self.loop = loop
+        self.factory = factory
         self.pid = os.getpid()
-        self.description = (
-            f"run_async loop 0x{id(loop):x} of thread {threading.current_thread().name!r}"
-        )
+        self.description = ""
+        self.describe()
         # Held by the owning thread while the loop runs; closers from other threads take it so a
         # loop is never closed under a running call.
         self.lock = threading.Lock()
@@ -89,6 +93,11 @@ class ThreadLoop:
         self.interrupt: BaseException | None = None
         self.finalizer: weakref.finalize[Any, Any] | None = None
         self.last_used = time.monotonic()
+
+    def describe(self) -> None:
+        """Name the loop after the thread that runs it now."""
+        thread = threading.current_thread().name
+        self.description = f"run_async loop 0x{id(self.loop):x} of thread {thread!r}"
 
 
 class _ThreadSentinel:
@@ -104,6 +113,13 @@ _records_lock = threading.Lock()
 _records: set[ThreadLoop] = set()
 _reaper: _Reaper | None = None
 _idle_close: float | None = _limits.DEFAULT_IDLE_CLOSE
+#: Loops of ended threads waiting for a new thread, newest last (under `_records_lock`).
+_spares: list[ThreadLoop] = []
+#: At most this many ended threads' loops are kept for reuse; the others close at once. A thread
+#: per request at steady load ends about as many threads as it starts: a few spares suffice.
+MAX_SPARE_LOOPS = 8
+#: Seconds a spare loop waits for a new thread before it is closed with its pools.
+SPARE_LINGER = 2.0
 # Loops inherited across fork(). Never closed: closing one would EPOLL_CTL_DEL its self-pipe from
 # the epoll instance the child shares with its parent, deafening the parent's loop. Never
 # collected either (a collected open loop warns): they are held here, a few file descriptors each.
@@ -244,16 +260,29 @@ def _exception_handler(
 
 
 def thread_loop(loop_factory: LoopFactory, limit: int | None = None) -> ThreadLoop | None:
-    """Create (or re-create) the calling thread's persistent loop; None if `limit` loops exist."""
+    """Give the calling thread a persistent loop: an ended thread's spare one made by the same
+    factory, else a new one; None if `limit` loops exist (spares not counted against reuse)."""
     _fork.check_pid()  # forked without the at-fork hooks? Then they run now.
+    record: ThreadLoop | None = None
     with _records_lock:
-        # Counted with the loops still closing: they hold their connections until closed.
-        if limit is not None and len(_records) >= limit:
-            return None
-        loop = loop_factory()
-        record = ThreadLoop(loop)
-        _records.add(record)
-    loop.set_exception_handler(_exception_handler(weakref.ref(record)))
+        for index in range(len(_spares) - 1, -1, -1):
+            spare = _spares[index]
+            if not spare.closed and spare.factory is loop_factory:
+                record = _spares.pop(index)
+                break
+        if record is None:
+            # Counted with the loops still closing: they hold their connections until closed.
+            if limit is not None and len(_records) >= limit:
+                return None
+            record = ThreadLoop(loop_factory(), loop_factory)
+            _records.add(record)
+            created = True
+        else:
+            created = False
+    if created:
+        record.loop.set_exception_handler(_exception_handler(weakref.ref(record)))
+    else:
+        record.describe()
     sentinel = _ThreadSentinel()
     finalizer = weakref.finalize(sentinel, _thread_ended, record)
     # Not at interpreter exit: the atexit hook closes every loop in order.
@@ -262,7 +291,10 @@ def thread_loop(loop_factory: LoopFactory, limit: int | None = None) -> ThreadLo
     _local.record = record
     _local.sentinel = sentinel
     _ensure_reaper()
-    _log.debug("loopsafe.run_async_loop_created", loop=record.description)
+    _log.debug(
+        "loopsafe.run_async_loop_created" if created else "loopsafe.run_async_loop_reused",
+        loop=record.description,
+    )
     return record
 
 
@@ -402,15 +434,17 @@ class _Reaper:
     def _serve(self) -> None:
         while True:
             idle = _idle_close
+            waits = [] if idle is None else [idle / 4]
+            if _spares:
+                waits.append(SPARE_LINGER / 2)
             try:
-                record = self.queue.get(timeout=None if idle is None else max(idle / 4, 0.01))
+                record = self.queue.get(timeout=max(min(waits), 0.01) if waits else None)
             except Empty:
                 self._close_idle()
                 continue
             if record is not None:
                 self._close_soon(record)
-            if idle is not None:
-                self._close_idle()
+            self._close_idle()
 
     def _close_soon(self, record: ThreadLoop, idle: float | None = None) -> None:
         self.slots.acquire()
@@ -435,10 +469,17 @@ class _Reaper:
                 self.slots.release()
 
     def _close_idle(self) -> None:
+        now = time.monotonic()
+        with _records_lock:
+            lingered = [spare for spare in _spares if now - spare.last_used >= SPARE_LINGER]
+            for spare in lingered:
+                _spares.remove(spare)
+        for spare in lingered:
+            self._close_soon(spare, SPARE_LINGER)
         idle = _idle_close
         if idle is None:
             return
-        cutoff = time.monotonic() - idle
+        cutoff = now - idle
         for record in open_records():
             # Not locked: a loop running a call is not idle, and its lock says so below.
             if record.closed or record.last_used > cutoff or record.lock.locked():
@@ -456,12 +497,20 @@ def _ensure_reaper() -> None:
 
 def _thread_ended(record: ThreadLoop) -> None:
     # Runs in the ending thread while it tears down its thread-locals: no I/O here, only a
-    # hand-over to the reaper thread.
+    # hand-over, to the spares or to the reaper thread.
     if record.closed or record.pid != os.getpid() or sys.is_finalizing():
         return
     reaper = _reaper
-    if reaper is not None and reaper.pid == record.pid:
-        reaper.queue.put(record)
+    if reaper is None or reaper.pid != record.pid:
+        return
+    with _records_lock:
+        if len(_spares) < MAX_SPARE_LOOPS:
+            _spares.append(record)
+            kept = True
+        else:
+            kept = False
+    # Either way the reaper looks: at a spare when it has lingered, at the others at once.
+    reaper.queue.put(None if kept else record)
 
 
 # --- fork ----------------------------------------------------------------------------------------
@@ -481,6 +530,7 @@ def forget_inherited() -> None:
         if record.finalizer is not None:
             record.finalizer.detach()
     _records.clear()
+    _spares.clear()
     _reaper = None
     # Only the forking thread survives in the child; its record is one of the inherited ones.
     for name in ("record", "sentinel"):
