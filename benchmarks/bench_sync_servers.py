@@ -69,6 +69,40 @@ def thread_per_call(
     return failures, peak.postgres, peak.redis
 
 
+CAPPED_ROLE = "loopsafe_bench_capped"
+CAPPED_LIMIT = 30
+
+
+def capped_url(database_url: str) -> str | None:
+    """`database_url` as a role limited to CAPPED_LIMIT connections (the issue's set-up), or None
+    where the server does not let this benchmark create one."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    plain = url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def create() -> None:
+        connection = await asyncpg.connect(plain)
+        try:
+            exists = await connection.fetchval(
+                "SELECT 1 FROM pg_roles WHERE rolname = $1", CAPPED_ROLE
+            )
+            if not exists:
+                await connection.execute(
+                    f"CREATE ROLE {CAPPED_ROLE} LOGIN CONNECTION LIMIT {CAPPED_LIMIT}"
+                )
+        finally:
+            await connection.close()
+
+    try:
+        asyncio.run(create())
+    except Exception as exc:
+        print(f"no capped role ({exc!r}): those rows are skipped")
+        return None
+    return url.set(username=CAPPED_ROLE, password=None).render_as_string(hide_password=False)
+
+
 def served(
     database_url: str, redis_url: str, recipe: str, extra: dict[str, str]
 ) -> tuple[int, int, int]:
@@ -148,6 +182,15 @@ def main() -> None:
             ),
             ("process loop", {"LOOPSAFE_RUN_ASYNC_LOOP": "process"}, ONE_POOL),
         ]  # fmt: skip
+        capped = capped_url(database_url)
+        if capped is not None:
+            modes.append(
+                (
+                    f"thread loops, role capped at {CAPPED_LIMIT}",
+                    {"DATABASE_URL": capped},
+                    CAPPED_LIMIT,
+                )
+            )
         for mode, extra, bound in modes:
             for concurrency in (10, 20):
                 failures, postgres, clients = thread_per_call(
@@ -206,7 +249,9 @@ def main() -> None:
         notes=(
             f"Goals: 0 failures and peak connections ≤ one pool ({ONE_POOL}, SQLAlchemy's default "
             f"5 + 10) for a thread per call and the Flask dev server; ≤ the budget ({BUDGET}) for "
-            "gunicorn gthread 2 × 8. Connections and clients are counted on the servers by the "
+            f"gunicorn gthread 2 × 8. The capped-role rows repeat the issue's set-up (a role "
+            f"allowed {CAPPED_LIMIT} connections; before this change 116 and 206 of 300 calls "
+            "failed there with 'too many connections'): their goal is 0 failures. Connections and clients are counted on the servers by the "
             "app's application_name / client name every 20 ms (a short peak between two samples "
             "can be missed). Per-thread loops give each live thread a loop and a pool, so a "
             "thread per call at 20 concurrent needs the process loop (LOOPSAFE_RUN_ASYNC_LOOP="
