@@ -20,6 +20,7 @@ import loopsafe
 import loopsafe.celery
 from loopsafe import LoopLocal, close_all_loops, close_thread_loop, run_async, use_process_loop
 from loopsafe._bridge import _limits, _run_async, _runner
+from tests.conftest import LOOP_FACTORIES
 
 
 def eventually(condition: Callable[[], bool], what: str, within: float = 10.0) -> None:
@@ -30,12 +31,16 @@ def eventually(condition: Callable[[], bool], what: str, within: float = 10.0) -
         time.sleep(0.01)
 
 
-@pytest.fixture
-def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    """Settings as in a new process: the next call reads the environment the test sets."""
+@pytest.fixture(params=list(LOOP_FACTORIES))
+def fresh_settings(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[pytest.MonkeyPatch]:
+    """Settings as in a new process: the next call reads the environment the test sets. Loops
+    come from each loop implementation in turn (reused and closed from other threads too)."""
     for name in (_run_async.MODE_ENV, _run_async.LOOPS_ENV, _run_async.IDLE_ENV):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(_run_async, "_settings", _run_async._Settings())
+    _run_async.set_loop_factory(LOOP_FACTORIES[request.param])
     yield monkeypatch
     close_all_loops()
     _runner.set_idle_close(_limits.DEFAULT_IDLE_CLOSE)
