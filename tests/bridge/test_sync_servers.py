@@ -117,19 +117,23 @@ def test_recipe_serves_within_its_bound_and_leaves_nothing(
 def test_plain_script_thread_per_call_leaves_no_connection(
     mode: str, postgres_url: str, redis_url: str
 ) -> None:
-    """A script starting a thread per call, 10 at a time: no failure, every loop closed at exit."""
+    """A script starting a thread per call, 10 at a time: no failure, no pile-up of loops (their
+    connections stay within one pool: ended threads' loops are reused or closed at once), every
+    loop closed at exit."""
     name = new_name()
     env = recipe_env(postgres_url, redis_url, name, {"LOOPSAFE_RUN_ASYNC_LOOP": mode})
     watcher = Watcher(postgres_url, redis_url, name)
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "tests.bridge.apps.script", "60", "10"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        with watcher.watching() as peak:
+            result = subprocess.run(
+                [sys.executable, "-m", "tests.bridge.apps.script", "100", "10"],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        assert 1 <= peak.postgres <= ONE_POOL, peak
         assert watcher.wait_for(0, 0, within=10) == (0, 0)
     finally:
         watcher.close()
