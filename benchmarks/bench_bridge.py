@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import best_per_call, write_results
 from _servers import bench_servers
 
-from loopsafe.celery import async_task, close_all_loops, install, run_async
+from loopsafe import close_all_loops, run_async
+from loopsafe.celery import async_task, install
 from loopsafe.db import Database
 
 HERE = Path(__file__).resolve().parent

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import best_per_call, write_results
 
-from loopsafe.celery import close_thread_loop, run_async
+from loopsafe import close_thread_loop, run_async
 from loopsafe.db import Database
 from loopsafe.testing import EmbeddedPostgres
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import write_results
 
-from loopsafe.celery import _run_async, close_all_loops, run_async
+from loopsafe import close_all_loops, run_async, use_process_loop
 
 REPEAT = 5
 SEQUENTIAL = 10_000
@@ -90,7 +90,7 @@ def measure() -> dict[str, dict[str, tuple[float, float]]]:
     for _ in range(REPEAT):
         for mode in ("shared process loop", "per-thread loops"):
             close_all_loops()
-            _run_async.use_process_loop(mode == "shared process loop")
+            use_process_loop(mode == "shared process loop")
             run_async(noop())  # the loop exists before the clock starts
             wall, cpu = sequential()
             burst_wall, burst_cpu = in_threads(BURST_CALLS, noop)
@@ -110,7 +110,7 @@ def measure() -> dict[str, dict[str, tuple[float, float]]]:
             for name, (wall_s, cpu_s) in rounds.items():
                 before = best.get(name, (float("inf"), float("inf")))
                 best[name] = (min(before[0], wall_s), min(before[1], cpu_s))
-    _run_async.use_process_loop(False)
+    use_process_loop(False)
     close_all_loops()
     return results
 

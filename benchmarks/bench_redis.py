@@ -28,7 +28,7 @@ from _report import best_per_call, write_results
 from redis.asyncio import Redis
 
 import loopsafe.redis
-from loopsafe.celery import close_thread_loop, run_async
+from loopsafe import close_thread_loop, run_async
 from loopsafe.redis._deadline import Deadlines
 from loopsafe.testing import EmbeddedRedis
 

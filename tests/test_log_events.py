@@ -17,7 +17,7 @@ import loopsafe
 import loopsafe.http
 import loopsafe.llm
 import loopsafe.redis
-from loopsafe.celery import close_all_loops, run_async
+from loopsafe import close_all_loops, run_async
 from loopsafe.db import Database, PoolBudget
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,6 +6,10 @@ from . import _errors
 from ._deprecated import deprecated_names
 from ._errors import ConfigurationError as ConfigurationError
 from ._errors import ConfigurationTypeError as ConfigurationTypeError
+from ._bridge._run_async import close_all_loops as close_all_loops
+from ._bridge._run_async import close_thread_loop as close_thread_loop
+from ._bridge._run_async import run_async as run_async
+from ._bridge._run_async import use_process_loop as use_process_loop
 from ._errors import LoopsafeError as LoopsafeError
 from ._errors import NoRunningLoopError as NoRunningLoopError
 from ._errors import NotConfiguredError as NotConfiguredError
@@ -30,9 +34,13 @@ __all__ = (
     "RegistryStats",
     "WrongLoopError",
     "aclose_all",
+    "close_all_loops",
+    "close_thread_loop",
     "loop_local",
     "reset_after_fork",
+    "run_async",
     "stats",
+    "use_process_loop",
 )
 
 claim_public_names(__name__, globals(), __all__)

@@ -325,7 +325,7 @@ class LoopLocal(Generic[T]):
                 f"LoopLocal {self.name!r} was used in thread "
                 f"{threading.current_thread().name!r}, where no event loop is running. Call it "
                 "from async code (inside a coroutine), or run that coroutine with "
-                "loopsafe.celery.run_async(...) or asyncio.run(...)."
+                "loopsafe.run_async(...) or asyncio.run(...)."
             )
         _fork.check_pid()
         state = _attach_state(loop)

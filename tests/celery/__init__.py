@@ -1,1 +1,1 @@
-"""Tests of loopsafe.celery: run_async, install(app) and async_task, with real Celery workers."""
+"""Tests of loopsafe.celery: install(app) and async_task, with real Celery workers."""

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 from celery import Celery
 
-from loopsafe.celery import close_all_loops
+from loopsafe import close_all_loops
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_APP = "tests.celery.worker_app"

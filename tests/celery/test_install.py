@@ -15,16 +15,14 @@ from celery.concurrency.solo import TaskPool as SoloPool
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 import loopsafe.db
-from loopsafe import LoopLocal
+from loopsafe import LoopLocal, close_all_loops, run_async
+from loopsafe._bridge import _run_async
 from loopsafe.celery import (
     UnsupportedPoolError,
     WorkerBudgetError,
-    _run_async,
     _signals,
     async_task,
-    close_all_loops,
     install,
-    run_async,
 )
 from loopsafe.celery._pool import check_pool, pool_kind
 from loopsafe.celery._signals import worker_budget_shape

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from .._bridge import _loop_thread
 from .._errors import UnsupportedPoolError
-from . import _loop_thread
 
 __all__ = ("PoolKind", "UnsupportedPoolError", "check_pool", "pool_kind", "process_loop_pool")
 

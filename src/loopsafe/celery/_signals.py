@@ -11,10 +11,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from .. import _fork
+from .._bridge import _limits, _loop_thread, _run_async, _runner
 from .._errors import WorkerBudgetError
 from .._log import get_logger
 from .._validate import seconds
-from . import _limits, _loop_thread, _run_async, _runner
 from ._pool import PoolKind, check_pool, process_loop_pool
 
 if TYPE_CHECKING:

@@ -18,8 +18,8 @@ from typing import (
     overload,
 )
 
+from .._bridge._run_async import run_async
 from .._validate import seconds
-from ._run_async import run_async
 
 if TYPE_CHECKING:
     import celery

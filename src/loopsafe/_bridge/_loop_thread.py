@@ -1,8 +1,9 @@
 """Event loops on threads of their own, and coroutines handed to them from other threads.
 
 Two uses: helper loops for `run_async` called where a loop already runs in the calling thread
-(one per nesting depth, so nested calls cannot deadlock), and the process loop of
-``install(app, loop="process")``, which runs the coroutines of every worker thread concurrently.
+(one per nesting depth, so nested calls cannot deadlock), and the process loop
+(``use_process_loop()``, ``install(app, loop="process")``, or threads beyond the per-thread loop
+cap), which runs the coroutines of every thread that hands them over concurrently.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ T = TypeVar("T")
 #: thread); deeper nesting is almost certainly unbounded recursion.
 MAX_NESTING = 8
 
-_log = get_logger("loopsafe.celery")
+_log = get_logger("loopsafe.run_async")
 _local = threading.local()
 _lock = threading.Lock()
 _helpers: dict[int, LoopThread] = {}
@@ -265,13 +266,17 @@ class LoopThread:
                 continue
             reported = beat  # once per stall
             task = asyncio.current_task(self.loop)
+            call = self.calls.get(task) if task is not None else None
+            # A label is a Celery task's name[id] (set by install()'s prerun receiver): keep the
+            # event Celery users know; plain threads' coroutines get the bridge's own.
+            celery = call is not None and call.label is not None
             _log.warning(
-                "loopsafe.celery_loop_blocked",
+                "loopsafe.celery_loop_blocked" if celery else "loopsafe.run_async_loop_blocked",
                 loop=self.name,
                 seconds=round(stalled, 3),
                 task=task.get_name() if task is not None else None,
-                hint="this task blocked the shared loop (time.sleep, sync I/O, heavy CPU) and "
-                "every other task on it waited: await instead, or use asyncio.to_thread",
+                hint="this coroutine blocked the shared loop (time.sleep, sync I/O, heavy CPU) "
+                "and every other one on it waited: await instead, or use asyncio.to_thread",
             )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 __all__ = (
     "DEFAULT_CLEANUP_TIMEOUT",
+    "DEFAULT_IDLE_CLOSE",
     "DEFAULT_SHUTDOWN_TIMEOUT",
     "TaskDeadline",
     "TimeoutFactory",
@@ -26,6 +27,10 @@ __all__ = (
 DEFAULT_CLEANUP_TIMEOUT = 10.0
 #: Bound for each step of closing a loop (leftover tasks, resources, default executor).
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+#: A thread's loop unused this many seconds is closed, with its pools: a loop that did import-time
+#: work in the main thread (or in a gunicorn master before it forks) would otherwise keep its
+#: connection for the life of the process.
+DEFAULT_IDLE_CLOSE = 60.0
 
 TimeoutFactory = Callable[[str, float], BaseException]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from loopsafe.celery import _limits, _loop_thread, _runner
+from loopsafe._bridge import _limits, _loop_thread, _runner
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 

@@ -9,7 +9,13 @@ runs on the calling thread itself (``run_until_complete``), which keeps a call a
 Lifecycle of those loops:
 
 - forked child: inherited loops are forgotten, never closed or used (see `forget_inherited`);
-- thread ends: its loop is closed on a small reaper thread (`_thread_ended`);
+- thread ends: its loop is kept warm for the next thread that needs one (up to
+  `MAX_SPARE_LOOPS`, for `SPARE_LINGER` seconds), so a server starting a thread per request reuses
+  loops and their pools instead of opening and closing one per request; the others are closed at
+  once, each on a closer thread of its own, so many ended threads' loops close in parallel
+  (`_thread_ended`, `_Reaper`);
+- loop idle for `idle_close` seconds (the main thread's after import-time work, a gunicorn
+  master's before it forks): closed the same way; its thread gets a new loop on its next call;
 - `close_record` (``close_thread_loop()``, ``close_all_loops()``, ``atexit``): the loop is drained
   and closed by `shutdown_loop`.
 
@@ -25,9 +31,10 @@ import asyncio
 import os
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Coroutine
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from typing import Any, NoReturn, TypeVar
 
 from .. import _fork
@@ -44,6 +51,7 @@ __all__ = (
     "inherited_loops",
     "open_records",
     "run_here",
+    "set_idle_close",
     "shutdown_loop",
     "thread_loop",
     "warn_cleanup_timeout",
@@ -52,7 +60,7 @@ __all__ = (
 T = TypeVar("T")
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
-_log = get_logger("loopsafe.celery")
+_log = get_logger("loopsafe.run_async")
 
 
 class ThreadLoop:
@@ -62,19 +70,21 @@ class ThreadLoop:
         "__weakref__",
         "closed",
         "description",
+        "factory",
         "finalizer",
         "interrupt",
+        "last_used",
         "lock",
         "loop",
         "pid",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, factory: LoopFactory) -> None:
         self.loop = loop
+        self.factory = factory
         self.pid = os.getpid()
-        self.description = (
-            f"run_async loop 0x{id(loop):x} of thread {threading.current_thread().name!r}"
-        )
+        self.description = ""
+        self.describe()
         # Held by the owning thread while the loop runs; closers from other threads take it so a
         # loop is never closed under a running call.
         self.lock = threading.Lock()
@@ -82,6 +92,12 @@ class ThreadLoop:
         # An exception a signal handler raised inside a loop callback (see _exception_handler).
         self.interrupt: BaseException | None = None
         self.finalizer: weakref.finalize[Any, Any] | None = None
+        self.last_used = time.monotonic()
+
+    def describe(self) -> None:
+        """Name the loop after the thread that runs it now."""
+        thread = threading.current_thread().name
+        self.description = f"run_async loop 0x{id(self.loop):x} of thread {thread!r}"
 
 
 class _ThreadSentinel:
@@ -96,6 +112,14 @@ _records_lock = threading.Lock()
 # shutdown signal or atexit), never longer.
 _records: set[ThreadLoop] = set()
 _reaper: _Reaper | None = None
+_idle_close: float | None = _limits.DEFAULT_IDLE_CLOSE
+#: Loops of ended threads waiting for a new thread, newest last (under `_records_lock`).
+_spares: list[ThreadLoop] = []
+#: At most this many ended threads' loops are kept for reuse; the others close at once. A thread
+#: per request at steady load ends about as many threads as it starts: a few spares suffice.
+MAX_SPARE_LOOPS = 8
+#: Seconds a spare loop waits for a new thread before it is closed with its pools.
+SPARE_LINGER = 2.0
 # Loops inherited across fork(). Never closed: closing one would EPOLL_CTL_DEL its self-pipe from
 # the epoll instance the child shares with its parent, deafening the parent's loop. Never
 # collected either (a collected open loop warns): they are held here, a few file descriptors each.
@@ -123,25 +147,29 @@ def current_record() -> ThreadLoop | None:
 
 
 def run_here(
+    record: ThreadLoop,
     coro: Coroutine[Any, Any, T],
     timeout: float | None,
     make_error: _limits.TimeoutFactory,
     loop_factory: LoopFactory,
 ) -> T:
-    """Run `coro` on the calling thread's persistent loop (made by `loop_factory` if missing)."""
-    record = current_record() or thread_loop(loop_factory)
+    """Run `coro` on `record`, the calling thread's persistent loop."""
     try:
         record.lock.acquire()
     except BaseException:
         coro.close()
         raise
     try:
-        if record.closed:  # closed by another thread while we waited for the lock
+        if record.closed:  # closed by another thread (idle, shutdown) while we waited for the lock
             record.lock.release()
-            record = thread_loop(loop_factory)
+            # No cap here: this thread had its loop, it keeps its place.
+            fresh = thread_loop(loop_factory)
+            assert fresh is not None  # without a limit there is always one
+            record = fresh
             record.lock.acquire()
         return _run_locked(record, coro, timeout, make_error)
     finally:
+        record.last_used = time.monotonic()
         record.lock.release()
 
 
@@ -231,12 +259,30 @@ def _exception_handler(
     return handle
 
 
-def thread_loop(loop_factory: LoopFactory) -> ThreadLoop:
-    """Create (or re-create) the calling thread's persistent loop."""
+def thread_loop(loop_factory: LoopFactory, limit: int | None = None) -> ThreadLoop | None:
+    """Give the calling thread a persistent loop: an ended thread's spare one made by the same
+    factory, else a new one; None if `limit` loops exist (spares not counted against reuse)."""
     _fork.check_pid()  # forked without the at-fork hooks? Then they run now.
-    loop = loop_factory()
-    record = ThreadLoop(loop)
-    loop.set_exception_handler(_exception_handler(weakref.ref(record)))
+    record: ThreadLoop | None = None
+    with _records_lock:
+        for index in range(len(_spares) - 1, -1, -1):
+            spare = _spares[index]
+            if not spare.closed and spare.factory is loop_factory:
+                record = _spares.pop(index)
+                break
+        if record is None:
+            # Counted with the loops still closing: they hold their connections until closed.
+            if limit is not None and len(_records) >= limit:
+                return None
+            record = ThreadLoop(loop_factory(), loop_factory)
+            _records.add(record)
+            created = True
+        else:
+            created = False
+    if created:
+        record.loop.set_exception_handler(_exception_handler(weakref.ref(record)))
+    else:
+        record.describe()
     sentinel = _ThreadSentinel()
     finalizer = weakref.finalize(sentinel, _thread_ended, record)
     # Not at interpreter exit: the atexit hook closes every loop in order.
@@ -244,12 +290,21 @@ def thread_loop(loop_factory: LoopFactory) -> ThreadLoop:
     record.finalizer = finalizer
     _local.record = record
     _local.sentinel = sentinel
-    with _records_lock:
-        _records.add(record)
-    if threading.current_thread() is not threading.main_thread():
-        _ensure_reaper()
-    _log.debug("loopsafe.run_async_loop_created", loop=record.description)
+    _ensure_reaper()
+    _log.debug(
+        "loopsafe.run_async_loop_created" if created else "loopsafe.run_async_loop_reused",
+        loop=record.description,
+    )
     return record
+
+
+def set_idle_close(seconds: float | None) -> None:
+    """Close per-thread loops idle for `seconds` (None: never)."""
+    global _idle_close
+    _idle_close = seconds
+    reaper = _reaper
+    if reaper is not None and reaper.pid == os.getpid():
+        reaper.queue.put(None)  # wake it: it may be waiting on the previous setting
 
 
 def open_records() -> list[ThreadLoop]:
@@ -314,11 +369,22 @@ async def _cancel_leftovers(timeout: float, description: str) -> None:
         )
 
 
-def close_record(record: ThreadLoop, timeout: float) -> bool:
-    """Close `record`'s loop if it is idle; False if it stayed busy for `timeout` seconds."""
+def close_record(record: ThreadLoop, timeout: float, *, idle_for: float | None = None) -> bool:
+    """Close `record`'s loop if it is idle; False if it stayed busy for `timeout` seconds.
+
+    With `idle_for`, only a loop unused that many seconds, and without waiting for it.
+    """
     if record.pid != os.getpid():
         return False
-    if not record.lock.acquire(timeout=timeout):
+    if idle_for is not None:
+        # A loop whose thread is making a call is not idle: leave it, do not wait for it.
+        if not record.lock.acquire(blocking=False):
+            return False
+        if not record.closed and time.monotonic() - record.last_used < idle_for:
+            record.lock.release()
+            return False
+        _log.debug("loopsafe.run_async_loop_idle", loop=record.description, seconds=idle_for)
+    elif not record.lock.acquire(timeout=timeout):
         _log.warning(
             "loopsafe.run_async_loop_busy",
             loop=record.description,
@@ -347,22 +413,78 @@ def close_record(record: ThreadLoop, timeout: float) -> bool:
 # --- threads that end ---------------------------------------------------------------------------
 
 
+#: Loops closed at the same time at most. Closing is mostly waiting on servers (an engine's
+#: dispose, a Redis client's close), so closers overlap well; one reaper closing loops one after
+#: another (14.7 ms each) fell behind a thread-per-request server and every loop not reached yet
+#: kept its connection (issue #24: 429 of 1000 requests failed with "too many clients").
+MAX_PARALLEL_CLOSES = 32
+
+
 class _Reaper:
-    """A daemon thread that closes the loops of threads that ended."""
+    """A daemon thread that hands ended threads' and idle loops to closer threads of their own."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.queue: SimpleQueue[ThreadLoop] = SimpleQueue()
+        # None only wakes it up (the idle setting changed).
+        self.queue: SimpleQueue[ThreadLoop | None] = SimpleQueue()
+        self.slots = threading.BoundedSemaphore(MAX_PARALLEL_CLOSES)
         self.thread = threading.Thread(target=self._serve, name="loopsafe-loop-reaper", daemon=True)
         self.thread.start()
 
     def _serve(self) -> None:
         while True:
-            record = self.queue.get()
+            idle = _idle_close
+            waits = [] if idle is None else [idle / 4]
+            if _spares:
+                waits.append(SPARE_LINGER / 2)
             try:
-                close_record(record, _limits.DEFAULT_SHUTDOWN_TIMEOUT)
-            except Exception as exc:  # pragma: no cover - shutdown_loop logs its own failures
-                _log.warning("loopsafe.run_async_reap_failed", error=repr(exc))
+                record = self.queue.get(timeout=max(min(waits), 0.01) if waits else None)
+            except Empty:
+                self._close_idle()
+                continue
+            if record is not None:
+                self._close_soon(record)
+            self._close_idle()
+
+    def _close_soon(self, record: ThreadLoop, idle: float | None = None) -> None:
+        self.slots.acquire()
+        try:
+            threading.Thread(
+                target=self._close,
+                args=(record, True, idle),
+                name="loopsafe-loop-closer",
+                daemon=True,
+            ).start()
+        except BaseException:  # pragma: no cover - no thread to be had: close it here
+            self.slots.release()
+            self._close(record, False, idle)
+
+    def _close(self, record: ThreadLoop, release: bool = True, idle: float | None = None) -> None:
+        try:
+            close_record(record, _limits.DEFAULT_SHUTDOWN_TIMEOUT, idle_for=idle)
+        except Exception as exc:  # pragma: no cover - shutdown_loop logs its own failures
+            _log.warning("loopsafe.run_async_reap_failed", error=repr(exc))
+        finally:
+            if release:
+                self.slots.release()
+
+    def _close_idle(self) -> None:
+        now = time.monotonic()
+        with _records_lock:
+            lingered = [spare for spare in _spares if now - spare.last_used >= SPARE_LINGER]
+            for spare in lingered:
+                _spares.remove(spare)
+        for spare in lingered:
+            self._close_soon(spare, SPARE_LINGER)
+        idle = _idle_close
+        if idle is None:
+            return
+        cutoff = now - idle
+        for record in open_records():
+            # Not locked: a loop running a call is not idle, and its lock says so below.
+            if record.closed or record.last_used > cutoff or record.lock.locked():
+                continue
+            self._close_soon(record, idle)
 
 
 def _ensure_reaper() -> None:
@@ -375,12 +497,20 @@ def _ensure_reaper() -> None:
 
 def _thread_ended(record: ThreadLoop) -> None:
     # Runs in the ending thread while it tears down its thread-locals: no I/O here, only a
-    # hand-over to the reaper thread.
+    # hand-over, to the spares or to the reaper thread.
     if record.closed or record.pid != os.getpid() or sys.is_finalizing():
         return
     reaper = _reaper
-    if reaper is not None and reaper.pid == record.pid:
-        reaper.queue.put(record)
+    if reaper is None or reaper.pid != record.pid:
+        return
+    with _records_lock:
+        if len(_spares) < MAX_SPARE_LOOPS:
+            _spares.append(record)
+            kept = True
+        else:
+            kept = False
+    # Either way the reaper looks: at a spare when it has lingered, at the others at once.
+    reaper.queue.put(None if kept else record)
 
 
 # --- fork ----------------------------------------------------------------------------------------
@@ -400,6 +530,7 @@ def forget_inherited() -> None:
         if record.finalizer is not None:
             record.finalizer.detach()
     _records.clear()
+    _spares.clear()
     _reaper = None
     # Only the forking thread survives in the child; its record is one of the inherited ones.
     for name in ("record", "sentinel"):

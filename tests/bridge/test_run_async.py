@@ -18,15 +18,8 @@ from typing import Any
 
 import pytest
 
-from loopsafe import LoopLocal
-from loopsafe.celery import (
-    _limits,
-    _run_async,
-    _runner,
-    close_all_loops,
-    close_thread_loop,
-    run_async,
-)
+from loopsafe import LoopLocal, close_all_loops, close_thread_loop, run_async
+from loopsafe._bridge import _limits, _run_async, _runner
 from tests.conftest import LOOP_FACTORIES
 
 from ..forking import FORKS, in_child

@@ -1,0 +1,1 @@
+"""Sync web apps the recipe tests serve with real servers (Flask, Django) and a plain script."""
