@@ -34,20 +34,20 @@ def make_app(broker: str, backend: str, queue: str) -> Any:
         result_expires=600,
     )
 
-    @app.task(name="client.add")  # type: ignore[untyped-decorator]  # Celery is untyped
+    @app.task(name="client.add", shared=False)  # type: ignore[untyped-decorator]  # Celery is untyped
     def add(a: int, b: int) -> int:
         return a + b
 
-    @app.task(name="client.sleep_then")  # type: ignore[untyped-decorator]
+    @app.task(name="client.sleep_then", shared=False)  # type: ignore[untyped-decorator]
     def sleep_then(seconds: float, value: Any) -> Any:
         time.sleep(seconds)
         return value
 
-    @app.task(name="client.fail")  # type: ignore[untyped-decorator]
+    @app.task(name="client.fail", shared=False)  # type: ignore[untyped-decorator]
     def fail(message: str) -> None:
         raise LookupError(message)
 
-    @app.task(name="client.describe", bind=True)  # type: ignore[untyped-decorator]
+    @app.task(name="client.describe", shared=False, bind=True)  # type: ignore[untyped-decorator]
     def describe(self: Task, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """What the worker saw of the message: the request fields a sender controls."""
         request = self.request

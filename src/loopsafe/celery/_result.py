@@ -47,7 +47,7 @@ class _Hub:
         pool = BlockingConnectionPool.from_url(
             url, max_connections=_READ_CONNECTIONS, client_name="loopsafe-celery-results"
         )
-        self.client = Redis(connection_pool=pool)
+        self.client = Redis.from_pool(pool)  # owns the pool: aclose() disconnects it
         self.pubsub = self.client.pubsub()
         self.waiters: dict[bytes, set[asyncio.Future[bytes | None]]] = {}
         self.confirmations: dict[bytes, asyncio.Future[None]] = {}
@@ -79,7 +79,24 @@ class _Hub:
             finally:
                 if self.confirmations.get(channel) is confirmed:
                     del self.confirmations[channel]
+        elif (
+            channel in self.confirmations
+        ):  # joined while the first waiter's SUBSCRIBE is in flight
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(self.confirmations[channel]), _CONFIRM_TIMEOUT
+                )
         return future
+
+    def renew(
+        self, channel: bytes, future: asyncio.Future[bytes | None]
+    ) -> asyncio.Future[bytes | None]:
+        """Swap a waiter's settled future for a fresh one on the same subscription."""
+        fresh: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        waiters = self.waiters.setdefault(channel, set())
+        waiters.discard(future)
+        waiters.add(fresh)
+        return fresh
 
     async def leave(self, channel: bytes, future: asyncio.Future[bytes | None]) -> None:
         waiters = self.waiters.get(channel)
@@ -245,9 +262,9 @@ async def _wait_notified(async_result: Any, url: str, deadline: float) -> dict[s
                 meta = backend.meta_from_decoded(backend.decode_result(notified))
                 if meta["status"] in states.READY_STATES:
                     return meta
-            # Not final yet (STARTED, RETRY) or a reconnect: wait again on a fresh future.
-            await hub.leave(key, future)
-            future = await hub.join(key)
+            # Not final yet (STARTED, RETRY) or a reconnect: wait again on a fresh future. The
+            # subscription stays (after a reconnect redis-py restores it), so no I/O here.
+            future = hub.renew(key, future)
     finally:
         await hub.leave(key, future)
 

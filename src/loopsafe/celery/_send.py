@@ -33,7 +33,7 @@ _log = get_logger("loopsafe.celery")
 DEFAULT_SEND_TIMEOUT = 10.0
 #: Publishing threads (and pooled broker connections) per event loop and Celery app: enough to
 #: keep publishing while one send waits out a broker that stopped answering.
-SENDER_THREADS = 4
+SENDER_THREADS = 8
 
 # Inherited senders after a fork: their threads did not survive, and their sockets are the
 # parent's (closing an AMQP connection here would send Connection.Close on the parent's socket,
@@ -145,7 +145,7 @@ def _signature_of(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> A
     from celery.canvas import Signature
 
     if isinstance(task, Signature):
-        # As Signature.delay(*args, **kwargs): partial arguments are appended / merged.
+        # As Signature.delay(*args, **kwargs): partial arguments go first, kwargs merge.
         return task.clone(args, kwargs) if args or kwargs else task
     if isinstance(task, Task):
         return task.signature(args, kwargs)
@@ -180,8 +180,8 @@ async def send(task: Any, /, *args: Any, **kwargs: Any) -> Any:
     """Queue `task` with `args`/`kwargs` like ``task.delay(...)``, without blocking the event loop.
 
     `task` is a Celery task, or a signature (``add.s(2).set(queue="q", countdown=5)``) to pass
-    ``apply_async`` options; `args`/`kwargs` then extend the signature's, as
-    ``Signature.delay`` does. The message is the one ``apply_async`` would publish (it is built
+    ``apply_async`` options; `args`/`kwargs` then merge with the signature's as
+    ``Signature.delay`` merges them (partial arguments first). The message is the one ``apply_async`` would publish (it is built
     and sent by ``apply_async``, in a publishing thread of this loop, with a producer pooled for
     this loop). Returns the task's ``AsyncResult``; await it with `loopsafe.celery.result`.
 
