@@ -23,7 +23,9 @@ __all__ = ("TcpProxy", "tcp_proxy")
 class TcpProxy:
     """Forward 127.0.0.1:`port` to (`host`, `target_port`)."""
 
-    def __init__(self, host: str, target_port: int, *, delay: float = 0.0) -> None:
+    def __init__(
+        self, host: str, target_port: int, *, delay: float = 0.0, port: int | None = None
+    ) -> None:
         self.host = host
         self.target_port = target_port
         self.delay = delay
@@ -32,9 +34,11 @@ class TcpProxy:
         self.server: asyncio.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
         self.tasks: set[asyncio.Task[None]] = set()
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port: int = probe.getsockname()[1]
+        if port is None:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = int(probe.getsockname()[1])
+        self.port: int = port
         self.thread = threading.Thread(target=self.loop.run_forever, name="tcp-proxy", daemon=True)
         self.thread.start()
         self.listen()
@@ -146,3 +150,30 @@ def tcp_proxy(host: str, port: int, *, delay: float = 0.0) -> Iterator[TcpProxy]
         yield proxy
     finally:
         proxy.close()
+
+
+def main() -> None:
+    """``python -m tests.celery.tcp_proxy HOST PORT --port P --delay S``: run until SIGTERM.
+
+    A proxy in its own process does not compete for the GIL with the process it measures.
+    """
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("host")
+    parser.add_argument("target_port", type=int)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--delay", type=float, default=0.0)
+    options = parser.parse_args()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    proxy = TcpProxy(options.host, options.target_port, delay=options.delay, port=options.port)
+    try:
+        stop.wait()
+    finally:
+        proxy.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -67,7 +67,6 @@ class _Sender:
         # finaliser unsubscribes from the pub/sub connection this thread's backend opened, which
         # must not happen later from another thread (celery/celery#10477).
         del result
-        _drain_result_notifications(self.app)
         return task_id
 
     def close_sync(self) -> None:
@@ -86,25 +85,6 @@ class _Sender:
     def drop(self) -> None:
         self.closed = True
         _inherited.append(self)
-
-
-def _drain_result_notifications(app: Any) -> None:
-    """Read what this thread's result-backend pub/sub connection received, without waiting.
-
-    ``apply_async`` subscribes the sending thread to its task's result channel (Celery's Redis
-    backend, for a later ``.get()``); the result above unsubscribed at once, but the server's
-    confirmations stay unread. In a long-lived sender thread they would pile up until Redis cuts
-    the connection at its pub/sub output-buffer limit. Only Celery's Redis result consumer has one.
-    """
-    consumer = getattr(app.backend, "result_consumer", None)
-    pubsub = getattr(consumer, "_pubsub", None)
-    if pubsub is None or getattr(pubsub, "connection", None) is None:
-        return
-    try:
-        while pubsub.get_message(timeout=0.0) is not None:
-            pass
-    except Exception as exc:  # Celery re-subscribes on its next use; the publish itself is done
-        _log.debug("loopsafe.celery_drain_failed", error=repr(exc))
 
 
 async def _aclose_senders(senders: dict[Any, _Sender]) -> None:
