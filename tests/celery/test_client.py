@@ -616,3 +616,24 @@ async def test_result_without_a_result_backend_says_so(redis_url: str) -> None:
             await result(app.AsyncResult("x"), timeout=1)
     finally:
         app.close()
+
+
+async def test_adelay_on_an_async_task_sends_like_send(redis_url: str) -> None:
+    """``await task.adelay(...)`` on an `async_task` queues the same message as send()."""
+    from loopsafe.celery import async_task
+
+    app = make_app(redis_url, redis_url, f"adelay-{uuid.uuid4().hex[:8]}")
+
+    @async_task(app, name="client.async_double", shared=False)
+    async def double(n: int) -> int:
+        return n * 2
+
+    try:
+        sent = await double.adelay(21)
+        assert isinstance(sent, AsyncResult)
+        (message,) = await asyncio.to_thread(raw_messages, app, app.conf.task_default_queue, 1)
+        assert message["headers"]["task"] == "client.async_double"
+        assert message["headers"]["id"] == sent.id
+        assert message["body"].startswith(b"[[21], {}")
+    finally:
+        app.close()
