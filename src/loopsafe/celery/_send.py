@@ -16,7 +16,7 @@ the loop's latency flat and the throughput at ``.delay()``'s.
 from __future__ import annotations
 
 import asyncio
-import threading
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -57,7 +57,7 @@ class _Sender:
         self.producers: Any = pools.ProducerPool(
             self.connections, limit=SENDER_THREADS, Producer=app.amqp.Producer
         )
-        self.closed = False
+        self.pid = os.getpid()
 
     def publish(self, signature: Any, options: dict[str, Any]) -> str:
         """In a sender thread: ``apply_async`` through a pooled producer; returns the task id."""
@@ -75,7 +75,6 @@ class _Sender:
         self.connections.force_close_all()
 
     async def aclose(self) -> None:
-        self.closed = True
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self.executor, self.close_sync)
@@ -84,8 +83,10 @@ class _Sender:
             self.executor.shutdown(wait=False)
 
     def drop(self) -> None:
-        self.closed = True
-        _inherited.append(self)
+        """Let go without I/O: a forked child (the parent's sockets), or a loop closed early."""
+        self.executor.shutdown(wait=False)  # wakes idle threads to exit; none exist in a child
+        if self.pid != os.getpid():
+            _inherited.append(self)
 
 
 async def _aclose_senders(senders: dict[Any, _Sender]) -> None:
@@ -103,16 +104,13 @@ def _drop_senders(senders: dict[Any, _Sender]) -> None:
 _senders: LoopLocal[dict[Any, _Sender]] = LoopLocal(
     dict, aclose=_aclose_senders, drop=_drop_senders, name="loopsafe.celery.senders"
 )
-_create_lock = threading.Lock()
 
 
 def _sender_for(app: Any) -> _Sender:
     senders = _senders.get()
     sender = senders.get(app)
     if sender is None:
-        # Only this loop's thread reaches this dict, but creation must not interleave with close.
-        with _create_lock:
-            sender = senders[app] = _Sender(app)
+        sender = senders[app] = _Sender(app)  # only this loop's thread reaches its dict
         _log.debug(
             "loopsafe.celery_sender_created",
             app=app.main,
