@@ -199,8 +199,9 @@ async def send(task: Any, /, *args: Any, **kwargs: Any) -> Any:
         raise BrokerUnavailableError(
             f"Celery task {signature.task!r} was not handed to the broker "
             f"{redact_dsn(str(app.conf.broker_url or ''))!r} within {timeout:g} s: the broker "
-            "is down or not answering. Check it is running and reachable, or raise send_timeout "
-            "(send(task.s(...).set(send_timeout=30)))."
+            "is down or not answering, or this loop queued more sends than its "
+            f"{SENDER_THREADS} publishing threads could hand over in time. Check the broker is "
+            "running and reachable, or raise send_timeout (send(task.s(...).set(send_timeout=30)))."
         ) from exc
     except (OSError, OperationalError) as exc:
         raise BrokerUnavailableError(
