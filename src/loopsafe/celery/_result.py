@@ -108,18 +108,19 @@ class _Hub:
         del self.waiters[channel]
         if self.pubsub.connection is None:
             return
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
         try:
             async with self.lock:
                 if channel not in self.waiters:  # nobody re-joined meanwhile
                     await self.pubsub.unsubscribe(channel)
-        except (OSError, ConnectionError, TimeoutError) as exc:
-            # A broken connection holds no subscription; it is restored without this channel.
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            # A broken connection holds no subscription; forget the channel so that restoring
+            # the connection does not subscribe it again.
+            for key in (channel, channel.decode(errors="replace")):  # bytes, or str if decoding
+                self.pubsub.channels.pop(key, None)
             _log.debug("loopsafe.celery_result_unsubscribe_failed", error=repr(exc))
-        except Exception as exc:
-            from redis.exceptions import ConnectionError as RedisConnectionError
-
-            if not isinstance(exc, RedisConnectionError):
-                raise
 
     def _wake_all(self) -> None:
         for confirmed in self.confirmations.values():
