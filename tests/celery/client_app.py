@@ -66,6 +66,14 @@ def make_app(broker: str, backend: str, queue: str) -> Any:
             },
         }
 
+    @app.task(name="client.spawn", bind=True, shared=False)  # type: ignore[untyped-decorator]
+    def spawn(self: Task, *args: Any) -> str:
+        """A sync task body that sends a sub-task through send() (on run_async's loop)."""
+        from loopsafe.celery import run_async, send
+
+        child = run_async(send(describe, *args), timeout=30)
+        return str(child.id)
+
     return app
 
 

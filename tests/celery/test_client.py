@@ -637,3 +637,16 @@ async def test_adelay_on_an_async_task_sends_like_send(redis_url: str) -> None:
         assert message["body"].startswith(b"[[21], {}")
     finally:
         app.close()
+
+
+async def test_a_sub_task_sent_from_a_worker_task_keeps_its_parent(
+    broker_env: WorkerEnv, client: Any, workers: Any
+) -> None:
+    """send() inside a running task (via run_async) gives the child its parent and root ids."""
+    workers(broker_env)
+    parent = await send(client.tasks["client.spawn"], "from-parent")
+    child_id = await result(parent, timeout=60)
+    seen = await result(client.AsyncResult(child_id), timeout=60)
+    assert seen["args"] == ["from-parent"]
+    assert seen["parent_id"] == parent.id
+    assert seen["root_id"] == parent.id
