@@ -3,13 +3,13 @@
 import typing as _typing
 
 from . import _errors
-from ._deprecated import deprecated_names
-from ._errors import ConfigurationError as ConfigurationError
-from ._errors import ConfigurationTypeError as ConfigurationTypeError
 from ._bridge._run_async import close_all_loops as close_all_loops
 from ._bridge._run_async import close_thread_loop as close_thread_loop
 from ._bridge._run_async import run_async as run_async
 from ._bridge._run_async import use_process_loop as use_process_loop
+from ._deprecated import deprecated_names
+from ._errors import ConfigurationError as ConfigurationError
+from ._errors import ConfigurationTypeError as ConfigurationTypeError
 from ._errors import LoopsafeError as LoopsafeError
 from ._errors import NoRunningLoopError as NoRunningLoopError
 from ._errors import NotConfiguredError as NotConfiguredError

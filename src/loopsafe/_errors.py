@@ -14,6 +14,8 @@ Hierarchy::
     ├── SubscriptionLostError         (also redis ConnectionError)  loopsafe.redis: lost for good
     ├── UnsupportedPoolError          (also RuntimeError)  loopsafe.celery: a pool it cannot serve
     ├── LimitTimeoutError             (also TimeoutError)  loopsafe.llm: no limit slot within max_wait
+    ├── BrokerUnavailableError        (also ConnectionError) loopsafe.celery: send() reached no broker
+    ├── ResultTimeoutError            (also TimeoutError)  loopsafe.celery: result() waited too long
     └── BoundExceededError            (also TimeoutError)  internal: an awaited step overran its bound
 
 Each error is public in the package of the part that raises it: the general ones in `loopsafe`,
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 __all__ = (
     "BoundExceededError",
+    "BrokerUnavailableError",
     "ConfigurationError",
     "ConfigurationTypeError",
     "DatabaseNotConfiguredError",
@@ -41,6 +44,7 @@ __all__ = (
     "NoRunningLoopError",
     "NotConfiguredError",
     "PoolExhaustedError",
+    "ResultTimeoutError",
     "UnsupportedPoolError",
     "WorkerBudgetError",
     "WrongLoopError",
@@ -166,6 +170,25 @@ class LimitTimeoutError(LoopsafeError, TimeoutError):
 
     Nothing was sent: the call never reached the provider. Raise `max_wait`, raise the limit (if
     the provider allows it), or send less work at once.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+class BrokerUnavailableError(LoopsafeError, ConnectionError):
+    """`loopsafe.celery.send` could not hand the message to the broker within its time limit.
+
+    The message may or may not have been queued (a publish interrupted at its deadline cannot be
+    told apart); check that the broker is running and reachable, or raise the send timeout.
+
+    .. versionadded:: 0.1.0
+    """
+
+
+class ResultTimeoutError(LoopsafeError, TimeoutError):
+    """`loopsafe.celery.result` waited `timeout` seconds and the task had not finished.
+
+    The task keeps running; wait again, or revoke it.
 
     .. versionadded:: 0.1.0
     """

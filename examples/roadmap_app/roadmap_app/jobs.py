@@ -8,7 +8,7 @@ from celery import Celery
 
 from roadmap_app.config import Settings
 
-__all__ = ("QUEUES", "TASK_PREFIX", "create_celery_app", "send_job")
+__all__ = ("QUEUES", "TASK_PREFIX", "create_celery_app", "job_signature", "send_job")
 
 # Job name → queue. Content generation has its own queue (and workers) so a long roadmap never
 # holds up curriculum design for the next user; logs are cheap and must never wait behind either.
@@ -61,13 +61,14 @@ def create_celery_app(settings: Settings) -> Celery:
     return celery_app
 
 
-def send_job(celery_app: Celery, job: str, *args: Any) -> None:
-    """Queue `job` with `args` (blocking: call it from a thread in async code).
+def job_signature(celery_app: Celery, job: str, *args: Any) -> Any:
+    """`job` with `args`, routed to its queue, with a few quick publish retries.
 
-    Raises `KeyError` for an unknown job and kombu's `OperationalError` when the broker cannot be
-    reached after a few quick retries.
+    Await ``loopsafe.celery.send(job_signature(...))`` from async code: it publishes without
+    blocking the event loop and raises ``loopsafe.celery.BrokerUnavailableError`` when the broker
+    cannot be reached. Raises `KeyError` for an unknown job.
     """
-    celery_app.send_task(
+    return celery_app.signature(
         TASK_PREFIX + job,
         args=list(args),
         queue=QUEUES[job],
@@ -79,3 +80,12 @@ def send_job(celery_app: Celery, job: str, *args: Any) -> None:
             "interval_max": 0.5,
         },
     )
+
+
+def send_job(celery_app: Celery, job: str, *args: Any) -> None:
+    """Queue `job` with `args` from synchronous code (blocking).
+
+    Raises `KeyError` for an unknown job and kombu's `OperationalError` when the broker cannot be
+    reached after a few quick retries.
+    """
+    job_signature(celery_app, job, *args).apply_async()

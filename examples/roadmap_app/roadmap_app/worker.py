@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import os
@@ -16,7 +15,7 @@ import loopsafe.db
 from roadmap_app import repositories
 from roadmap_app.config import get_settings
 from roadmap_app.events import EventPublisher
-from roadmap_app.jobs import TASK_PREFIX, create_celery_app, send_job
+from roadmap_app.jobs import TASK_PREFIX, create_celery_app, job_signature
 from roadmap_app.llm import LLMProvider, get_provider
 from roadmap_app.pipeline import workflow
 from roadmap_app.resources import configure_resources
@@ -32,10 +31,9 @@ loopsafe.celery.install(app, loop=settings.celery_worker_loop)
 
 
 async def enqueue(job: str, roadmap_id: uuid.UUID, *args: Any) -> None:
-    """Queue `job` without blocking the event loop (kombu's client is synchronous)."""
-    await asyncio.wait_for(
-        asyncio.to_thread(send_job, app, job, str(roadmap_id), *args), timeout=10
-    )
+    """Queue `job` without blocking the event loop; gives up after 10 s without a broker."""
+    signature = job_signature(app, job, str(roadmap_id), *args)
+    await loopsafe.celery.send(signature.set(send_timeout=10))
 
 
 _logs_queue_down_until = 0.0

@@ -7,8 +7,12 @@ re-exported here; `install` and `async_task` need the extra: ``pip install 'loop
 import warnings as _warnings
 
 from .._bridge._run_async import run_async as run_async
+from .._errors import BrokerUnavailableError as BrokerUnavailableError
+from .._errors import ResultTimeoutError as ResultTimeoutError
 from .._public import claim_public_names
 from ._pool import UnsupportedPoolError as UnsupportedPoolError
+from ._result import result as result
+from ._send import send as send
 from ._signals import WorkerBudgetError as WorkerBudgetError
 from ._signals import install as install
 from ._task import AsyncTask as AsyncTask
@@ -16,11 +20,15 @@ from ._task import async_task as async_task
 
 __all__ = (
     "AsyncTask",
+    "BrokerUnavailableError",
+    "ResultTimeoutError",
     "UnsupportedPoolError",
     "WorkerBudgetError",
     "async_task",
     "install",
+    "result",
     "run_async",
+    "send",
 )
 
 claim_public_names(__name__, globals(), __all__)

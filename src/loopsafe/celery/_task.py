@@ -73,6 +73,10 @@ class AsyncTask(Protocol[P, R_co]):
 
     def s(self, *args: P.args, **kwargs: P.kwargs) -> Any: ...
 
+    def adelay(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, Any]:
+        """``await task.adelay(...)``: `loopsafe.celery.send` (``delay`` without blocking)."""
+        ...
+
     def si(self, *args: P.args, **kwargs: P.kwargs) -> Any: ...
 
 
@@ -212,6 +216,11 @@ def _request_aware(base: type[Any]) -> type[Any]:
             if self._loopsafe_bind:
                 return functools.partial(function, self)
             return function
+
+        def adelay(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+            from ._send import send
+
+            return send(self, *args, **kwargs)
 
     RequestAware.__name__ = RequestAware.__qualname__ = base.__name__
     return RequestAware

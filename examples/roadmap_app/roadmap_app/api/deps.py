@@ -7,12 +7,12 @@ from typing import Annotated, Any
 from celery import Celery
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.concurrency import run_in_threadpool
 
+import loopsafe.celery
 from loopsafe.db import session_dependency
 from roadmap_app.config import Settings
 from roadmap_app.events import EventPublisher
-from roadmap_app.jobs import send_job
+from roadmap_app.jobs import job_signature
 
 __all__ = ("CeleryDep", "EventsDep", "SessionDep", "SettingsDep", "enqueue")
 
@@ -39,5 +39,5 @@ EventsDep = Annotated[EventPublisher, Depends(_events)]
 
 
 async def enqueue(celery_app: Celery, job: str, *args: Any) -> None:
-    """Queue a job from a request handler (kombu's client blocks, so off the event loop)."""
-    await run_in_threadpool(send_job, celery_app, job, *args)
+    """Queue a job from a request handler without blocking the event loop."""
+    await loopsafe.celery.send(job_signature(celery_app, job, *args))
