@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import sys
@@ -97,6 +98,22 @@ def query(
         return conn.execute(sql, params).fetchall()
 
 
+# Every process a Stack started. A test stopped by its deadline (pytest-timeout) in the middle of
+# its teardown once left its API running after the run: whatever is still alive at exit is
+# killed, so nothing a test starts outlives the run.
+_started: list[ManagedProcess] = []
+
+
+def _kill_leftovers() -> None:
+    for process in _started:
+        if process.alive:
+            with contextlib.suppress(Exception):
+                process.kill()
+
+
+atexit.register(_kill_leftovers)
+
+
 class Stack:
     """The app as real processes: uvicorn plus Celery prefork workers, each replaceable."""
 
@@ -115,6 +132,7 @@ class Stack:
             f"{self.name}-api", api_command(host="127.0.0.1", port=port),
             env=self.env, log_path=self.log_dir / f"{self.name}-api.log",
         ).start()  # fmt: skip
+        _started.append(self.api)
         self.base_url = f"http://127.0.0.1:{port}"
 
     def start_worker(
@@ -136,6 +154,7 @@ class Stack:
             env={**self.env, **env},
             log_path=self.log_dir / f"{self.name}-{role}-{self._count}.log",
         ).start()
+        _started.append(worker)
         self.workers[role] = worker
         worker.wait_for_log(" ready.", timeout=60)
         return worker
