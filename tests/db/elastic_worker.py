@@ -7,7 +7,7 @@ concurrent sessions of HOLD seconds each and prints the errors as JSON. With SLO
 session must win one of SLOTS advisory transaction locks (`claim_slot`): more concurrent
 transactions than SLOTS fail, whatever the sampling luck.
 ``hold N``: opens N sessions, prints ``held`` and sleeps (to be killed).
-``queue HOLD``: prints ``asking``, takes one session, prints ``got``, holds it HOLD seconds.
+``queue HOLD``: prints ``asking``, takes one session, prints ``got <time>``, holds it HOLD s.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from typing import Any
 
 from sqlalchemy import text
@@ -80,7 +81,7 @@ async def hold(db: Database, count: int) -> None:
 async def queue(db: Database, seconds: float) -> None:
     print("asking", flush=True)
     async with db.session() as session:
-        print("got", flush=True)
+        print(f"got {time.time()}", flush=True)
         await session.execute(text("SELECT pg_sleep(:s)"), {"s": seconds})
 
 
