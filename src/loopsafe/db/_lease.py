@@ -56,6 +56,8 @@ GRACE = HEARTBEAT + 0.2
 WAITER = 2.0
 #: Longest a Redis round trip may take on a checkout before the process falls back.
 REDIS_TIMEOUT = 1.0
+#: A lease given back is sent on its own only if no ask of this process carried it this soon.
+RELEASE_DELAY = 0.002
 #: Polling pace of the first waiter in line; those further back ask less often, up to MAX_POLL.
 POLL = 0.01
 MAX_POLL = 0.1
@@ -228,8 +230,15 @@ class LeaseKeeper:
         if holder is None or holder.clients.get(self.url) is None:
             self._send_release(ticket)  # not on a loop that talks to the ledger: the thread sends
             return
-        # On the checkout's own loop: one round trip in a task, no thread hand-off, and the
-        # waiter it wakes runs right after on this loop.
+        # The next ask of this process carries the release along (see `_try`): a waiter here is
+        # woken to make it now, and a checkout that follows at once makes it too. Only if no ask
+        # comes within RELEASE_DELAY is the release sent on its own, from this loop.
+        self._wake_one()
+        asyncio.get_running_loop().call_later(RELEASE_DELAY, self._release_later, holder, ticket)
+
+    def _release_later(self, holder: _LoopLedgerClients, ticket: str) -> None:
+        if ticket not in self._releasing:
+            return  # an ask carried it
         task = asyncio.get_running_loop().create_task(self._release_here(holder, ticket))
         holder.releases.add(task)
         task.add_done_callback(holder.releases.discard)
