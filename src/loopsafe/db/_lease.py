@@ -41,6 +41,7 @@ from ..redis._deadline import Deadlines
 from ..redis._release import release_without_io
 from ._ledger import Grant, Ledger, LedgerView
 from ._plan import ElasticBudget
+from ._pressure import PoolPressure
 
 __all__ = ("LeaseKeeper", "LeaseTimeout", "keeper_for")
 
@@ -169,9 +170,11 @@ class LeaseKeeper:
         if shed_idle:
             self._pressure.add(database)
 
-    async def acquire(self, timeout: float) -> str:
+    async def acquire(self, timeout: float, pressure: PoolPressure | None = None) -> str:
         """Take a lease, waiting in line up to `timeout` s; its ticket, for `release`.
 
+        A wait (not a lease granted on the first ask) is reported to `pressure`, so
+        ``pool_status()["waiting"]`` and the wait histogram include checkouts waiting in line.
         Raises `LeaseTimeout` after `timeout`.
         """
         self._start()
@@ -182,6 +185,7 @@ class LeaseKeeper:
             self._pending.add(ticket)
         deadline = time.monotonic() + timeout
         first = True
+        wait: int | None = None
         try:
             while True:
                 grant = await self._try(ticket)
@@ -194,6 +198,8 @@ class LeaseKeeper:
                     else:
                         self.after_wait += 1
                     return ticket
+                if first and pressure is not None:
+                    wait = pressure.wait_started()
                 first = False
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -214,6 +220,9 @@ class LeaseKeeper:
             # thread: this task may be cancelled, and the loop may be about to close.
             self._send_release(ticket)
             raise
+        finally:
+            if wait is not None and pressure is not None:
+                pressure.wait_ended(wait)
 
     def release(self, ticket: str) -> None:
         """Give a lease back; callable from any thread, inside a loop or not (no I/O here)."""
