@@ -543,8 +543,16 @@ def _forget_after_fork() -> None:
 
 
 def _leave_at_exit() -> None:
-    for keeper in list(_keepers.values()):
-        keeper.stop()
+    # All threads told first, then waited for together: each may sit out a Redis timeout.
+    keepers = list(_keepers.values())
+    for keeper in keepers:
+        keeper._stopped = True
+        keeper._kick.set()
+    deadline = time.monotonic() + 3 * REDIS_TIMEOUT
+    for keeper in keepers:
+        thread = keeper._thread
+        if thread is not None:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 on_fork_in_child(_forget_after_fork)
