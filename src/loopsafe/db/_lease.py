@@ -58,7 +58,7 @@ WAITER = 2.0
 #: Longest a Redis round trip may take on a checkout before the process falls back.
 REDIS_TIMEOUT = 1.0
 #: A lease given back is sent on its own only if no ask of this process carried it this soon.
-RELEASE_DELAY = 0.002
+RELEASE_DELAY = 0.01
 #: Polling pace of the first waiter in line; those further back ask less often, up to MAX_POLL.
 POLL = 0.01
 MAX_POLL = 0.1
@@ -72,12 +72,15 @@ class LeaseTimeout(TimeoutError):
 class _LoopLedgerClients:
     """One loop's Redis clients for ledgers (one per ledger URL), and its shared deadline timer."""
 
-    __slots__ = ("clients", "deadlines", "releases")
+    __slots__ = ("clients", "closed", "deadlines", "delayed", "releases")
 
     def __init__(self) -> None:
         self.clients: dict[str, Redis] = {}
         self.deadlines = Deadlines()
         self.releases: set[asyncio.Task[None]] = set()
+        # Releases waiting for RELEASE_DELAY: handed to the heartbeat threads if the loop ends.
+        self.delayed: dict[str, tuple[asyncio.TimerHandle, LeaseKeeper]] = {}
+        self.closed = False
 
     def client(self, url: str) -> Redis:
         client = self.clients.get(url)
@@ -89,6 +92,8 @@ class _LoopLedgerClients:
 
 
 async def _aclose_clients(holder: _LoopLedgerClients) -> None:
+    holder.closed = True
+    _hand_over_delayed(holder)
     if holder.releases:  # leases given back as the loop ends: let them arrive, briefly
         await asyncio.wait(list(holder.releases), timeout=REDIS_TIMEOUT)
     for client in list(holder.clients.values()):
@@ -99,7 +104,16 @@ async def _aclose_clients(holder: _LoopLedgerClients) -> None:
     holder.clients.clear()
 
 
+def _hand_over_delayed(holder: _LoopLedgerClients) -> None:
+    for ticket, (handle, keeper) in list(holder.delayed.items()):
+        handle.cancel()
+        keeper._send_release(ticket)
+    holder.delayed.clear()
+
+
 def _drop_clients(holder: _LoopLedgerClients) -> None:
+    holder.closed = True
+    _hand_over_delayed(holder)
     for client in holder.clients.values():
         release_without_io(client)
     holder.clients.clear()
@@ -236,18 +250,24 @@ class LeaseKeeper:
             self._wake_one()
             return
         holder = _loop_clients.peek()
-        if holder is None or holder.clients.get(self.url) is None:
+        if holder is None or holder.closed or holder.clients.get(self.url) is None:
             self._send_release(ticket)  # not on a loop that talks to the ledger: the thread sends
             return
         # The next ask of this process carries the release along (see `_try`): a waiter here is
         # woken to make it now, and a checkout that follows at once makes it too. Only if no ask
         # comes within RELEASE_DELAY is the release sent on its own, from this loop.
         self._wake_one()
-        asyncio.get_running_loop().call_later(RELEASE_DELAY, self._release_later, holder, ticket)
+        loop = asyncio.get_running_loop()
+        handle = loop.call_later(RELEASE_DELAY, self._release_later, holder, ticket)
+        holder.delayed[ticket] = (handle, self)
 
     def _release_later(self, holder: _LoopLedgerClients, ticket: str) -> None:
+        holder.delayed.pop(ticket, None)
         if ticket not in self._releasing:
             return  # an ask carried it
+        if holder.closed or self.url not in holder.clients:
+            self._send_release(ticket)
+            return
         task = asyncio.get_running_loop().create_task(self._release_here(holder, ticket))
         holder.releases.add(task)
         task.add_done_callback(holder.releases.discard)
