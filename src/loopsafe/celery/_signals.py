@@ -234,8 +234,8 @@ def _check_budget(kind: str, concurrency: int, loop: str) -> None:
         budget = database_module.get_database().budget
     except database_module.DatabaseNotConfiguredError:
         return
-    if budget is None:
-        return
+    if budget is None or isinstance(budget, database_module.ElasticBudget):
+        return  # an elastic role's leases hold for any number of processes and loops
     processes, loops = worker_budget_shape(kind, concurrency, loop)
     if budget.processes >= processes and budget.loops_per_process >= loops:
         return

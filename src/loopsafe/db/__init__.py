@@ -24,6 +24,7 @@ from ._default import session as session
 from ._default import session_maker as session_maker
 from ._fastapi import session_dependency as session_dependency
 from ._plan import BudgetPlan as BudgetPlan
+from ._plan import ElasticBudget as ElasticBudget
 from ._plan import Role as Role
 from ._plan import RoleBudget as RoleBudget
 from ._status import PoolStatus as PoolStatus
@@ -32,6 +33,7 @@ __all__ = (
     "BudgetPlan",
     "Database",
     "DatabaseNotConfiguredError",
+    "ElasticBudget",
     "PoolBudget",
     "PoolExhaustedError",
     "PoolStatus",
