@@ -383,7 +383,7 @@ class LeaseKeeper:
             if not self.fallback:
                 return
             self.fallback = False
-        _log.warning(
+        _log.info(
             "loopsafe.db.ledger_rejoined",
             plan=self.plan,
             role=self.role,
