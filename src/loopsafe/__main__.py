@@ -205,6 +205,10 @@ def _budget(arguments: argparse.Namespace) -> int:
     rows: list[tuple[str, ...]] = []
     total_processes = 0
     for name, role in plan.roles.items():
+        if role.processes is None:
+            cap = plan.elastic_limit - role.headroom
+            rows.append((name, "elastic", "-", f"{role.weight:g}", "-", "-", f"≤{cap}"))
+            continue
         budget = plan.budget_for(name)
         total_processes += role.processes
         rows.append(
@@ -218,7 +222,46 @@ def _budget(arguments: argparse.Namespace) -> int:
                 str(budget.total),
             )
         )
-    rows.append(("total", str(total_processes), "", "", "", "", str(plan.total)))
+    processes = f"{total_processes}+" if plan.elastic else str(total_processes)
+    rows.append(("total", processes, "", "", "", "", str(plan.total)))
+    _print_table(header, rows)
+    if plan.elastic:
+        print(
+            f"\nelastic roles: any number of processes share {plan.elastic_limit} connections "
+            f"through the ledger {plan.name!r} in Redis, one lease per connection in use; higher "
+            "priority is served first, and a role takes a connection only while its headroom "
+            "stays free for the roles above it:\n"
+        )
+        elastic_rows = [
+            (
+                name,
+                str(role.priority),
+                str(role.headroom),
+                f"≥{role.headroom + 1} free",
+                str(plan.elastic_limit - role.headroom),
+            )
+            for name, role in sorted(
+                plan.roles.items(), key=lambda item: (-item[1].priority, item[0])
+            )
+            if role.elastic
+        ]
+        _print_table(
+            ("role", "priority", "headroom", "takes one while", "at most"),
+            elastic_rows,
+            total=False,
+        )
+    print(
+        f"\n{plan.total} of {plan.usable} usable connections (max_connections="
+        f"{plan.max_connections}, reserve={plan.reserve:g}); every process caps itself at its "
+        "share: Database(budget=BudgetPlan.from_env().budget_for()) with LOOPSAFE_BUDGET_PLAN "
+        "(--json prints it) and LOOPSAFE_ROLE."
+    )
+    return 0
+
+
+def _print_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], *, total: bool = True
+) -> None:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
@@ -228,17 +271,12 @@ def _budget(arguments: argparse.Namespace) -> int:
 
     print(line(header))
     print(line(["-" * width for width in widths]))
-    for row in rows[:-1]:
+    body = rows[:-1] if total else rows
+    for row in body:
         print(line(row))
-    print(line(["-" * width for width in widths]))
-    print(line(rows[-1]))
-    print(
-        f"\n{plan.total} of {plan.usable} usable connections (max_connections="
-        f"{plan.max_connections}, reserve={plan.reserve:g}); every process caps itself at its "
-        "share: Database(budget=BudgetPlan.from_env().budget_for()) with LOOPSAFE_BUDGET_PLAN "
-        "(--json prints it) and LOOPSAFE_ROLE."
-    )
-    return 0
+    if total:
+        print(line(["-" * width for width in widths]))
+        print(line(rows[-1]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

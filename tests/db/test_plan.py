@@ -144,7 +144,7 @@ roles = st.builds(
 def test_the_whole_deployment_never_exceeds_usable_and_minimums_hold(
     max_connections: int, reserve: float, plan_roles: dict[str, Role]
 ) -> None:
-    floors = sum(r.processes * r.loops * r.floor_per_loop for r in plan_roles.values())
+    floors = sum((r.processes or 0) * r.loops * r.floor_per_loop for r in plan_roles.values())
     if floors > math.floor(max_connections * (1 - Fraction(str(reserve)))):
         # Refused exactly when the guaranteed minimums do not fit.
         with pytest.raises(ValueError, match="What would fit"):
@@ -157,6 +157,7 @@ def test_the_whole_deployment_never_exceeds_usable_and_minimums_hold(
         assert budget.per_loop >= role.floor_per_loop
         assert budget.pool_size + budget.max_overflow == budget.per_loop
         assert budget.per_process >= role.minimum
+        assert role.processes is not None
         total += role.processes * budget.per_process
     assert total == plan.total <= plan.usable
     # The smallest limit that fits, as error messages propose it, is exact.

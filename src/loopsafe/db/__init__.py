@@ -23,6 +23,7 @@ from ._fastapi import session_dependency as session_dependency
 from ._overload import install_fastapi as install_fastapi
 from ._overload import overload_handler as overload_handler
 from ._plan import BudgetPlan as BudgetPlan
+from ._plan import ElasticBudget as ElasticBudget
 from ._plan import Role as Role
 from ._plan import RoleBudget as RoleBudget
 
@@ -30,6 +31,7 @@ __all__ = (
     "BudgetPlan",
     "Database",
     "DatabaseNotConfiguredError",
+    "ElasticBudget",
     "PoolBudget",
     "Role",
     "RoleBudget",

@@ -10,7 +10,7 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL
@@ -24,11 +24,12 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import greenlet_spawn
 
-from .. import _validate
+from .. import _fork, _validate
 from .._errors import DatabaseNotConfiguredError
 from .._log import get_logger, redact_dsn
 from .._registry import LoopLocal
 from ._budget import PoolBudget
+from ._plan import ElasticBudget
 from ._pool import LoopBoundNullPool, LoopBoundQueuePool, PoolContext, context_of
 from ._pooler import (
     Pooler,
@@ -41,7 +42,10 @@ from ._pressure import PoolPressure, PressureAlerts
 from ._quota import ConnectionQuota
 from ._retry import backoff, is_retryable_connect_error, is_retryable_transaction_error
 from ._sqlalchemy_compat import max_overflow
-from ._status import PoolStatus
+from ._status import LedgerStatus, PoolStatus
+
+if TYPE_CHECKING:  # needs redis: imported only for elastic budgets
+    from ._lease import LeaseKeeper
 
 __all__ = ("Database", "live_databases")
 
@@ -149,6 +153,10 @@ class Database:
             if budget is not None
             else None
         )
+        self._elastic = budget if isinstance(budget, ElasticBudget) else None
+        self._keeper: tuple[int, LeaseKeeper] | None = None
+        if self._elastic is not None:
+            _require_redis(name)
         self._shedding: set[asyncio.Task[None]] = set()
         self._pressure = PoolPressure(name, PressureAlerts.from_env())
         self._live: set[_Bound] = set()
@@ -185,6 +193,16 @@ class Database:
             if self.budget is not None:
                 options["pool_size"] = self.budget.pool_size
                 options["max_overflow"] = self.budget.max_overflow
+            if self._elastic is not None and self.pooler == "transaction":
+                # A lease per checkout: an idle connection to the pooler holds no server
+                # connection, so keep every one warm rather than reconnect under load.
+                options["pool_size"] = self._elastic.per_loop
+                options["max_overflow"] = 0
+            elif self._elastic is not None:
+                # A lease per open connection: keep one warm per loop and close the rest on
+                # return, so idle connections do not sit on leases other processes wait for.
+                options["pool_size"] = 1
+                options["max_overflow"] = self._elastic.per_loop - 1
         else:
             poolclass = LoopBoundNullPool
         engine = create_async_engine(url, poolclass=poolclass, connect_args=connect_args, **options)
@@ -195,6 +213,8 @@ class Database:
             budget=self.budget,
             quota=self._quota,
             pool_timeout=self._pool_timeout,
+            lease=self._lease_keeper if self._elastic is not None else None,
+            lease_per_checkout=self.pooler == "transaction",
         )
         pool = engine.sync_engine.pool
         assert isinstance(pool, (LoopBoundQueuePool, LoopBoundNullPool))
@@ -244,6 +264,21 @@ class Database:
     def _forget(self, bound: _Bound) -> None:
         with self._live_lock:
             self._live.discard(bound)
+
+    def _lease_keeper(self) -> LeaseKeeper:
+        """This process's keeper of the elastic role's leases (a forked child gets its own)."""
+        cached = self._keeper
+        generation = _fork.generation()
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        from ._lease import keeper_for
+
+        assert self._elastic is not None
+        keeper = keeper_for(self._elastic)
+        if self.pooler != "transaction":
+            keeper.on_pressure(self)  # some role waits: idle connections give their leases back
+        self._keeper = (generation, keeper)
+        return keeper
 
     # -- keeping a process-wide budget fair between loops ------------------------------------
 
@@ -451,6 +486,8 @@ class Database:
         status["usage"] = round(status["checked_out"] / capacity, 4) if capacity else 0.0
         status["waiting"] = waiting
         status["longest_wait"] = round(longest_wait, 4)
+        if self._elastic is not None:
+            status["ledger"] = cast(LedgerStatus, self._lease_keeper().status())
         return status
 
     async def aclose(self) -> None:
@@ -496,6 +533,16 @@ def _require_driver(url: URL, database: str) -> None:
         raise ImportError(
             f"loopsafe.db Database {database!r} uses the {driver} driver, which is not "
             f"installed: {fix}"
+        ) from exc
+
+
+def _require_redis(database: str) -> None:
+    try:
+        importlib.import_module("redis")
+    except ImportError as exc:
+        raise ImportError(
+            f"loopsafe.db Database {database!r} has an elastic budget, whose ledger lives in "
+            "Redis: pip install 'loopsafe[db,redis]'"
         ) from exc
 
 

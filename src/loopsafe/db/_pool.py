@@ -7,7 +7,8 @@ import os
 import select
 import threading
 import time
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import exc
 from sqlalchemy.engine.interfaces import DBAPIConnection
@@ -30,6 +31,9 @@ from ._sqlalchemy_compat import (
     take_idle_records,
     would_wait,
 )
+
+if TYPE_CHECKING:  # the lease machinery needs redis, imported only for elastic budgets
+    from ._lease import LeaseKeeper
 
 __all__ = ("LoopBoundNullPool", "LoopBoundQueuePool", "PoolContext", "context_of")
 
@@ -55,6 +59,8 @@ class PoolContext:
         budget: PoolBudget | None,
         quota: ConnectionQuota | None,
         pool_timeout: float,
+        lease: Callable[[], LeaseKeeper] | None = None,
+        lease_per_checkout: bool = False,
     ) -> None:
         self.database = database
         self.owner = LoopOwner(
@@ -76,31 +82,110 @@ class PoolContext:
         self.connections: dict[int, Any] = {}
         self.checked_out = 0
         self._lock = threading.Lock()
+        # Elastic roles: where this process's leases come from, and whether a lease lasts a
+        # checkout (transaction pooler) or as long as the connection is open.
+        self.lease = lease
+        self.lease_per_checkout = lease is not None and lease_per_checkout
+        self.tickets: dict[Any, str] = {}  # connection id or checked-out record → its lease
+        self._leasing: set[Any] = set()  # tasks inside a leased checkout (QueuePool recurses)
 
-    def opened(self, connection: Any) -> None:
+    def opened(self, connection: Any, ticket: str | None = None) -> None:
         with self._lock:
             self.connections[id(connection)] = connection
+            if ticket is not None:
+                self.tickets[id(connection)] = ticket
 
     def closed(self, connection: Any) -> None:
         with self._lock:
             known = self.connections.pop(id(connection), None) is not None
+            ticket = self.tickets.pop(id(connection), None)
         if known and self.quota is not None:
             self.quota.release()
+        if ticket is not None:
+            self.give_back(ticket)
 
     def abandon_all(self) -> int:
         """Release every open connection without I/O (see `abandon_connection`); returns how many."""
         with self._lock:
             connections = list(self.connections.values())
             self.connections.clear()
+            tickets = list(self.tickets.values())
+            self.tickets.clear()
+        mine = self.pid == os.getpid()  # a forked child's tickets are the parent's
         for connection in connections:
             abandon_connection(connection, owner_pid=self.pid)
-            if self.quota is not None and self.pid == os.getpid():
+            if self.quota is not None and mine:
                 self.quota.release()
+        if mine:
+            for ticket in tickets:
+                self.give_back(ticket)
         return len(connections)
+
+    def take_lease(self) -> str:
+        """Wait for a lease of the elastic role (inside SQLAlchemy's greenlet); its ticket.
+
+        Raises `PoolExhaustedError` naming the plan and role after `pool_timeout`.
+        """
+        from ._lease import LeaseTimeout
+
+        assert self.lease is not None
+        keeper = self.lease()
+        pressure = self.pressure
+        wait = pressure.wait_started() if pressure is not None else None
+        try:
+            ticket: str = await_in_greenlet(keeper.acquire(self.pool_timeout))
+        except LeaseTimeout:
+            raise self.exhausted(
+                "the elastic ledger had no connection free for this role"
+            ) from None
+        finally:
+            if pressure is not None and wait is not None:
+                pressure.wait_ended(wait)
+        return ticket
+
+    def give_back(self, ticket: str) -> None:
+        if self.lease is not None and self.pid == os.getpid():
+            self.lease().release(ticket)
+
+    def leased(self, get: Callable[[], ConnectionPoolEntry]) -> ConnectionPoolEntry:
+        """Check out a record with `get` under a lease of its own (transaction pooler)."""
+        # The checkout's task: SQLAlchemy's greenlet runs inside it, so a recursive call sees it.
+        me = asyncio.current_task() or threading.get_ident()
+        if me in self._leasing:  # QueuePool._do_get calling itself: the lease is taken already
+            return get()
+        ticket = self.take_lease()
+        self._leasing.add(me)
+        try:
+            record = get()
+        except BaseException:
+            self.give_back(ticket)
+            raise
+        finally:
+            self._leasing.discard(me)
+        with self._lock:
+            self.tickets[record] = ticket
+        return record
+
+    def checked_in(self, record: ConnectionPoolEntry) -> None:
+        """A leased checkout ended: its lease goes back."""
+        with self._lock:
+            ticket = self.tickets.pop(record, None)
+        if ticket is not None:
+            self.give_back(ticket)
 
     def exhausted(self, cause: str) -> PoolExhaustedError:
         """The error for a checkout that waited `pool_timeout` in vain, naming the budget."""
-        if self.budget is not None:
+        if self.lease is not None:
+            keeper = self.lease()
+            figures = keeper.status()
+            share = (
+                f"the elastic role {keeper.role!r} of BudgetPlan {keeper.plan!r} shares "
+                f"{keeper.limit} connections with every process of the plan's elastic roles "
+                f"(headroom {keeper.headroom} kept for higher roles; {figures['mode']} mode; "
+                f"in use by role {figures['in_use']}, waiting {figures['waiting']}; this "
+                f"process holds {figures['held']})"
+            )
+        elif self.budget is not None:
             budget = self.budget
             share = (
                 f"{budget!r} gives this process {budget.per_process} connections "
@@ -188,13 +273,18 @@ def _wrap_creator(pool: Pool, create: CreatorFn) -> CreatorFn:
             finally:
                 if pressure is not None and wait is not None:
                     pressure.wait_ended(wait)
+        ticket = None
         try:
+            if context.lease is not None and not context.lease_per_checkout:
+                ticket = context.take_lease()  # directly on the server: a lease while open
             connection = create(rec)
         except BaseException:
             if quota is not None:
                 quota.release()
+            if ticket is not None:
+                context.give_back(ticket)
             raise
-        context.opened(connection)
+        context.opened(connection, ticket)
         return connection
 
     return create_within_budget
@@ -237,6 +327,13 @@ class LoopBoundQueuePool(_LoopBound, AsyncAdaptedQueuePool):
         # Before touching the queue: a wait on another loop's asyncio primitives would raise
         # "attached to a different loop" or hang.
         context.owner.check()
+        if context.lease_per_checkout:
+            return context.leased(self._get_record)
+        return self._get_record()
+
+    def _get_record(self) -> ConnectionPoolEntry:
+        context = self.loopsafe
+        assert context is not None
         pressure = context.pressure
         wait = None
         if pressure is not None:
@@ -269,7 +366,11 @@ class LoopBoundQueuePool(_LoopBound, AsyncAdaptedQueuePool):
         checked_out_at = record.info.pop(_CHECKED_OUT_AT, None)
         if checked_out_at is not None and self.loopsafe is not None and self.loopsafe.pressure:
             self.loopsafe.pressure.observe_hold(now - checked_out_at)
-        super()._do_return_conn(record)
+        try:
+            super()._do_return_conn(record)
+        finally:
+            if self.loopsafe is not None and self.loopsafe.lease_per_checkout:
+                self.loopsafe.checked_in(record)
 
     def _invalidate_if_dead(self, record: ConnectionPoolEntry) -> None:
         """Invalidate a connection the server closed while it sat idle in the pool.
@@ -324,7 +425,10 @@ class LoopBoundNullPool(_LoopBound, NullPool):
         context = self.loopsafe
         if context is not None:
             context.owner.check()
-        record = super()._do_get()
+        if context is not None and context.lease_per_checkout:
+            record = context.leased(super()._do_get)
+        else:
+            record = super()._do_get()
         if context is not None:
             context.checked_out += 1
         return record
@@ -332,4 +436,8 @@ class LoopBoundNullPool(_LoopBound, NullPool):
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         if self.loopsafe is not None:
             self.loopsafe.checked_out -= 1
-        super()._do_return_conn(record)
+        try:
+            super()._do_return_conn(record)
+        finally:
+            if self.loopsafe is not None and self.loopsafe.lease_per_checkout:
+                self.loopsafe.checked_in(record)

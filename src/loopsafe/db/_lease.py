@@ -1,0 +1,487 @@
+"""The per-process side of an elastic role: leases taken from the ledger, a heartbeat, a fallback.
+
+One `LeaseKeeper` per process, plan and role. Checkouts take a lease with one round trip on
+their own loop's Redis client; giving it back, keeping the process alive in the ledger and
+noticing that Redis is gone (or back) are the job of one heartbeat thread, so nothing of that
+sits on a checkout's path nor depends on any event loop being responsive: a loop blocked by
+CPU work for seconds must not let its process's leases expire while its connections are in use.
+
+Waiters poll the ledger (bounded: every 10-100 ms depending on their place in line) rather than
+subscribe: a subscription per loop is a connection per loop held open for nothing most of the
+time, and a missed message would strand a waiter. A lease given back in this process wakes this
+process's oldest waiter at once, so hand-overs within a process cost no polling delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import os
+import random
+import threading
+import time
+import uuid
+import weakref
+from fractions import Fraction
+from typing import Any
+
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from .._fork import on_fork_in_child
+from .._log import get_logger, redact_dsn
+from .._registry import LoopLocal
+from ..redis._client import _default_options, _OwnedPool
+from ..redis._deadline import Deadlines
+from ..redis._release import release_without_io
+from ._ledger import Grant, Ledger, LedgerView
+from ._plan import ElasticBudget
+
+__all__ = ("LeaseKeeper", "LeaseTimeout", "keeper_for")
+
+_log = get_logger("loopsafe.db")
+
+#: A process that stops heartbeating (SIGKILL, frozen host) loses its leases after this long.
+LEASE = 3.0
+#: How often the heartbeat thread keeps the process's leases and reads the ledger.
+HEARTBEAT = 0.3
+#: After a wiped or long-silent ledger, nothing is granted for this long while holders re-register.
+GRACE = HEARTBEAT + 0.2
+#: A waiter that stops asking (its process died) loses its place in line after this long.
+WAITER = 2.0
+#: Longest a Redis round trip may take on a checkout before the process falls back.
+REDIS_TIMEOUT = 1.0
+#: Polling pace of the first waiter in line; those further back ask less often, up to MAX_POLL.
+POLL = 0.01
+MAX_POLL = 0.1
+_REDIS_FAILURES = (RedisError, OSError, TimeoutError)
+
+
+class LeaseTimeout(TimeoutError):
+    """No lease within the checkout's timeout (the pool turns it into `PoolExhaustedError`)."""
+
+
+class _LoopLedgerClients:
+    """One loop's Redis clients for ledgers (one per ledger URL), and its shared deadline timer."""
+
+    __slots__ = ("clients", "deadlines", "releases")
+
+    def __init__(self) -> None:
+        self.clients: dict[str, Redis] = {}
+        self.deadlines = Deadlines()
+        self.releases: set[asyncio.Task[None]] = set()
+
+    def client(self, url: str) -> Redis:
+        client = self.clients.get(url)
+        if client is None:
+            pool = _OwnedPool.from_url(url, **_default_options())
+            pool.bind(asyncio.get_running_loop())
+            client = self.clients[url] = Redis.from_pool(pool)
+        return client
+
+
+async def _aclose_clients(holder: _LoopLedgerClients) -> None:
+    if holder.releases:  # leases given back as the loop ends: let them arrive, briefly
+        await asyncio.wait(list(holder.releases), timeout=REDIS_TIMEOUT)
+    for client in list(holder.clients.values()):
+        try:
+            await client.aclose()
+        except Exception:  # one bad client must not keep the others open
+            release_without_io(client)
+    holder.clients.clear()
+
+
+def _drop_clients(holder: _LoopLedgerClients) -> None:
+    for client in holder.clients.values():
+        release_without_io(client)
+    holder.clients.clear()
+
+
+_loop_clients: LoopLocal[_LoopLedgerClients] = LoopLocal(
+    _LoopLedgerClients, aclose=_aclose_clients, drop=_drop_clients, name="loopsafe.db.ledger"
+)
+
+
+class LeaseKeeper:
+    """This process's leases of one elastic role of one plan."""
+
+    def __init__(self, budget: ElasticBudget) -> None:
+        plan = budget.plan
+        assert plan is not None
+        self.plan = plan.name
+        self.role = budget.role
+        self.url = plan.ledger_url
+        self.limit = plan.elastic_limit
+        self.headroom = budget.headroom
+        self.higher = budget.higher_roles
+        self.roles = tuple(name for name, role in plan.roles.items() if role.elastic)
+        self.weights = {name: Fraction(plan.roles[name].weight) for name in self.roles}
+        self.headrooms = {name: plan.roles[name].headroom for name in self.roles}
+        self.ledger = Ledger.for_plan(
+            plan.name, self.limit, lease=LEASE, grace=GRACE, waiter=WAITER
+        )
+        self.owner = uuid.uuid4().hex
+        self.pid = os.getpid()
+        self.fallback = False
+        self.view: LedgerView | None = None
+        self._lock = threading.Lock()
+        self._issued = 0
+        self._held: set[str] = set()
+        self._pending: set[str] = set()
+        self._local_line: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._outbox: collections.deque[str] = collections.deque()
+        # Waiters napping between polls, by ticket number: the lowest arrived first, so it is the
+        # one first in line (the ledger serves each role first come, first served).
+        self._sleepers: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = {}
+        self._pressure: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._kick = threading.Event()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    # -- what the pool calls -----------------------------------------------------------------
+
+    @property
+    def held(self) -> int:
+        """Leases this process holds now."""
+        return len(self._held)
+
+    def on_pressure(self, owner: Any) -> None:
+        """Have ``owner._relieve_pressure()`` called when some role waits (idle leases to shed)."""
+        self._pressure.add(owner)
+
+    async def acquire(self, timeout: float) -> str:
+        """Take a lease, waiting in line up to `timeout` s; its ticket, for `release`.
+
+        Raises `LeaseTimeout` after `timeout`.
+        """
+        self._start()
+        with self._lock:
+            self._issued += 1
+            number = self._issued
+            ticket = f"{self.owner}:{number}"
+            self._pending.add(ticket)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                grant = await self._try(ticket)
+                if grant.granted:
+                    with self._lock:
+                        self._pending.discard(ticket)
+                        self._held.add(ticket)
+                    return ticket
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise LeaseTimeout(timeout)
+                if grant.settling:
+                    pace = grant.settling
+                else:
+                    # Jitter keeps the waiters of many processes from asking in lockstep.
+                    pace = POLL * min(max(grant.behind, 1), 10) * random.uniform(0.75, 1.25)
+                await self._nap(
+                    number, min(pace, MAX_POLL if not grant.settling else pace, remaining)
+                )
+        except BaseException:
+            with self._lock:
+                self._pending.discard(ticket)
+                self._local_line.pop(ticket, None)
+            # Its place in line (or a grant whose reply was lost) goes back through the heartbeat
+            # thread: this task may be cancelled, and the loop may be about to close.
+            self._send_release(ticket)
+            raise
+
+    def release(self, ticket: str) -> None:
+        """Give a lease back; callable from any thread, inside a loop or not (no I/O here)."""
+        with self._lock:
+            if ticket not in self._held:
+                return
+            self._held.discard(ticket)
+        if self.fallback:
+            self._wake_one()
+            return
+        holder = _loop_clients.peek()
+        if holder is None or holder.clients.get(self.url) is None:
+            self._send_release(ticket)  # not on a loop that talks to the ledger: the thread sends
+            return
+        # On the checkout's own loop: one round trip in a task, no thread hand-off, and the
+        # waiter it wakes runs right after on this loop.
+        task = asyncio.get_running_loop().create_task(self._release_here(holder, ticket))
+        holder.releases.add(task)
+        task.add_done_callback(holder.releases.discard)
+
+    async def _release_here(self, holder: _LoopLedgerClients, ticket: str) -> None:
+        try:
+            await holder.deadlines.run(
+                self.ledger.release(holder.clients[self.url], self.owner, self.role, ticket),
+                REDIS_TIMEOUT,
+            )
+        except _REDIS_FAILURES:
+            self._send_release(ticket)  # the thread tries again, and notices if Redis is gone
+            return
+        self._wake_one()
+
+    # -- one attempt ---------------------------------------------------------------------------
+
+    async def _try(self, ticket: str) -> Grant:
+        if not self.fallback:
+            try:
+                clients = _loop_clients.get()
+                client = clients.client(self.url)
+                return await clients.deadlines.run(
+                    self.ledger.acquire(
+                        client, self.owner, self.role, ticket, self.headroom, self.higher
+                    ),
+                    REDIS_TIMEOUT,
+                )
+            except _REDIS_FAILURES as error:
+                self._enter_fallback(error)
+        return self._try_local(ticket)
+
+    def _try_local(self, ticket: str) -> Grant:
+        """Redis is unreachable: grant from this process's fallback share, first come first served."""
+        share = self.fallback_share()
+        with self._lock:
+            self._local_line.setdefault(ticket, None)
+            rank = list(self._local_line).index(ticket)
+            free = share - len(self._held)
+            if rank < free:
+                del self._local_line[ticket]
+                return Grant(True, 0.0, 0)
+        return Grant(False, 0.0, rank - free + 1)
+
+    def fallback_share(self) -> int:
+        """Connections this process allows itself while Redis is unreachable.
+
+        ``floor(limit × weight / Σ live processes × their role's weight)`` over the processes the
+        ledger last showed (this one included): the shares of every process the ledger knew add
+        up to at most the limit. A process that never reached the ledger knows nobody, so it
+        allows itself nothing and waits for Redis.
+        """
+        view = self.view
+        if view is None:
+            return 0
+        members = dict(view.members)
+        members[self.role] = max(1, members.get(self.role, 0))
+        weights = sum(Fraction(count) * self.weights.get(name, Fraction(1))
+                      for name, count in members.items() if name in self.weights)  # fmt: skip
+        return int(Fraction(self.limit) * self.weights[self.role] / weights)
+
+    async def _nap(self, number: int, seconds: float) -> None:
+        """Sleep up to `seconds`, or until a lease comes back in this process."""
+        loop = asyncio.get_running_loop()
+        waker: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            self._sleepers[number] = (loop, waker)
+        try:
+            await asyncio.wait((waker,), timeout=seconds)
+        finally:
+            with self._lock:
+                self._sleepers.pop(number, None)
+
+    def _wake_one(self) -> None:
+        """Wake this process's earliest waiter: a lease just came back, it may be its turn."""
+        with self._lock:
+            while self._sleepers:
+                loop, waker = self._sleepers.pop(min(self._sleepers))
+                try:
+                    loop.call_soon_threadsafe(_set_done, waker)
+                except RuntimeError:  # that loop is closed; wake the next one
+                    continue
+                return
+
+    # -- fallback ------------------------------------------------------------------------------
+
+    def _enter_fallback(self, error: BaseException) -> None:
+        with self._lock:
+            if self.fallback:
+                return
+            self.fallback = True
+        _log.warning(
+            "loopsafe.db.ledger_fallback",
+            plan=self.plan,
+            role=self.role,
+            ledger=redact_dsn(self.url),
+            error=f"{type(error).__name__}: {error}",
+            share=self.fallback_share(),
+            held=len(self._held),
+            pid=os.getpid(),
+        )
+        self._kick.set()
+
+    def _rejoin(self) -> None:
+        with self._lock:
+            if not self.fallback:
+                return
+            self.fallback = False
+        _log.warning(
+            "loopsafe.db.ledger_rejoined",
+            plan=self.plan,
+            role=self.role,
+            ledger=redact_dsn(self.url),
+            held=len(self._held),
+            pid=os.getpid(),
+        )
+
+    # -- the heartbeat thread --------------------------------------------------------------------
+
+    def _send_release(self, ticket: str) -> None:
+        self._outbox.append(ticket)
+        self._start()
+        self._kick.set()
+
+    def _start(self) -> None:
+        if self._thread is not None or os.getpid() != self.pid:
+            return
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(
+                target=self._run, name=f"loopsafe.db ledger {self.plan}/{self.role}", daemon=True
+            )
+        self._thread.start()
+
+    def _run(self) -> None:
+        client = SyncRedis.from_url(
+            self.url,
+            socket_timeout=REDIS_TIMEOUT,
+            socket_connect_timeout=REDIS_TIMEOUT,
+            retry=Retry(NoBackoff(), 1),
+        )
+        next_beat = 0.0
+        try:
+            while not self._stopped:
+                self._flush(client)
+                now = time.monotonic()
+                if now >= next_beat:
+                    self._beat(client)
+                    next_beat = now + HEARTBEAT
+                self._kick.wait(max(0.0, next_beat - time.monotonic()))
+                self._kick.clear()
+        finally:
+            client.close()
+
+    def _flush(self, client: SyncRedis) -> None:
+        """Send the releases queued by checkins, then wake as many local waiters."""
+        sent = 0
+        while self._outbox and not self.fallback:
+            ticket = self._outbox.popleft()
+            try:
+                self.ledger.release_sync(client, self.owner, self.role, ticket)
+            except _REDIS_FAILURES as error:
+                # The heartbeat's sync drops it from the ledger once Redis answers again.
+                self._enter_fallback(error)
+            sent += 1
+        if self.fallback:
+            sent += len(self._outbox)
+            self._outbox.clear()
+        for _ in range(sent):
+            self._wake_one()
+
+    def _beat(self, client: SyncRedis) -> None:
+        with self._lock:
+            issued = self._issued
+            held = list(self._held)
+            keep = held + list(self._pending)
+        try:
+            view = self.ledger.heartbeat(
+                client, self.owner, self.role, issued, keep, held, self.roles
+            )
+        except _REDIS_FAILURES as error:
+            self._enter_fallback(error)
+            return
+        self.view = view
+        self._rejoin()
+        if any(view.waiting.values()):
+            for owner in list(self._pressure):
+                owner._relieve_pressure()
+
+    def stop(self) -> None:
+        """Stop the heartbeat and give back everything this process holds in the ledger."""
+        self._stopped = True
+        self._kick.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2 * REDIS_TIMEOUT)
+        if os.getpid() != self.pid or thread is None:
+            return
+        client = SyncRedis.from_url(
+            self.url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+        )
+        try:
+            self.ledger.leave(client, self.owner)
+        except _REDIS_FAILURES:  # its leases run out on their own
+            pass
+        finally:
+            client.close()
+
+    # -- what pool_status() shows -------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        view = self.view
+        return {
+            "plan": self.plan,
+            "role": self.role,
+            "mode": "fallback" if self.fallback else "ledger",
+            "limit": self.limit,
+            "held": len(self._held),
+            "fallback_share": self.fallback_share(),
+            "in_use": dict(view.in_use) if view else {},
+            "waiting": dict(view.waiting) if view else {},
+            "members": dict(view.members) if view else {},
+            "headroom": dict(self.headrooms),
+        }
+
+
+def _set_done(waker: asyncio.Future[None]) -> None:
+    if not waker.done():
+        waker.set_result(None)
+
+
+_keepers: dict[tuple[str, str, str], LeaseKeeper] = {}
+_keepers_lock = threading.Lock()
+
+
+def keeper_for(budget: ElasticBudget) -> LeaseKeeper:
+    """This process's `LeaseKeeper` for `budget`'s plan and role (made on first use)."""
+    plan = budget.plan
+    assert plan is not None
+    key = (plan.ledger_url, plan.name, budget.role)
+    keeper = _keepers.get(key)
+    if keeper is None:
+        with _keepers_lock:
+            keeper = _keepers.get(key)
+            if keeper is None:
+                keeper = _keepers[key] = LeaseKeeper(budget)
+                _log.info(
+                    "loopsafe.db.ledger_joined",
+                    plan=plan.name,
+                    role=budget.role,
+                    ledger=redact_dsn(keeper.url),
+                    limit=keeper.limit,
+                    headroom=keeper.headroom,
+                    pid=os.getpid(),
+                )
+    return keeper
+
+
+def live_keepers() -> list[LeaseKeeper]:
+    return list(_keepers.values())
+
+
+def _forget_after_fork() -> None:
+    # The parent's leases are the parent's: a child starts with none, under an owner of its own.
+    global _keepers_lock
+    _keepers_lock = threading.Lock()
+    _keepers.clear()
+
+
+def _leave_at_exit() -> None:
+    for keeper in list(_keepers.values()):
+        keeper.stop()
+
+
+on_fork_in_child(_forget_after_fork)
+atexit.register(_leave_at_exit)

@@ -1,0 +1,305 @@
+"""The elastic ledger in Redis: atomic Lua scripts over the leases of one `BudgetPlan`.
+
+Keys (``loopsafe:ledger:{<plan name>}:…``; the braces keep them on one Redis Cluster slot):
+``leases`` (ticket → role, one entry per connection in use), ``total`` and ``inuse`` (role →
+count) kept equal to it by every script, ``owners`` (owner → expiry: one owner per process and
+role, kept alive by its heartbeat), ``ownrole`` (owner → role), ``own:<owner>`` (its tickets),
+``q:<role>`` (ticket → arrival number: the role's first-come first-served line of waiters) and
+``alive:<role>`` (ticket → when a waiter that stopped asking is dropped from the line), ``pulse``
+(exists while anyone has spoken to the ledger within a lease) and ``settle``.
+
+A lease is never renewed on its own: its owner's heartbeat keeps all of them, so a process that
+dies (SIGKILL) loses every lease when its owner entry expires, and a live process pays one round
+trip per heartbeat whatever it holds. Times come from Redis's own clock, so skewed hosts agree.
+
+After the ledger was wiped (Redis restarted without persistence) or nobody could reach it for
+longer than a lease, ``pulse`` is gone: the first script to notice sets ``settle`` for a grace
+period, during which nothing is granted while every live holder re-registers its leases through
+its heartbeat. So a restart never lets new grants overtake connections still in use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+__all__ = ("Grant", "Ledger", "LedgerView")
+
+_PRELUDE = """
+local P = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function drop_lease(ticket)
+  local role = redis.call('HGET', P .. ':leases', ticket)
+  if not role then return 0 end
+  redis.call('HDEL', P .. ':leases', ticket)
+  redis.call('DECR', P .. ':total')
+  redis.call('HINCRBY', P .. ':inuse', role, -1)
+  return 1
+end
+local function reap_owners()
+  for _, dead in ipairs(redis.call('ZRANGEBYSCORE', P .. ':owners', '-inf', now)) do
+    for _, ticket in ipairs(redis.call('SMEMBERS', P .. ':own:' .. dead)) do drop_lease(ticket) end
+    redis.call('DEL', P .. ':own:' .. dead)
+    redis.call('ZREM', P .. ':owners', dead)
+    redis.call('HDEL', P .. ':ownrole', dead)
+  end
+end
+local function reap_waiters(role)
+  local alive = P .. ':alive:' .. role
+  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', alive, '-inf', now)) do
+    redis.call('ZREM', P .. ':q:' .. role, gone)
+    redis.call('ZREM', alive, gone)
+  end
+end
+local function wake_up(ttl, grace)
+  if redis.call('EXISTS', P .. ':pulse') == 0 then
+    redis.call('SET', P .. ':settle', '1', 'PX', grace)
+    redis.call('SET', P .. ':pulse', '1', 'PX', ttl)
+  end
+end
+local function touch(owner, role, ttl, grace)
+  wake_up(ttl, grace)
+  redis.call('SET', P .. ':pulse', '1', 'PX', ttl)
+  redis.call('ZADD', P .. ':owners', now + ttl, owner)
+  redis.call('HSET', P .. ':ownrole', owner, role)
+end
+local function grant(owner, role, ticket)
+  redis.call('HSET', P .. ':leases', ticket, role)
+  redis.call('SADD', P .. ':own:' .. owner, ticket)
+  redis.call('INCR', P .. ':total')
+  redis.call('HINCRBY', P .. ':inuse', role, 1)
+end
+"""
+
+# KEYS: prefix. ARGV: owner role ticket limit headroom ttl_ms grace_ms waiter_ttl_ms, then the
+# roles of higher priority. Returns {granted, ms to wait (settling), place beyond the free ones}.
+_ACQUIRE = (
+    _PRELUDE
+    + """
+local owner, role, ticket = ARGV[1], ARGV[2], ARGV[3]
+local limit, headroom = tonumber(ARGV[4]), tonumber(ARGV[5])
+-- The hot path: no reaping here (heartbeats do it, every few hundred ms), and the owner is only
+-- registered if it is not yet, so a process that dies before its first heartbeat is reaped too.
+wake_up(tonumber(ARGV[6]), tonumber(ARGV[7]))
+if redis.call('ZADD', P .. ':owners', 'NX', now + tonumber(ARGV[6]), owner) == 1 then
+  redis.call('HSET', P .. ':ownrole', owner, role)
+end
+if redis.call('HEXISTS', P .. ':leases', ticket) == 1 then return {1, 0, 0} end
+-- Connections wanted by waiting roles of higher priority are theirs before they are ours.
+local ahead = 0
+for i = 9, #ARGV do ahead = ahead + redis.call('ZCARD', P .. ':q:' .. ARGV[i]) end
+local queue = P .. ':q:' .. role
+local free = limit - tonumber(redis.call('GET', P .. ':total') or '0') - headroom - ahead
+local settling = redis.call('PTTL', P .. ':settle')
+local rank = redis.call('ZRANK', queue, ticket)
+if not rank then
+  if settling <= 0 and free > 0 and redis.call('ZCARD', queue) == 0 then
+    grant(owner, role, ticket)
+    return {1, 0, 0}
+  end
+  redis.call('ZADD', queue, redis.call('INCR', P .. ':seq'), ticket)
+  rank = redis.call('ZRANK', queue, ticket)
+end
+redis.call('ZADD', P .. ':alive:' .. role, now + tonumber(ARGV[8]), ticket)
+if settling > 0 then return {0, settling, rank + 1} end
+-- First come, first served: with k connections free, only the first k in line take one.
+if rank < free then
+  redis.call('ZREM', queue, ticket)
+  redis.call('ZREM', P .. ':alive:' .. role, ticket)
+  grant(owner, role, ticket)
+  return {1, 0, 0}
+end
+return {0, 0, rank - free + 1}
+"""
+)
+
+# KEYS: prefix. ARGV: owner role ticket. Gives back a lease, or a place in the line.
+_RELEASE = (
+    _PRELUDE
+    + """
+local owner, role, ticket = ARGV[1], ARGV[2], ARGV[3]
+if drop_lease(ticket) == 1 then
+  redis.call('SREM', P .. ':own:' .. owner, ticket)
+else
+  redis.call('ZREM', P .. ':q:' .. role, ticket)
+  redis.call('ZREM', P .. ':alive:' .. role, ticket)
+end
+return 1
+"""
+)
+
+# KEYS: prefix. ARGV: owner role ttl_ms grace_ms idle_ms issued n_keep keep… n_held held… roles….
+# Keeps the owner alive and makes its leases in the ledger what the process really holds: re-adds
+# held tickets the ledger lost (restart, fallback spell) and drops tickets issued up to `issued`
+# that the process no longer keeps (a release that never arrived, a grant whose reply was lost).
+# A ticket issued later is left alone: its grant may be on its way. Returns {total, settling ms,
+# then per role: in use, waiting, live owners}.
+_HEARTBEAT = (
+    _PRELUDE
+    + """
+local owner, role = ARGV[1], ARGV[2]
+touch(owner, role, tonumber(ARGV[3]), tonumber(ARGV[4]))
+reap_owners()
+local idle, issued = tonumber(ARGV[5]), tonumber(ARGV[6])
+local i = 7
+local keep = {}
+local n = tonumber(ARGV[i]); i = i + 1
+for j = i, i + n - 1 do keep[ARGV[j]] = true end
+i = i + n
+n = tonumber(ARGV[i]); i = i + 1
+for j = i, i + n - 1 do
+  if redis.call('HSETNX', P .. ':leases', ARGV[j], role) == 1 then
+    redis.call('SADD', P .. ':own:' .. owner, ARGV[j])
+    redis.call('INCR', P .. ':total')
+    redis.call('HINCRBY', P .. ':inuse', role, 1)
+  end
+end
+i = i + n
+for _, ticket in ipairs(redis.call('SMEMBERS', P .. ':own:' .. owner)) do
+  local seq = tonumber(string.match(ticket, ':(%d+)$'))
+  if not keep[ticket] and seq and seq <= issued then
+    drop_lease(ticket)
+    redis.call('SREM', P .. ':own:' .. owner, ticket)
+  end
+end
+local members = {}
+for _, live in ipairs(redis.call('ZRANGEBYSCORE', P .. ':owners', now, '+inf')) do
+  local r = redis.call('HGET', P .. ':ownrole', live)
+  if r then members[r] = (members[r] or 0) + 1 end
+end
+local view = {tonumber(redis.call('GET', P .. ':total') or '0'), redis.call('PTTL', P .. ':settle')}
+for j = i, #ARGV do
+  local r = ARGV[j]
+  reap_waiters(r)
+  view[#view + 1] = tonumber(redis.call('HGET', P .. ':inuse', r) or '0')
+  view[#view + 1] = redis.call('ZCARD', P .. ':q:' .. r)
+  view[#view + 1] = members[r] or 0
+  redis.call('PEXPIRE', P .. ':q:' .. r, idle)
+  redis.call('PEXPIRE', P .. ':alive:' .. r, idle)
+end
+for _, key in ipairs({'leases', 'total', 'inuse', 'owners', 'ownrole', 'seq', 'own:' .. owner}) do
+  redis.call('PEXPIRE', P .. ':' .. key, idle)
+end
+return view
+"""
+)
+
+# KEYS: prefix. ARGV: owner. A process leaving for good gives back everything at once.
+_LEAVE = (
+    _PRELUDE
+    + """
+redis.call('ZADD', P .. ':owners', 0, ARGV[1])
+reap_owners()
+return 1
+"""
+)
+
+_SHAS = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_ACQUIRE, _RELEASE)}
+_SHAS.update({script: hashlib.sha1(script.encode()).hexdigest() for script in (_HEARTBEAT, _LEAVE)})
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What an acquire attempt got: a lease, or how long to wait and how far back in line."""
+
+    granted: bool
+    settling: float
+    behind: int
+
+
+@dataclass(frozen=True)
+class LedgerView:
+    """The ledger as a heartbeat last saw it: in use, waiting and live processes, by role."""
+
+    total: int
+    settling: float
+    in_use: dict[str, int]
+    waiting: dict[str, int]
+    members: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """One plan's ledger: its key prefix and the numbers every process applies to it."""
+
+    prefix: str
+    limit: int
+    lease_ms: int
+    grace_ms: int
+    waiter_ms: int
+    idle_ms: int = 3_600_000
+
+    @classmethod
+    def for_plan(
+        cls, name: str, limit: int, *, lease: float, grace: float, waiter: float
+    ) -> Ledger:
+        return cls(
+            prefix=f"loopsafe:ledger:{{{name}}}",
+            limit=limit,
+            lease_ms=max(1, int(lease * 1000)),
+            grace_ms=max(1, int(grace * 1000)),
+            waiter_ms=max(1, int(waiter * 1000)),
+        )
+
+    async def acquire(
+        self,
+        client: Redis,
+        owner: str,
+        role: str,
+        ticket: str,
+        headroom: int,
+        higher: Sequence[str],
+    ) -> Grant:
+        args: tuple[str | int, ...] = (owner, role, ticket, self.limit, headroom, self.lease_ms,
+                                       self.grace_ms, self.waiter_ms, *higher)  # fmt: skip
+        granted, settling, behind = await _run(client, _ACQUIRE, self.prefix, *args)
+        return Grant(bool(granted), int(settling) / 1000, int(behind))
+
+    async def release(self, client: Redis, owner: str, role: str, ticket: str) -> None:
+        await _run(client, _RELEASE, self.prefix, owner, role, ticket)
+
+    def release_sync(self, client: SyncRedis, owner: str, role: str, ticket: str) -> None:
+        _run_sync(client, _RELEASE, self.prefix, owner, role, ticket)
+
+    def heartbeat(
+        self,
+        client: SyncRedis,
+        owner: str,
+        role: str,
+        issued: int,
+        keep: Sequence[str],
+        held: Sequence[str],
+        roles: Sequence[str],
+    ) -> LedgerView:
+        args: tuple[str | int, ...] = (owner, role, self.lease_ms, self.grace_ms, self.idle_ms,
+                                       issued, len(keep), *keep, len(held), *held, *roles)  # fmt: skip
+        reply = _run_sync(client, _HEARTBEAT, self.prefix, *args)
+        total, settling, *figures = (int(value) for value in reply)
+        in_use, waiting, members = {}, {}, {}
+        for index, name in enumerate(roles):
+            in_use[name], waiting[name], members[name] = figures[3 * index : 3 * index + 3]
+        return LedgerView(total, max(0, settling) / 1000, in_use, waiting, members)
+
+    def leave(self, client: SyncRedis, owner: str) -> None:
+        _run_sync(client, _LEAVE, self.prefix, owner)
+
+
+async def _run(client: Redis, script: str, prefix: str, *args: str | int) -> Any:
+    try:
+        return await client.evalsha(_SHAS[script], 1, prefix, *args)
+    except NoScriptError:  # first use on this server, or it restarted and forgot the script
+        return await client.eval(script, 1, prefix, *args)
+
+
+def _run_sync(client: SyncRedis, script: str, prefix: str, *args: str | int) -> Any:
+    try:
+        return client.evalsha(_SHAS[script], 1, prefix, *args)
+    except NoScriptError:
+        return client.eval(script, 1, prefix, *args)
