@@ -101,7 +101,14 @@ async def _child(config: Mapping[str, Any]) -> dict[str, Any]:
                     errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
                     await asyncio.sleep(0.1)
 
-        await asyncio.gather(*(writer() for _ in range(WRITERS)))
+        writers = [asyncio.ensure_future(writer()) for _ in range(WRITERS)]
+        await stop.wait()
+        # A worker's warm shutdown: transactions in progress finish, checkouts still waiting
+        # for a connection are given up.
+        _done, waiting = await asyncio.wait(writers, timeout=2 * HOLD_S)
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*writers, return_exceptions=True)
         result["writes"] = writes
     else:
         read = text(f"SELECT v FROM {config['table']}_items WHERE id = :id")
@@ -374,6 +381,13 @@ class Fleet:
         out = self.dir / f"{app}.json"
         return json.loads(out.read_text()) if out.exists() else {"app": app, "errors": {}}
 
+    def stop_many(self, apps: list[str]) -> list[dict[str, Any]]:
+        """Stop `apps` at once (as an autoscaler scales in), each as `stop` does."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, len(apps))) as pool:
+            return list(pool.map(self.stop, apps))
+
     def stop_all(self) -> list[dict[str, Any]]:
         results = []
         for app, process in list(self.processes.items()):
@@ -505,8 +519,8 @@ def run_row(lab: Lab, row: str, idle_s: float, load_s: float, warmup_s: float = 
             load = (time.time(), time.time() + load_s)
             time.sleep(load_s)
             fleet.check_alive()
-            worker_results = [fleet.stop(app) for app in workers]
-            api_results = [fleet.stop(app) for app in apis]
+            worker_results = fleet.stop_many(workers)
+            api_results = fleet.stop_many(apis)
         finally:
             sampler.stopping.set()
             fleet.kill_all()
@@ -565,23 +579,23 @@ def run_autoscale(lab: Lab, phase_s: float, low: int = 2, high: int = 12) -> Row
             windows[f"{high} workers"] = (time.time(), time.time() + phase_s)
             time.sleep(phase_s)
             left = time.time()
-            results += [fleet.stop(app) for app in joined]
+            results += fleet.stop_many(joined)
             windows["leaving"] = (left, time.time())
             time.sleep(2.0)
             windows[f"{low} workers again"] = (time.time(), time.time() + phase_s)
             time.sleep(phase_s)
             fleet.check_alive()
-            results += [fleet.stop(app) for app in first]
-            api_results = [fleet.stop(app) for app in apis]
+            results += fleet.stop_many(first)
+            api_results = fleet.stop_many(apis)
         finally:
             sampler.stopping.set()
             fleet.kill_all()
         sampler.join(5)
-    whole = (windows[f"{low} workers"][0], windows[f"{low} workers again"][1])
+    windows["whole run"] = (windows[f"{low} workers"][0], windows[f"{low} workers again"][1])
     return RowResult(
         row=row,
         requests=_requests(api_results),
-        windows={**windows, "whole run": whole},
+        windows=windows,
         writes={name: lab.writes_between(*span) for name, span in windows.items()},
         worker_errors=merge_errors(results),
         samples=sampler.samples,
@@ -638,8 +652,8 @@ def run_faults(lab: Lab, steady_s: float, outage_s: float) -> RowResult:
             end = time.time()
             survivors = [app for app in workers if app != victim]
             fleet.check_alive_except(victim)
-            results = [fleet.stop(app) for app in survivors]
-            api_results = [fleet.stop(app) for app in apis]
+            results = fleet.stop_many(survivors)
+            api_results = fleet.stop_many(apis)
         finally:
             sampler.stopping.set()
             fleet.kill_all()

@@ -42,6 +42,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import statistics
 import sys
@@ -191,6 +192,10 @@ class Run:
     roadmaps: int
     completed: int
     warmup: float
+    # Log lines of the app's processes that tell a process went unserved (pool timeouts) and
+    # the ledger's events (elastic plans only), counted.
+    unserved: int = 0
+    ledger_events: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def window(self, generation: bool) -> list[Request]:
         if generation:
@@ -462,11 +467,16 @@ def run_profile(
     database_url: str, redis_url: str, goals: list[str], log_dir: Path,
 ) -> Run:  # fmt: skip
     with serving(name, overrides, server_pool, args, database_url, redis_url, log_dir) as app:
-        return asyncio.run(
+        run = asyncio.run(
             _measure(
                 name, args, app.base_url, app.bouncer, database_url, app.serve, goals, app.budget
             )
         )
+        log = app.serve.log_text()
+    run.unserved = len(re.findall(r"PoolExhaustedError|QueuePool limit", log))
+    for event in re.findall(r"loopsafe\.db\.ledger_\w+", log):
+        run.ledger_events[event] = run.ledger_events.get(event, 0) + 1
+    return run
 
 
 # -- 429s avoided ---------------------------------------------------------------------------------
@@ -847,7 +857,23 @@ def _goals(run: Run, budget_total: int | None) -> list[str]:
         f"- API p99 during generation ≤ 2× idle p99: {mark(gen['p99'] <= 2 * idle['p99'])} "
         f"({gen['p99']:.0f} ms vs {idle['p99']:.0f} ms)",
     ]
-    if budget_total is not None:
+    if run.budget.startswith("elastic plan: ") and budget_total is not None:
+        # Client connections to the pooler are not the limit here (a lease is per transaction):
+        # in flight = servers in use + clients waiting for one at the pooler.
+        peak_server = max((s.sv_active for s in run.samples), default=0)
+        peak_waiting = max((s.cl_waiting for s in run.samples), default=0)
+        lines.append(
+            f"- transactions in flight never above the limit ({budget_total}): "
+            f"{mark(peak_server <= budget_total and peak_waiting == 0)} (peak sv_active "
+            f"{peak_server}, peak cl_waiting {peak_waiting})"
+        )
+        lines.append(
+            f"- every process served: {mark(run.unserved == 0 and run.completed == run.roadmaps)} "
+            f"({run.completed} of {run.roadmaps} roadmaps completed, {run.unserved} pool timeouts "
+            f"logged by the {_processes(run.budget)} processes; ledger events: "
+            f"{', '.join(f'{k} × {v}' for k, v in sorted(run.ledger_events.items())) or 'none'})"
+        )
+    elif budget_total is not None:
         peak_server = max((s.sv_active for s in run.samples), default=0)
         lines.append(
             f"- server connections never above the budget ({budget_total}): "
@@ -1054,6 +1080,12 @@ def _summary(run: Run) -> dict[str, Any]:
         "max_api_wait_s": max((s.web_wait_s for s in run.samples), default=0.0),
         "budget": run.budget,
     }
+
+
+def _processes(budget: str) -> str:
+    """The seed layout's process count (the elastic profile always runs the seed's layout)."""
+    layout = Layout.from_env(PROFILES[ELASTIC])
+    return str(layout.web_workers + sum(w.concurrency for w in layout.workers))
 
 
 def _plan_total(budget: str) -> int | None:

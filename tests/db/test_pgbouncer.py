@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from loopsafe import LoopsafeError
@@ -217,3 +218,49 @@ async def test_psycopg_autocommit_works_behind_pgbouncer(pgbouncer_url: str, db_
         assert raw.driver_connection is not None
         assert raw.driver_connection.autocommit
     await db.aclose()
+
+
+# -- loopsafe.testing.PgBouncer(aliases=...): PgBouncer's own per-database split ---------------
+
+
+def test_pgbouncer_aliases_each_get_their_own_pool(postgres_url: str) -> None:
+    """Each alias is the upstream database behind a pool of its own size (what the contention
+    lab's "PgBouncer split" row runs); unknown aliases and bad sizes are clear errors."""
+    import psycopg
+
+    from loopsafe.testing import PgBouncer
+
+    try:
+        bouncer = PgBouncer(postgres_url, default_pool_size=5, aliases={"api": 2, "worker": 3})
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    with bouncer:
+        for alias in ("api", "worker"):
+            with psycopg.connect(bouncer.url_for(alias)) as connection:
+                row = connection.execute("SELECT current_database()").fetchone()
+                assert row is not None
+                assert row[0] == make_url(postgres_url).database
+        sizes = {row["name"]: row["pool_size"] for row in bouncer.admin("SHOW DATABASES")}
+        assert (sizes["api"], sizes["worker"]) == ("2", "3")
+        with pytest.raises(ValueError, match="has no alias 'web'"):
+            bouncer.url_for("web")
+
+
+@pytest.mark.parametrize(
+    ("aliases", "message"),
+    [
+        ({"api db": 2}, "plain name"),
+        ({"api": 0}, "pool size must be an int >= 1"),
+        ({"api": True}, "pool size must be an int >= 1"),
+    ],
+)
+def test_pgbouncer_refuses_bad_aliases(
+    postgres_url: str, aliases: dict[str, Any], message: str
+) -> None:
+    from loopsafe.testing import PgBouncer
+
+    try:
+        with pytest.raises(ValueError, match=message):
+            PgBouncer(postgres_url, aliases=aliases)
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
