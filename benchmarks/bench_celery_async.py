@@ -382,7 +382,7 @@ class Client:
         self.sender = Celery("bench_client", broker=redis_url)
         self.sender.conf.task_default_queue = queue
         self.results = redis.Redis.from_url(redis_url)
-        self.stored = self.results.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        self.stored = self.results.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call, unused-ignore]
         self.stored.psubscribe(f"{_RESULT_PREFIX}*")
 
     def send(

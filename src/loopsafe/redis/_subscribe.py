@@ -179,7 +179,7 @@ async def _leave(pubsub: PubSub, saved_retry: Retry | None) -> None:
         # The connection goes back to the pool for ordinary commands: give it its policy back.
         connection.retry = saved_retry
     try:
-        await await_bounded(pubsub.aclose(), _LEAVE_TIMEOUT)  # type: ignore[no-untyped-call]
+        await await_bounded(pubsub.aclose(), _LEAVE_TIMEOUT)  # type: ignore[no-untyped-call, unused-ignore]
     except asyncio.CancelledError:
         _close_now(pubsub, connection)
         raise
