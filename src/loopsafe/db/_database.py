@@ -275,8 +275,9 @@ class Database:
 
         assert self._elastic is not None
         keeper = keeper_for(self._elastic)
-        if self.pooler != "transaction":
-            keeper.on_pressure(self)  # some role waits: idle connections give their leases back
+        # Directly on the server an idle connection holds a lease: give it back when some role
+        # waits.
+        keeper.use(self, shed_idle=self.pooler != "transaction")
         self._keeper = (generation, keeper)
         return keeper
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import contextlib
 import os
 import random
 import threading
@@ -134,13 +135,23 @@ class LeaseKeeper:
         self._pending: set[str] = set()
         self._local_line: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._outbox: collections.deque[str] = collections.deque()
+        # Granted from the fallback share: the ledger hears of them when Redis is back.
+        self._unregistered: set[str] = set()
+        # Given back here, not yet confirmed by Redis: the next acquire drops them first.
+        self._releasing: dict[str, None] = {}
         # Waiters napping between polls, by ticket number: the lowest arrived first, so it is the
         # one first in line (the ledger serves each role first come, first served).
         self._sleepers: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = {}
         self._pressure: weakref.WeakSet[Any] = weakref.WeakSet()
+        # The Databases using this keeper: once none is left and nothing is held, it leaves.
+        self._users: weakref.WeakSet[Any] = weakref.WeakSet()
         self._kick = threading.Event()
         self._stopped = False
         self._thread: threading.Thread | None = None
+        # Checkouts served on their first ask, and those that waited in line (counted lock-free:
+        # a rare lost increment under thread contention only blurs a figure).
+        self.at_once = 0
+        self.after_wait = 0
 
     # -- what the pool calls -----------------------------------------------------------------
 
@@ -149,9 +160,12 @@ class LeaseKeeper:
         """Leases this process holds now."""
         return len(self._held)
 
-    def on_pressure(self, owner: Any) -> None:
-        """Have ``owner._relieve_pressure()`` called when some role waits (idle leases to shed)."""
-        self._pressure.add(owner)
+    def use(self, database: Any, *, shed_idle: bool) -> None:
+        """Count `database` as a user; with `shed_idle`, have its ``_relieve_pressure()`` called
+        when some role waits (its idle connections hold leases)."""
+        self._users.add(database)
+        if shed_idle:
+            self._pressure.add(database)
 
     async def acquire(self, timeout: float) -> str:
         """Take a lease, waiting in line up to `timeout` s; its ticket, for `release`.
@@ -165,6 +179,7 @@ class LeaseKeeper:
             ticket = f"{self.owner}:{number}"
             self._pending.add(ticket)
         deadline = time.monotonic() + timeout
+        first = True
         try:
             while True:
                 grant = await self._try(ticket)
@@ -172,7 +187,12 @@ class LeaseKeeper:
                     with self._lock:
                         self._pending.discard(ticket)
                         self._held.add(ticket)
+                    if first:
+                        self.at_once += 1
+                    else:
+                        self.after_wait += 1
                     return ticket
+                first = False
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise LeaseTimeout(timeout)
@@ -199,6 +219,8 @@ class LeaseKeeper:
             if ticket not in self._held:
                 return
             self._held.discard(ticket)
+            if not self.fallback:
+                self._releasing[ticket] = None
         if self.fallback:
             self._wake_one()
             return
@@ -221,23 +243,29 @@ class LeaseKeeper:
         except _REDIS_FAILURES:
             self._send_release(ticket)  # the thread tries again, and notices if Redis is gone
             return
+        self._releasing.pop(ticket, None)
         self._wake_one()
 
     # -- one attempt ---------------------------------------------------------------------------
 
     async def _try(self, ticket: str) -> Grant:
         if not self.fallback:
+            released = list(self._releasing)
             try:
                 clients = _loop_clients.get()
                 client = clients.client(self.url)
-                return await clients.deadlines.run(
+                grant = await clients.deadlines.run(
                     self.ledger.acquire(
-                        client, self.owner, self.role, ticket, self.headroom, self.higher
+                        client, self.owner, self.role, ticket, self.headroom, self.higher, released
                     ),
                     REDIS_TIMEOUT,
                 )
             except _REDIS_FAILURES as error:
                 self._enter_fallback(error)
+            else:
+                for done in released:
+                    self._releasing.pop(done, None)
+                return grant
         return self._try_local(ticket)
 
     def _try_local(self, ticket: str) -> Grant:
@@ -249,6 +277,7 @@ class LeaseKeeper:
             free = share - len(self._held)
             if rank < free:
                 del self._local_line[ticket]
+                self._unregistered.add(ticket)
                 return Grant(True, 0.0, 0)
         return Grant(False, 0.0, rank - free + 1)
 
@@ -333,7 +362,7 @@ class LeaseKeeper:
         self._kick.set()
 
     def _start(self) -> None:
-        if self._thread is not None or os.getpid() != self.pid:
+        if self._thread is not None or self._stopped or os.getpid() != self.pid:
             return
         with self._lock:
             if self._thread is not None:
@@ -353,15 +382,34 @@ class LeaseKeeper:
         next_beat = 0.0
         try:
             while not self._stopped:
-                self._flush(client)
                 now = time.monotonic()
-                if now >= next_beat:
-                    self._beat(client)
-                    next_beat = now + HEARTBEAT
+                try:
+                    self._flush(client)
+                    if now >= next_beat:
+                        next_beat = now + HEARTBEAT
+                        self._beat(client)
+                        if self._unused():
+                            break
+                except Exception as error:  # the thread must outlive any one failure
+                    self._enter_fallback(error)
                 self._kick.wait(max(0.0, next_beat - time.monotonic()))
                 self._kick.clear()
+            if self._stopped and os.getpid() == self.pid:
+                with contextlib.suppress(*_REDIS_FAILURES):
+                    self.ledger.leave(client, self.owner)
         finally:
             client.close()
+
+    def _unused(self) -> bool:
+        """Stop (and leave the ledger) once no Database uses this keeper and nothing is held."""
+        with _keepers_lock:
+            if self._users or self._held or self._pending or self._outbox:
+                return False
+            self._stopped = True
+            key = (self.url, self.plan, self.role)
+            if _keepers.get(key) is self:
+                del _keepers[key]
+        return True
 
     def _flush(self, client: SyncRedis) -> None:
         """Send the releases queued by checkins, then wake as many local waiters."""
@@ -373,10 +421,12 @@ class LeaseKeeper:
             except _REDIS_FAILURES as error:
                 # The heartbeat's sync drops it from the ledger once Redis answers again.
                 self._enter_fallback(error)
+            self._releasing.pop(ticket, None)
             sent += 1
         if self.fallback:
             sent += len(self._outbox)
             self._outbox.clear()
+            self._releasing.clear()  # the heartbeat's sync drops them once Redis is back
         for _ in range(sent):
             self._wake_one()
 
@@ -385,13 +435,17 @@ class LeaseKeeper:
             issued = self._issued
             held = list(self._held)
             keep = held + list(self._pending)
+            self._unregistered &= self._held
+            new = list(self._unregistered)
         try:
             view = self.ledger.heartbeat(
-                client, self.owner, self.role, issued, keep, held, self.roles
+                client, self.owner, self.role, issued, keep, held, new, self.roles
             )
         except _REDIS_FAILURES as error:
             self._enter_fallback(error)
             return
+        with self._lock:
+            self._unregistered.difference_update(new)
         self.view = view
         self._rejoin()
         if any(view.waiting.values()):
@@ -404,18 +458,8 @@ class LeaseKeeper:
         self._kick.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=2 * REDIS_TIMEOUT)
-        if os.getpid() != self.pid or thread is None:
-            return
-        client = SyncRedis.from_url(
-            self.url, socket_timeout=0.5, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
-        )
-        try:
-            self.ledger.leave(client, self.owner)
-        except _REDIS_FAILURES:  # its leases run out on their own
-            pass
-        finally:
-            client.close()
+            # The thread leaves the ledger on its way out; if Redis hangs, the lease expiry does.
+            thread.join(timeout=3 * REDIS_TIMEOUT)
 
     # -- what pool_status() shows -------------------------------------------------------------
 
@@ -427,6 +471,8 @@ class LeaseKeeper:
             "mode": "fallback" if self.fallback else "ledger",
             "limit": self.limit,
             "held": len(self._held),
+            "served_at_once": self.at_once,
+            "served_after_wait": self.after_wait,
             "fallback_share": self.fallback_share(),
             "in_use": dict(view.in_use) if view else {},
             "waiting": dict(view.waiting) if view else {},
@@ -450,10 +496,10 @@ def keeper_for(budget: ElasticBudget) -> LeaseKeeper:
     assert plan is not None
     key = (plan.ledger_url, plan.name, budget.role)
     keeper = _keepers.get(key)
-    if keeper is None:
+    if keeper is None or keeper._stopped:
         with _keepers_lock:
             keeper = _keepers.get(key)
-            if keeper is None:
+            if keeper is None or keeper._stopped:
                 keeper = _keepers[key] = LeaseKeeper(budget)
                 _log.info(
                     "loopsafe.db.ledger_joined",

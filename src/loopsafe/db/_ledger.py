@@ -78,8 +78,11 @@ local function grant(owner, role, ticket)
 end
 """
 
-# KEYS: prefix. ARGV: owner role ticket limit headroom ttl_ms grace_ms waiter_ttl_ms, then the
-# roles of higher priority. Returns {granted, ms to wait (settling), place beyond the free ones}.
+# KEYS: prefix. ARGV: owner role ticket limit headroom ttl_ms grace_ms waiter_ttl_ms, the number
+# of roles of higher priority and their names, then tickets of this owner to give back first
+# (released in this process, their own release maybe still on its way: a process that gives a
+# lease back and asks again at once must not find its own old lease in the way).
+# Returns {granted, ms to wait (settling), place beyond the free ones}.
 _ACQUIRE = (
     _PRELUDE
     + """
@@ -91,10 +94,14 @@ wake_up(tonumber(ARGV[6]), tonumber(ARGV[7]))
 if redis.call('ZADD', P .. ':owners', 'NX', now + tonumber(ARGV[6]), owner) == 1 then
   redis.call('HSET', P .. ':ownrole', owner, role)
 end
+local higher = tonumber(ARGV[9])
+for i = 10 + higher, #ARGV do
+  if drop_lease(ARGV[i]) == 1 then redis.call('SREM', P .. ':own:' .. owner, ARGV[i]) end
+end
 if redis.call('HEXISTS', P .. ':leases', ticket) == 1 then return {1, 0, 0} end
 -- Connections wanted by waiting roles of higher priority are theirs before they are ours.
 local ahead = 0
-for i = 9, #ARGV do ahead = ahead + redis.call('ZCARD', P .. ':q:' .. ARGV[i]) end
+for i = 10, 9 + higher do ahead = ahead + redis.call('ZCARD', P .. ':q:' .. ARGV[i]) end
 local queue = P .. ':q:' .. role
 local free = limit - tonumber(redis.call('GET', P .. ':total') or '0') - headroom - ahead
 local settling = redis.call('PTTL', P .. ':settle')
@@ -135,16 +142,19 @@ return 1
 """
 )
 
-# KEYS: prefix. ARGV: owner role ttl_ms grace_ms idle_ms issued n_keep keep… n_held held… roles….
-# Keeps the owner alive and makes its leases in the ledger what the process really holds: re-adds
-# held tickets the ledger lost (restart, fallback spell) and drops tickets issued up to `issued`
-# that the process no longer keeps (a release that never arrived, a grant whose reply was lost).
-# A ticket issued later is left alone: its grant may be on its way. Returns {total, settling ms,
-# then per role: in use, waiting, live owners}.
+# KEYS: prefix. ARGV: owner role ttl_ms grace_ms idle_ms issued n_keep keep… n_held held…
+# n_new new… roles…. Keeps the owner alive and makes its leases in the ledger what the process
+# really holds: registers `new` (granted while Redis was unreachable), and all of `held` if the
+# ledger had lost the owner (restart, long outage); drops tickets issued up to `issued` that the
+# process no longer keeps (a release that never arrived, a grant whose reply was lost). A ticket
+# issued later is left alone: its grant may be on its way. Held tickets are not re-added while the
+# owner is known: one given back just after the snapshot would come back as a phantom. Returns
+# {total, settling ms, then per role: in use, waiting, live owners}.
 _HEARTBEAT = (
     _PRELUDE
     + """
 local owner, role = ARGV[1], ARGV[2]
+local known = redis.call('ZSCORE', P .. ':owners', owner)
 touch(owner, role, tonumber(ARGV[3]), tonumber(ARGV[4]))
 reap_owners()
 local idle, issued = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -153,14 +163,20 @@ local keep = {}
 local n = tonumber(ARGV[i]); i = i + 1
 for j = i, i + n - 1 do keep[ARGV[j]] = true end
 i = i + n
-n = tonumber(ARGV[i]); i = i + 1
-for j = i, i + n - 1 do
-  if redis.call('HSETNX', P .. ':leases', ARGV[j], role) == 1 then
-    redis.call('SADD', P .. ':own:' .. owner, ARGV[j])
-    redis.call('INCR', P .. ':total')
-    redis.call('HINCRBY', P .. ':inuse', role, 1)
+local function register(from, count)
+  for j = from, from + count - 1 do
+    if redis.call('HSETNX', P .. ':leases', ARGV[j], role) == 1 then
+      redis.call('SADD', P .. ':own:' .. owner, ARGV[j])
+      redis.call('INCR', P .. ':total')
+      redis.call('HINCRBY', P .. ':inuse', role, 1)
+    end
   end
 end
+n = tonumber(ARGV[i]); i = i + 1
+if not known then register(i, n) end
+i = i + n
+n = tonumber(ARGV[i]); i = i + 1
+register(i, n)
 i = i + n
 for _, ticket in ipairs(redis.call('SMEMBERS', P .. ':own:' .. owner)) do
   local seq = tonumber(string.match(ticket, ':(%d+)$'))
@@ -256,9 +272,11 @@ class Ledger:
         ticket: str,
         headroom: int,
         higher: Sequence[str],
+        released: Sequence[str] = (),
     ) -> Grant:
         args: tuple[str | int, ...] = (owner, role, ticket, self.limit, headroom, self.lease_ms,
-                                       self.grace_ms, self.waiter_ms, *higher)  # fmt: skip
+                                       self.grace_ms, self.waiter_ms, len(higher), *higher,
+                                       *released)  # fmt: skip
         granted, settling, behind = await _run(client, _ACQUIRE, self.prefix, *args)
         return Grant(bool(granted), int(settling) / 1000, int(behind))
 
@@ -276,10 +294,12 @@ class Ledger:
         issued: int,
         keep: Sequence[str],
         held: Sequence[str],
+        new: Sequence[str],
         roles: Sequence[str],
     ) -> LedgerView:
         args: tuple[str | int, ...] = (owner, role, self.lease_ms, self.grace_ms, self.idle_ms,
-                                       issued, len(keep), *keep, len(held), *held, *roles)  # fmt: skip
+                                       issued, len(keep), *keep, len(held), *held, len(new),
+                                       *new, *roles)  # fmt: skip
         reply = _run_sync(client, _HEARTBEAT, self.prefix, *args)
         total, settling, *figures = (int(value) for value in reply)
         in_use, waiting, members = {}, {}, {}

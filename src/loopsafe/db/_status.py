@@ -15,7 +15,9 @@ class LedgerStatus(TypedDict):
 
     ``plan``, ``role``: the plan's name and this process's role; ``mode``: ``"ledger"``, or
     ``"fallback"`` while Redis is unreachable; ``limit``: connections the elastic roles share;
-    ``held``: leases this process holds; ``fallback_share``: what it would allow itself without
+    ``held``: leases this process holds; ``served_at_once``/``served_after_wait``: this
+    process's checkouts that got a lease on their first ask / after waiting in line;
+    ``fallback_share``: what it would allow itself without
     Redis; ``in_use``, ``waiting``, ``members`` (live processes) and ``headroom``, by role,
     deployment-wide.
     """
@@ -25,6 +27,8 @@ class LedgerStatus(TypedDict):
     mode: str
     limit: int
     held: int
+    served_at_once: int
+    served_after_wait: int
     fallback_share: int
     in_use: dict[str, int]
     waiting: dict[str, int]

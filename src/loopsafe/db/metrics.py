@@ -14,7 +14,7 @@ except ImportError as _error:  # pragma: no cover - exercised only without the e
         "loopsafe.db.metrics needs prometheus-client: pip install 'loopsafe[metrics]'"
     ) from _error
 
-from ._database import live_databases
+from ._database import Database, live_databases
 from ._pressure import WAIT_BUCKETS
 
 __all__ = ("PoolCollector", "register")
@@ -61,6 +61,58 @@ class PoolCollector:
             )
         yield from gauges.values()
         yield waits
+        yield from _ledger_metrics(databases, pid)
+
+
+_LEDGER_GAUGES = {
+    "in_use": "Connections leased by the role's processes, deployment-wide (as last seen)",
+    "waiting": "Checkouts of the role waiting in the ledger's line, deployment-wide",
+    "headroom": "Connections the role leaves free for the roles above it",
+    "members": "Live processes of the role in the ledger",
+}
+
+
+def _ledger_metrics(databases: list[Database], pid: str) -> Iterator[Metric]:
+    """The elastic ledgers these databases lease from: once per plan and role, however many
+    databases share them, plus this process's own leases and mode per database."""
+    roles = {
+        key: GaugeMetricFamily(f"loopsafe_db_ledger_{key}", help_, labels=["plan", "role"])
+        for key, help_ in _LEDGER_GAUGES.items()
+    }
+    limit = GaugeMetricFamily(
+        "loopsafe_db_ledger_limit", "Connections the plan's elastic roles share", labels=["plan"]
+    )
+    held = GaugeMetricFamily(
+        "loopsafe_db_ledger_held", "Leases this process holds", labels=["database", "pid"]
+    )
+    fallback = GaugeMetricFamily(
+        "loopsafe_db_ledger_fallback",
+        "1 while Redis is unreachable and this process keeps to its fallback share",
+        labels=["database", "pid"],
+    )
+    seen: set[tuple[str, str]] = set()
+    plans: set[str] = set()
+    for database in databases:
+        status = database.pool_status().get("ledger")
+        if status is None:
+            continue
+        held.add_metric([database.name, pid], float(status["held"]))
+        fallback.add_metric([database.name, pid], float(status["mode"] == "fallback"))
+        plan = status["plan"]
+        if plan not in plans:
+            plans.add(plan)
+            limit.add_metric([plan], float(status["limit"]))
+        for role in status["headroom"]:
+            if (plan, role) in seen:
+                continue
+            seen.add((plan, role))
+            for key, gauge in roles.items():
+                figures = cast(Mapping[str, Mapping[str, int]], status)[key]
+                gauge.add_metric([plan, role], float(figures.get(role, 0)))
+    if not plans:
+        return
+    yield from roles.values()
+    yield from (limit, held, fallback)
 
 
 def register(registry: CollectorRegistry = REGISTRY) -> PoolCollector:
