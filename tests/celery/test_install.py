@@ -300,3 +300,22 @@ def test_a_worker_the_budget_cannot_serve_fails_at_start_up(
         with pytest.raises(WorkerBudgetError, match=rf"{fails}"):
             app.WorkController(app=app, pool_cls=pool, concurrency=concurrency)
     close_all_loops()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(("pool", "concurrency"), [("prefork", 4), ("threads", 8)])
+def test_an_elastic_budget_serves_any_worker_concurrency(
+    app: Celery, postgres_url: str, monkeypatch: pytest.MonkeyPatch, pool: str, concurrency: int
+) -> None:
+    """An elastic role counts no processes (its children share the plan through the ledger), so
+    the start-up check that refuses a static budget sized for fewer lets every pool start."""
+    from loopsafe.db import BudgetPlan, Role, _default
+
+    monkeypatch.setattr(_default, "_default", _default._default)  # restored after the test
+    plan = BudgetPlan(
+        10, roles={"worker": Role(priority=0)}, reserve=0.0, ledger="redis://127.0.0.1:1/0"
+    )
+    loopsafe.db.configure(postgres_url, budget=plan.budget_for("worker"))
+    install(app)
+    app.WorkController(app=app, pool_cls=pool, concurrency=concurrency)
+    close_all_loops()
