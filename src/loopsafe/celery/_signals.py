@@ -207,9 +207,7 @@ def _check_budget(kind: str, concurrency: int, loop: str) -> None:
     except database_module.DatabaseNotConfiguredError:
         return
     if budget is None or isinstance(budget, database_module.ElasticBudget):
-        # An elastic role has no process count: however many children the pool forks, each
-        # takes a lease from the plan's ledger per connection in use, so they never exceed it.
-        return
+        return  # an elastic role's leases hold for any number of processes and loops
     processes, loops = worker_budget_shape(kind, concurrency, loop)
     if budget.processes >= processes and budget.loops_per_process >= loops:
         return

@@ -41,6 +41,7 @@ from ..redis._deadline import Deadlines
 from ..redis._release import release_without_io
 from ._ledger import Grant, Ledger, LedgerView
 from ._plan import ElasticBudget
+from ._pressure import PoolPressure
 
 __all__ = ("LeaseKeeper", "LeaseTimeout", "keeper_for")
 
@@ -56,6 +57,8 @@ GRACE = HEARTBEAT + 0.2
 WAITER = 2.0
 #: Longest a Redis round trip may take on a checkout before the process falls back.
 REDIS_TIMEOUT = 1.0
+#: A lease given back is sent on its own only if no ask of this process carried it this soon.
+RELEASE_DELAY = 0.002
 #: Polling pace of the first waiter in line; those further back ask less often, up to MAX_POLL.
 POLL = 0.01
 MAX_POLL = 0.1
@@ -167,9 +170,11 @@ class LeaseKeeper:
         if shed_idle:
             self._pressure.add(database)
 
-    async def acquire(self, timeout: float) -> str:
+    async def acquire(self, timeout: float, pressure: PoolPressure | None = None) -> str:
         """Take a lease, waiting in line up to `timeout` s; its ticket, for `release`.
 
+        A wait (not a lease granted on the first ask) is reported to `pressure`, so
+        ``pool_status()["waiting"]`` and the wait histogram include checkouts waiting in line.
         Raises `LeaseTimeout` after `timeout`.
         """
         self._start()
@@ -180,6 +185,7 @@ class LeaseKeeper:
             self._pending.add(ticket)
         deadline = time.monotonic() + timeout
         first = True
+        wait: int | None = None
         try:
             while True:
                 grant = await self._try(ticket)
@@ -192,6 +198,8 @@ class LeaseKeeper:
                     else:
                         self.after_wait += 1
                     return ticket
+                if first and pressure is not None:
+                    wait = pressure.wait_started()
                 first = False
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -212,6 +220,9 @@ class LeaseKeeper:
             # thread: this task may be cancelled, and the loop may be about to close.
             self._send_release(ticket)
             raise
+        finally:
+            if wait is not None and pressure is not None:
+                pressure.wait_ended(wait)
 
     def release(self, ticket: str) -> None:
         """Give a lease back; callable from any thread, inside a loop or not (no I/O here)."""
@@ -228,8 +239,15 @@ class LeaseKeeper:
         if holder is None or holder.clients.get(self.url) is None:
             self._send_release(ticket)  # not on a loop that talks to the ledger: the thread sends
             return
-        # On the checkout's own loop: one round trip in a task, no thread hand-off, and the
-        # waiter it wakes runs right after on this loop.
+        # The next ask of this process carries the release along (see `_try`): a waiter here is
+        # woken to make it now, and a checkout that follows at once makes it too. Only if no ask
+        # comes within RELEASE_DELAY is the release sent on its own, from this loop.
+        self._wake_one()
+        asyncio.get_running_loop().call_later(RELEASE_DELAY, self._release_later, holder, ticket)
+
+    def _release_later(self, holder: _LoopLedgerClients, ticket: str) -> None:
+        if ticket not in self._releasing:
+            return  # an ask carried it
         task = asyncio.get_running_loop().create_task(self._release_here(holder, ticket))
         holder.releases.add(task)
         task.add_done_callback(holder.releases.discard)
@@ -525,8 +543,16 @@ def _forget_after_fork() -> None:
 
 
 def _leave_at_exit() -> None:
-    for keeper in list(_keepers.values()):
-        keeper.stop()
+    # All threads told first, then waited for together: each may sit out a Redis timeout.
+    keepers = list(_keepers.values())
+    for keeper in keepers:
+        keeper._stopped = True
+        keeper._kick.set()
+    deadline = time.monotonic() + 3 * REDIS_TIMEOUT
+    for keeper in keepers:
+        thread = keeper._thread
+        if thread is not None:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 on_fork_in_child(_forget_after_fork)

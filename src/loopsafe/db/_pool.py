@@ -130,17 +130,12 @@ class PoolContext:
 
         assert self.lease is not None
         keeper = self.lease()
-        pressure = self.pressure
-        wait = pressure.wait_started() if pressure is not None else None
         try:
-            ticket: str = await_in_greenlet(keeper.acquire(self.pool_timeout))
+            ticket: str = await_in_greenlet(keeper.acquire(self.pool_timeout, self.pressure))
         except LeaseTimeout:
             raise self.exhausted(
                 "the elastic ledger had no connection free for this role"
             ) from None
-        finally:
-            if pressure is not None and wait is not None:
-                pressure.wait_ended(wait)
         return ticket
 
     def give_back(self, ticket: str) -> None:
