@@ -42,6 +42,8 @@ import json
 import math
 import os
 import random
+import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -62,6 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The app's test kit: its fake OpenAI server is the lab's capped provider.
 sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "examples/roadmap_app/tests"))
 
+import _db_bound
 from _report import RESULTS, write_results
 from roadmap_testkit import fake_openai
 
@@ -126,6 +129,19 @@ PROFILES[SHARED_LOOP] = {
     "CELERY_POOL": "threads",
     "CELERY_WORKER_LOOP": "process",
 }
+ELASTIC = "loopsafe-elastic"
+# The seed's layout (18 processes) on one elastic plan: no process counts, the API first, the
+# workers everything else; the lab writes the plan (server connections, its Redis) per run.
+PROFILES[ELASTIC] = {**PROFILES["loopsafe"], "LAB_ELASTIC_PLAN": "1"}
+ELASTIC_ROLES = {
+    "web": {"priority": 10},
+    "workflow": {"priority": 5, "headroom": 2},
+    "logs": {"priority": 5, "headroom": 2},
+    "content": {"priority": 0, "headroom": 3},
+}
+# Profiles whose static plan `serve` derives from the layout (it can refuse too few connections).
+PLANNED_BY_SERVE = ("loopsafe", SHARED_LOOP)
+STARVATION_PROFILES = ("seed-before", "loopsafe", ELASTIC)
 # With too few server connections for the seed's 18 processes to get one each, the plan refuses
 # that layout (`python -m loopsafe budget` says what would fit); loopsafe runs a smaller one.
 SMALL_LAYOUT = {
@@ -176,6 +192,10 @@ class Run:
     roadmaps: int
     completed: int
     warmup: float
+    # Log lines of the app's processes that tell a process went unserved (pool timeouts) and
+    # the ledger's events (elastic plans only), counted.
+    unserved: int = 0
+    ledger_events: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def window(self, generation: bool) -> list[Request]:
         if generation:
@@ -421,6 +441,11 @@ def serving(
             "DATABASE_MAX_CONNECTIONS": str(server_pool),
             **overrides,
         }
+        if env.pop("LAB_ELASTIC_PLAN", None):
+            env["LOOPSAFE_BUDGET_PLAN"] = json.dumps(
+                {"max_connections": server_pool, "reserve": 0, "ledger": redis_url,
+                 "name": prefix.rstrip(":"), "roles": ELASTIC_ROLES}
+            )  # fmt: skip
         budget = _budget_text(env)
         serve = ManagedProcess(
             name, [sys.executable, "-m", "roadmap_app", "serve"], env=env,
@@ -442,11 +467,16 @@ def run_profile(
     database_url: str, redis_url: str, goals: list[str], log_dir: Path,
 ) -> Run:  # fmt: skip
     with serving(name, overrides, server_pool, args, database_url, redis_url, log_dir) as app:
-        return asyncio.run(
+        run = asyncio.run(
             _measure(
                 name, args, app.base_url, app.bouncer, database_url, app.serve, goals, app.budget
             )
         )
+        log = app.serve.log_text()
+    run.unserved = len(re.findall(r"PoolExhaustedError|QueuePool limit", log))
+    for event in re.findall(r"loopsafe\.db\.ledger_\w+", log):
+        run.ledger_events[event] = run.ledger_events.get(event, 0) + 1
+    return run
 
 
 # -- 429s avoided ---------------------------------------------------------------------------------
@@ -546,11 +576,13 @@ async def _held_for_review(
             response = await client.post("/api/v1/roadmaps", json={"goal": goal, "review": True})
             response.raise_for_status()
             ids.append(response.json()["task_id"])
+        deadline = time.monotonic() + 120  # all of them: a starved API must not hold the lab
         for roadmap_id in ids:
-            for _ in range(300):
-                status = (await client.get(f"/api/v1/roadmaps/{roadmap_id}?content=false")).json()
-                if status["status"] == "human_review_pending":
-                    break
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.TimeoutException):
+                    response = await client.get(f"/api/v1/roadmaps/{roadmap_id}?content=false")
+                    if response.json().get("status") == "human_review_pending":
+                        break
                 await asyncio.sleep(0.2)
             else:
                 raise RuntimeError(
@@ -625,6 +657,12 @@ def _fits(overrides: dict[str, str], server_pool: int) -> bool:
 
 def _budget_text(env: dict[str, str]) -> str:
     settings = Settings.from_env(env)
+    if settings.budget_plan is not None and "LOOPSAFE_BUDGET_PLAN" in env:
+        roles = json.loads(env["LOOPSAFE_BUDGET_PLAN"])["roles"]
+        return f"elastic plan: {settings.budget_plan.usable} usable, " + ", ".join(
+            f"{role} " + " ".join(f"{k} {v}" for k, v in spec.items())
+            for role, spec in roles.items()
+        )
     layout = Layout.from_env(env)
     per_queue = {w.queue: w.concurrency if layout.pool == "prefork" else 1 for w in layout.workers}
     processes = layout.web_workers + sum(per_queue.values())
@@ -821,7 +859,25 @@ def _goals(run: Run, budget_total: int | None) -> list[str]:
         f"- API p99 during generation ≤ 2× idle p99: {mark(gen['p99'] <= 2 * idle['p99'])} "
         f"({gen['p99']:.0f} ms vs {idle['p99']:.0f} ms)",
     ]
-    if budget_total is not None:
+    if run.budget.startswith("elastic plan: ") and budget_total is not None:
+        # Client connections to the pooler are not the limit here (a lease is per transaction):
+        # in flight = servers in use + clients waiting for one at the pooler.
+        # A client waits at the pooler briefly while PgBouncer logs a new server connection in,
+        # so waiting alone is no excess; servers in use plus waiting clients above it would be.
+        in_flight = max((s.sv_active + s.cl_waiting for s in run.samples), default=0)
+        peak_server = max((s.sv_active for s in run.samples), default=0)
+        lines.append(
+            f"- transactions in flight never above the limit ({budget_total}): "
+            f"{mark(in_flight <= budget_total)} (peak sv_active + cl_waiting {in_flight}; "
+            f"peak sv_active {peak_server})"
+        )
+        lines.append(
+            f"- every process served: {mark(run.unserved == 0 and run.completed == run.roadmaps)} "
+            f"({run.completed} of {run.roadmaps} roadmaps completed, {run.unserved} pool timeouts "
+            f"logged by the {_processes(run.budget)} processes; ledger events: "
+            f"{', '.join(f'{k} × {v}' for k, v in sorted(run.ledger_events.items())) or 'none'})"
+        )
+    elif budget_total is not None:
         peak_server = max((s.sv_active for s in run.samples), default=0)
         lines.append(
             f"- server connections never above the budget ({budget_total}): "
@@ -914,8 +970,9 @@ def rate_limit_chart(limited: list[RateLimitRun], path: Path) -> None:
 
 
 def report(
-    runs: list[Run], limited: list[RateLimitRun], args: argparse.Namespace, name: str
-) -> None:
+    runs: list[Run], limited: list[RateLimitRun], args: argparse.Namespace, name: str,
+    db_bound: DbBound | None = None, failed: list[tuple[str, str]] | None = None,
+) -> None:  # fmt: skip
     rows = [_row(run) for run in runs]
     others = _other_load()
     notes = [
@@ -951,6 +1008,10 @@ def report(
         if run.profile.startswith("loopsafe"):
             total = _plan_total(run.budget)
             notes += ["", f"Goals for `{run.profile}`:", *_goals(run, total)]
+    for label, error in failed or ():
+        notes += ["", f"`{label}` did not finish: {error} (its goals: NOT met)."]
+    if db_bound is not None:
+        notes += ["", *_db_bound_section(db_bound, args, name)]
     if limited:
         notes += ["", *_rate_limit_section(limited, args)]
         notes += ["", f"![429s and failed concepts by LLM limit]({name}-429.png)"]
@@ -967,6 +1028,8 @@ def report(
     )
     summary = [_summary(run) for run in runs]
     summary += [{"rate_limit": dataclasses.asdict(run)} for run in limited]
+    if db_bound is not None:
+        summary += [_db_bound.summary(result) for result in db_bound.all()]
     (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
@@ -1025,7 +1088,15 @@ def _summary(run: Run) -> dict[str, Any]:
     }
 
 
+def _processes(budget: str) -> str:
+    """The seed layout's process count (the elastic profile always runs the seed's layout)."""
+    layout = Layout.from_env(PROFILES[ELASTIC])
+    return str(layout.web_workers + sum(w.concurrency for w in layout.workers))
+
+
 def _plan_total(budget: str) -> int | None:
+    if budget.startswith("elastic plan: "):
+        return int(budget.split()[2])
     if not budget.startswith("plan: "):
         return None
     return int(budget.split()[1])
@@ -1056,6 +1127,120 @@ def _other_load() -> str:
             )
     top = sorted(((cpu, name) for name, cpu in busy.items() if cpu > 5), reverse=True)[:6]
     return ", ".join(f"{name} {cpu:.0f} % CPU" for cpu, name in top) or "nothing notable"
+
+
+# -- the DB-bound profile -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class DbBound:
+    rows: list[_db_bound.RowResult]
+    autoscale: _db_bound.RowResult | None
+    faults: _db_bound.RowResult | None
+    skipped: str  # why elastic rows did not run, or ""
+
+    def all(self) -> list[_db_bound.RowResult]:
+        return [*self.rows, *(r for r in (self.autoscale, self.faults) if r is not None)]
+
+
+def run_db_bound(
+    rows: list[str], args: argparse.Namespace, database_url: str, logs: Path
+) -> DbBound | None:
+    """The DB-bound rows, autoscaling and faults, on the lab's own Redis (restartable)."""
+    if not rows and not args.autoscale and not args.faults:
+        return None
+    skipped = ""
+    if not _db_bound.elastic_available():
+        skipped = "this loopsafe has no elastic roles (Role without processes)"
+        rows = [row for row in rows if not row.startswith("elastic")]
+        args.autoscale = args.faults = False
+    with EmbeddedRedis(executable=shutil.which("redis-server")) as redis:
+        lab = _db_bound.Lab(database_url, redis, logs / "db-bound")
+        lab.directory.mkdir(parents=True, exist_ok=True)
+        lab.create_tables()
+        try:
+            results = []
+            for row in rows:
+                print(f"== DB-bound: {row}", file=sys.stderr, flush=True)
+                results.append(_db_bound.run_row(lab, row, args.db_idle, args.db_load))
+            autoscale = faults = None
+            if args.autoscale:
+                print("== DB-bound: autoscaling", file=sys.stderr, flush=True)
+                autoscale = _db_bound.run_autoscale(lab, args.autoscale_phase)
+            if args.faults:
+                print("== DB-bound: faults", file=sys.stderr, flush=True)
+                faults = _db_bound.run_faults(lab, steady_s=8.0, outage_s=8.0)
+        finally:
+            lab.drop_tables()
+    return DbBound(results, autoscale, faults, skipped)
+
+
+def _db_bound_section(db: DbBound, args: argparse.Namespace, name: str) -> list[str]:
+    """The DB-bound profile's tables, goals and chart, as markdown lines."""
+    d = _db_bound
+    by_row = {result.row: result for result in db.rows}
+    unprotected = by_row.get("unprotected")
+    base = unprotected.rate("load") if unprotected is not None else None
+    lines = [
+        "## DB-bound: workers that alone saturate every server connection",
+        "",
+        f"{d.WORKER_PROCESSES} worker processes × {d.WRITERS} concurrent write transactions, each "
+        f"holding its connection {d.HOLD_S * 1000:.0f} ms (an INSERT, then the wait inside the "
+        f"transaction); {d.API_PROCESSES} API processes issuing {d.API_RATE:g} short reads/s in "
+        f"all (open loop, {d.API_TIMEOUT_S:g} s timeout), each through `Database.session()`. "
+        f"Small purpose-built processes (`benchmarks/_db_bound.py`), not the roadmap app: only "
+        f"the contention pattern matters here. PgBouncer {_pgbouncer_version()} in transaction "
+        f"mode with {d.LIMIT} server connections; the elastic rows give PgBouncer "
+        f"{d.LIMIT + d.ELASTIC_SLACK} so that only loopsafe keeps the limit of {d.LIMIT} (an "
+        "excess would show in sv_active). Windows: the API alone for "
+        f"{args.db_idle:g} s (after a 3 s warm-up), then the workers start and, after a 2 s "
+        f"ramp, {args.db_load:g} s under load. Worker writes/s are the rows written in the load "
+        "window; server connections are sampled every "
+        f"{d.SAMPLE_EVERY_S:g} s from PgBouncer (SHOW POOLS, SHOW CLIENTS) and pg_stat_activity.",
+        "",
+        "| " + " | ".join(d.COLUMNS) + " |",
+        "|" + "---|" * len(d.COLUMNS),
+        *("| " + " | ".join(str(c) for c in d.row_cells(r, base)) + " |" for r in db.rows),
+    ]
+    if db.skipped:
+        lines += ["", f"Elastic rows, autoscaling and faults not run: {db.skipped}."]
+    elastic = by_row.get("elastic")
+    if elastic is not None:
+        lines += ["", "Goals for the elastic row:", *d.row_goals(elastic, unprotected)]
+    if db.autoscale is not None:
+        lines += [
+            "",
+            f"### Autoscaling: {db.autoscale.row}",
+            "",
+            f"The elastic plan above, never changed; the API throughout, {args.autoscale_phase:g} s "
+            "per phase; the extra workers are new processes that join the ledger when they "
+            "start and leave it on SIGTERM (their transactions finish first).",
+            "",
+            *d.phases_table(db.autoscale),
+            "",
+            *d.autoscale_goals(db.autoscale),
+        ]
+    if db.faults is not None:
+        lines += [
+            "",
+            f"### Faults: {db.faults.row}",
+            "",
+            "The elastic row's layout; after a steady window the worker holding the most server "
+            "connections is SIGKILLed (no release: its leases stay in the ledger until its "
+            "heartbeat expires); the time until the remaining workers hold as many server "
+            "connections as the workers' median before the kill is its share coming back. Then "
+            "the lab's own Redis (the ledger's; never a shared one) is stopped for 8 s and "
+            "started again, empty.",
+            "",
+            *d.phases_table(db.faults),
+            "",
+            *d.fault_goals(db.faults),
+        ]
+    charted = db.all()
+    if charted:
+        d.chart(charted, RESULTS / f"{name}-db-bound.png")
+        lines += ["", f"![DB-bound: API latency and server connections]({name}-db-bound.png)"]
+    return lines
 
 
 def main() -> None:
@@ -1091,6 +1276,26 @@ def main() -> None:
     parser.add_argument(
         "--provider-latency-ms", type=int, default=500, help="the fake provider's time per call"
     )
+    parser.add_argument(
+        "--db-bound",
+        default=",".join(_db_bound.ROWS),
+        help="rows of the DB-bound profile to run ('' for none)",
+    )
+    parser.add_argument("--db-idle", type=float, default=15.0, help="DB-bound idle window, s")
+    parser.add_argument("--db-load", type=float, default=30.0, help="DB-bound load window, s")
+    parser.add_argument(
+        "--autoscale",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="DB-bound elastic workers 2 → 12 → 2 processes during one run",
+    )
+    parser.add_argument("--autoscale-phase", type=float, default=20.0, help="seconds per phase")
+    parser.add_argument(
+        "--faults",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="DB-bound elastic: SIGKILL a worker, then restart the ledger's Redis",
+    )
     parser.add_argument("--name", default="contention", help="results/<name>.md/.png")
     args = parser.parse_args()
     args.load_at_start = os.getloadavg()
@@ -1102,25 +1307,37 @@ def main() -> None:
         args.provider_latency_ms = 300
         if "--profiles" not in sys.argv:
             args.profiles = f"seed-before,loopsafe,{SHARED_LOOP}"
+        if "--db-bound" not in sys.argv:
+            args.db_bound = "unprotected,elastic"
+        args.db_idle, args.db_load, args.autoscale, args.faults = 5.0, 10.0, False, False
         if args.name == "contention":
             args.name = "contention-quick"
     wanted = list(dict.fromkeys(p.strip() for p in args.profiles.split(",") if p.strip()))
     unknown = set(wanted) - set(PROFILES)
     if unknown:
         parser.error(f"unknown profiles: {', '.join(sorted(unknown))}")
+    db_rows = list(dict.fromkeys(r.strip() for r in args.db_bound.split(",") if r.strip()))
+    if set(db_rows) - set(_db_bound.ROWS):
+        parser.error(
+            f"unknown DB-bound rows: {', '.join(sorted(set(db_rows) - set(_db_bound.ROWS)))}; "
+            f"choose from {', '.join(_db_bound.ROWS)}"
+        )
     goals = goals_with(args.concepts, args.roadmaps)
     args.ideal_s = asyncio.run(llm_bound_seconds(args.roadmaps, args.concepts, args.latency_ms))
     runs: list[Run] = []
     limited: list[RateLimitRun] = []
+    failed: list[tuple[str, str]] = []
     plan = [(profile, args.server_pool) for profile in wanted]
     for pool in (int(n) for n in args.starvation_pools.split(",") if n.strip()):
-        plan += [(profile, pool) for profile in ("seed-before", "loopsafe") if profile in wanted]
+        plan += [(profile, pool) for profile in STARVATION_PROFILES if profile in wanted]
     with servers() as (database_url, redis_url), tempfile.TemporaryDirectory() as logs:
         migrate_database(database_url)
+        # First, so that the DB-bound figures exist even if a later, longer profile fails.
+        db_bound = run_db_bound(db_rows, args, database_url, Path(logs))
         for profile, server_pool in plan:
             overrides = PROFILES[profile]
             label = profile
-            if profile.startswith("loopsafe") and not _fits(overrides, server_pool):
+            if profile in PLANNED_BY_SERVE and not _fits(overrides, server_pool):
                 overrides = {**overrides, **SMALL_LAYOUT}
                 label = f"{profile}, web 2 / workflow 2 / logs 2"
             if server_pool != args.server_pool:
@@ -1139,9 +1356,12 @@ def main() -> None:
                         Path(logs),
                     )
                 )
-            except Exception:
+            except Exception as error:
                 _print_log(Path(logs) / f"{label}.log")
-                raise
+                if profile != ELASTIC:
+                    raise
+                # Reported as a row that did not finish (and a failed exit), not a lost lab.
+                failed.append((label, f"{type(error).__name__}: {str(error).splitlines()[0]}"))
         for label, variables in RATE_LIMIT_CONFIGS if args.rate_limit else ():
             print(f"== 429 {label}", file=sys.stderr, flush=True)
             try:
@@ -1153,7 +1373,9 @@ def main() -> None:
             except Exception:
                 _print_log(Path(logs) / f"429 {label}.log")
                 raise
-    report(runs, limited, args, args.name)
+    report(runs, limited, args, args.name, db_bound, failed)
+    if failed:
+        sys.exit(f"profiles that did not finish: {', '.join(label for label, _ in failed)}")
 
 
 def _print_log(log: Path) -> None:

@@ -12,6 +12,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -315,9 +316,12 @@ class PgBouncer(_Server):
 
     `pool_mode` ``"transaction"`` by default (what Supabase's pooler and most PaaS run), with
     `default_pool_size` server connections per database/user pair and at most `max_client_conn`
-    clients. Trusts every client (a test server only); `admin` runs a console command such as
-    ``SHOW POOLS``. Raises `FileNotFoundError` without the binary
-    (Debian/Ubuntu: ``apt install pgbouncer``).
+    clients. `aliases` maps extra database names to a pool size of their own, each an alias of the
+    upstream database (``url_for(alias)`` connects to it): PgBouncer's per-database split, e.g.
+    ``{"api": 2, "worker": 10}``. Trusts every client (a test server only); `admin` runs a console
+    command such as ``SHOW POOLS``. Raises `FileNotFoundError` without the binary
+    (Debian/Ubuntu: ``apt install pgbouncer``) and `ValueError` for an alias that is not a plain
+    name or a pool size below 1.
     """
 
     _kind = "pgbouncer"
@@ -330,6 +334,7 @@ class PgBouncer(_Server):
         pool_mode: str = "transaction",
         default_pool_size: int = 3,
         max_client_conn: int = 500,
+        aliases: Mapping[str, int] | None = None,
     ) -> None:
         binary = _pgbouncer_binary()
         if binary is None:
@@ -345,12 +350,25 @@ class PgBouncer(_Server):
         self.pool_mode = pool_mode
         self.default_pool_size = default_pool_size
         self.max_client_conn = max_client_conn
+        self.aliases = dict(aliases or {})
+        for alias, size in self.aliases.items():
+            if not (isinstance(alias, str) and alias.isidentifier()):
+                raise ValueError(f"PgBouncer alias must be a plain name, got {alias!r}")
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ValueError(f"PgBouncer alias {alias!r}: pool size must be an int >= 1")
         self._process: subprocess.Popen[Any] | None = None
 
     @property
     def url(self) -> str:
         """The upstream URL with PgBouncer's host and port."""
         url = self.upstream.set(host="127.0.0.1", port=self.port)
+        return url.render_as_string(hide_password=False)
+
+    def url_for(self, alias: str) -> str:
+        """The URL of one of `aliases`: its own pool in front of the upstream database."""
+        if alias not in self.aliases:
+            raise ValueError(f"PgBouncer has no alias {alias!r}; it has {sorted(self.aliases)}")
+        url = self.upstream.set(host="127.0.0.1", port=self.port, database=alias)
         return url.render_as_string(hide_password=False)
 
     def admin(self, command: str) -> list[dict[str, Any]]:
@@ -379,9 +397,14 @@ class PgBouncer(_Server):
     def _start(self) -> None:
         log = self.directory / "pgbouncer.log"
         (self.directory / "users.txt").write_text(f'"{self.user}" ""\n')
+        upstream = f"host={self.upstream.host or '127.0.0.1'} port={self.upstream.port or 5432}"
+        aliases = "".join(
+            f"{alias} = {upstream} dbname={self.upstream.database} pool_size={size}\n"
+            for alias, size in self.aliases.items()
+        )
         (self.directory / "pgbouncer.ini").write_text(
             "[databases]\n"
-            f"* = host={self.upstream.host or '127.0.0.1'} port={self.upstream.port or 5432}\n"
+            f"{aliases}* = {upstream}\n"
             "[pgbouncer]\n"
             f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\n"
             f"auth_type = trust\nauth_file = {self.directory / 'users.txt'}\n"

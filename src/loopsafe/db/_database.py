@@ -31,7 +31,13 @@ from .._registry import LoopLocal
 from ._budget import PoolBudget
 from ._plan import ElasticBudget
 from ._pool import LoopBoundNullPool, LoopBoundQueuePool, PoolContext, context_of
-from ._pooler import Pooler, driver_settings, normalize_url
+from ._pooler import (
+    Pooler,
+    check_isolation_level,
+    driver_settings,
+    normalize_url,
+    refuse_autocommit,
+)
 from ._pressure import PoolPressure, PressureAlerts
 from ._quota import ConnectionQuota
 from ._retry import backoff, is_retryable_connect_error, is_retryable_transaction_error
@@ -137,6 +143,7 @@ class Database:
             application_name="",
             connect_args=self._engine_options.get("connect_args", {}),
         )
+        check_isolation_level(self._url, pooler, self._engine_options)
         _require_driver(self._url, name)
         self.name = name
         self.budget = budget
@@ -201,6 +208,7 @@ class Database:
         else:
             poolclass = LoopBoundNullPool
         engine = create_async_engine(url, poolclass=poolclass, connect_args=connect_args, **options)
+        refuse_autocommit(engine.sync_engine, url, self.pooler)
         context = PoolContext(
             database=self.name,
             loop=loop,
