@@ -33,6 +33,7 @@ __all__ = (
     "add_execution_log",
     "concepts_without_content",
     "create_roadmap",
+    "delete_roadmap",
     "get_roadmap",
     "get_roadmap_tree",
     "lease_holder",
@@ -146,11 +147,12 @@ async def update_roadmap(
     only_from: Iterable[RoadmapStatus] | None = None,
     owner: uuid.UUID | None = None,
     unleased: bool = False,
+    untouched_since: ColumnElement[Any] | None = None,
     **values: Any,
 ) -> bool:
     """Set columns of one roadmap; with `only_from`, only if its status is one of those; with
     `owner`, only while that job token holds the lease; with `unleased`, only while no job holds
-    an unexpired lease.
+    an unexpired lease; with `untouched_since`, only if it was last updated before that time.
 
     Returns whether a row changed. The conditional form is how concurrent requests and
     re-delivered jobs agree on who moves a roadmap forward: exactly one of them sees True.
@@ -164,7 +166,24 @@ async def update_roadmap(
         statement = statement.where(
             or_(Roadmap.lease_owner.is_(None), Roadmap.lease_expires_at < func.now())
         )
+    if untouched_since is not None:
+        statement = statement.where(Roadmap.updated_at < untouched_since)
     result = await session.execute(statement.values(updated_at=func.now(), **values))
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def delete_roadmap(
+    session: AsyncSession, roadmap_id: uuid.UUID, *, only_from: Iterable[RoadmapStatus]
+) -> bool:
+    """Delete one roadmap (its curriculum, content and logs cascade) if its status is one of
+    `only_from` and no job holds an unexpired lease on it; whether it was deleted."""
+    result = await session.execute(
+        delete(Roadmap).where(
+            Roadmap.id == roadmap_id,
+            Roadmap.status.in_(list(only_from)),
+            or_(Roadmap.lease_owner.is_(None), Roadmap.lease_expires_at < func.now()),
+        )
+    )
     return bool(getattr(result, "rowcount", 0))
 
 

@@ -253,4 +253,8 @@ class RoadmapOut(RoadmapSummary):
         description="The concepts without content because their generation failed for good "
         "(the roadmap is then `failed`); empty otherwise."
     )
+    failure_message: str | None = Field(
+        description="What went wrong, in words for the learner, and what to do next (`error` "
+        "keeps the developer's detail); null unless the roadmap is `failed`."
+    )
     logs: list[ExecutionLogOut]

@@ -25,7 +25,11 @@ const STATUS_TEXT = {
   generating_content: "Writing tutorials, resources and quizzes…",
   completed: "Completed",
   failed: "Failed",
+  cancelled: "Cancelled",
 };
+const TERMINAL = ["completed", "failed", "cancelled"];
+// A job may be running or queued on a roadmap in any other status: delete is refused then.
+const DELETABLE = [...TERMINAL, "human_review_pending"];
 
 function escapeHtml(text) {
   return String(text ?? "").replace(/[&<>"']/g, (c) => (
@@ -188,8 +192,7 @@ function follow(id) {
   };
   source.onerror = () => {
     // The server ends the stream when the roadmap is finished; don't reconnect then.
-    const status = state.detail?.status;
-    if (status === "completed" || status === "failed") source.close();
+    if (TERMINAL.includes(state.detail?.status)) source.close();
   };
 }
 
@@ -205,8 +208,14 @@ function handleEvent(event) {
       break;
     case "status":
       setStatus(event.status, event.error);
-      if (["human_review_pending", "completed", "failed", "generating_content"].includes(event.status)) scheduleRefetch();
-      if (event.status === "completed" || event.status === "failed") state.source?.close();
+      if (["human_review_pending", "generating_content", ...TERMINAL].includes(event.status)) scheduleRefetch();
+      // A cancelled job saves what it had finished a moment later: read it again then.
+      if (event.status === "cancelled") scheduleRefetch(2500);
+      if (TERMINAL.includes(event.status)) state.source?.close();
+      break;
+    case "deleted":
+      state.source?.close();
+      showDeleted();
       break;
     case "curriculum":
       scheduleRefetch(50);
@@ -255,6 +264,9 @@ function renderHeader() {
   badge.className = `badge ${d.status}`;
   $("review-panel").classList.toggle("hidden", d.status !== "human_review_pending");
   $("failed-panel").classList.toggle("hidden", d.status !== "failed");
+  $("cancelled-panel").classList.toggle("hidden", d.status !== "cancelled");
+  $("cancel").classList.toggle("hidden", TERMINAL.includes(d.status));
+  $("delete").classList.toggle("hidden", !DELETABLE.includes(d.status));
   $("failed-reason").textContent = d.error || "";
 }
 
@@ -335,14 +347,46 @@ async function review(approve) {
 }
 
 async function resume() {
+  $("action-error").textContent = "";
   try {
-    await api(`${API}/${state.id}/resume`, { method: "POST" });
-    setStatus("generating_content", null);
+    const accepted = await api(`${API}/${state.id}/resume`, { method: "POST" });
+    setStatus(accepted.status, null);
     if (state.source) state.source.close();
     follow(state.id);
   } catch (error) {
-    $("failed-reason").textContent = error.message;
+    $("action-error").textContent = error.message;
   }
+}
+
+async function cancelRoadmap() {
+  $("action-error").textContent = "";
+  try {
+    await api(`${API}/${state.id}/cancel`, { method: "POST" });
+    setStatus("cancelled", null);
+  } catch (error) {
+    $("action-error").textContent = error.message;
+  }
+}
+
+async function deleteRoadmap() {
+  $("action-error").textContent = "";
+  if (!window.confirm("Delete this roadmap with all its content? This cannot be undone.")) return;
+  try {
+    await api(`${API}/${state.id}`, { method: "DELETE" });
+    showDeleted();
+  } catch (error) {
+    $("action-error").textContent = error.message;
+  }
+}
+
+function showDeleted() {
+  if (state.source) { state.source.close(); state.source = null; }
+  state.id = null;
+  state.detail = null;
+  history.replaceState(null, "", location.pathname);
+  $("roadmap").classList.add("hidden");
+  $("empty").classList.remove("hidden");
+  loadRecent();
 }
 
 /* ---------- concept dialog ---------- */
@@ -394,6 +438,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("approve").addEventListener("click", () => review(true));
   $("reject").addEventListener("click", () => review(false));
   $("resume").addEventListener("click", resume);
+  $("resume-cancelled").addEventListener("click", resume);
+  $("cancel").addEventListener("click", cancelRoadmap);
+  $("delete").addEventListener("click", deleteRoadmap);
   $("dlg-close").addEventListener("click", () => $("concept-dialog").close());
   $("concept-dialog").addEventListener("click", (event) => {
     if (event.target === $("concept-dialog")) $("concept-dialog").close();

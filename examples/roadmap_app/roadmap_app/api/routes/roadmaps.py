@@ -1,4 +1,5 @@
-"""`/api/v1/roadmaps`: submit a goal, read a roadmap, review it, resume it, stream its events."""
+"""`/api/v1/roadmaps`: submit a goal, read a roadmap, review, resume, cancel or delete it, stream
+its events."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel
 from sqlalchemy import select
@@ -35,6 +36,7 @@ from roadmap_app.api.schemas import (
 from roadmap_app.api.tutorial_html import tutorial_html
 from roadmap_app.config import Settings
 from roadmap_app.events import EventPublisher, EventStream
+from roadmap_app.failures import learner_message
 from roadmap_app.models import TERMINAL_STATUSES, Roadmap, RoadmapStatus, Stage
 
 __all__ = ("router",)
@@ -60,7 +62,8 @@ def _errors(*codes: int, stream: bool = False) -> dict[int | str, dict[str, Any]
     meaning = {
         404: "No roadmap has this id.",
         409: "The roadmap is in a state where this is not possible (for a resume: completed, "
-        "waiting for a review, or a job is running on it); `detail` says which.",
+        "waiting for a review, or a job is running or queued on it; for a cancel: already "
+        "finished; for a delete: a job is running or queued on it); `detail` says which.",
         413: f"The request body is larger than {MAX_BODY_BYTES // 1024} KiB.",
         415: "The request body is not JSON.",
         503: "The job queue (broker) is unreachable; the roadmap is marked failed, resume it later.",
@@ -89,6 +92,8 @@ def _links(id_expression: str) -> dict[str, Any]:
         "RoadmapEvents": "roadmap_events",
         "ReviewRoadmap": "review_roadmap",
         "ResumeRoadmap": "resume_roadmap",
+        "CancelRoadmap": "cancel_roadmap",
+        "DeleteRoadmap": "delete_roadmap",
     }
     return {
         name: {"operationId": operation, "parameters": {"roadmap_id": id_expression}}
@@ -227,6 +232,9 @@ async def get_roadmap(
         status=roadmap.status.value,
         progress=_progress(done_total, total_total),
         stages=stages,
+        failure_message=learner_message(roadmap.error, len(roadmap.failed_concepts), total_total)
+        if roadmap.status is S.failed
+        else None,
         # Stored as the job recorded them ({concept_id, slug, reason}); titles from the tree.
         failed_concepts=[
             FailedConceptOut(
@@ -287,10 +295,15 @@ async def review_roadmap(
     responses=_errors(404, 409, 413, 415, 503),
 )
 async def resume_roadmap(
-    roadmap_id: uuid.UUID, session: SessionDep, celery: CeleryDep, events: EventsDep
+    roadmap_id: uuid.UUID,
+    session: SessionDep,
+    celery: CeleryDep,
+    events: EventsDep,
+    settings: SettingsDep,
 ) -> JobAccepted:
-    """Continue an interrupted or failed roadmap from its checkpoint: only concepts without saved
-    content are generated (or the curriculum is redesigned if it never got that far)."""
+    """Continue an interrupted, failed or cancelled roadmap from its checkpoint: only concepts
+    without saved content are generated (or the curriculum is redesigned if it never got that
+    far). Answers 409 while a job is queued or running on it, so pressing it twice is harmless."""
     roadmap = await repositories.get_roadmap(session, roadmap_id)
     if roadmap is None:
         raise _not_found(roadmap_id)
@@ -315,28 +328,102 @@ async def resume_roadmap(
         )
     args: tuple[Any, ...] = ()
     new_status: RoadmapStatus
-    only_from: set[RoadmapStatus]
     if current is S.review_submitted:
-        job, new_status, only_from = "resume_after_review", current, {current}
+        job, new_status = "resume_after_review", current
         args = (bool(roadmap.review_approved), roadmap.feedback)
     elif roadmap.curriculum_ready:
         job, new_status = "resume_from_checkpoint", S.generating_content
-        only_from = {S.failed, S.generating_content}
     else:
         job, new_status = "generate_roadmap", S.pending
-        only_from = {S.pending, S.analyzing, S.designing, S.failed}
-    # `unleased`: a job that took the roadmap since the check above still wins.
+    # A failed or cancelled roadmap has no job. One in flight without a lease has a job queued
+    # (a second resume would only queue a duplicate), unless no worker took it for a lease
+    # period: then it was lost, the sweeper's rule too. `only_from={current}` and `unleased`:
+    # a job or another resume that took the roadmap since it was read above still wins.
+    idle = current in (S.failed, S.cancelled)
     claimed = await repositories.update_roadmap(
-        session, roadmap_id, only_from=only_from, unleased=True, status=new_status, error=None
+        session,
+        roadmap_id,
+        only_from={current},
+        unleased=True,
+        untouched_since=None if idle else repositories.lease_until(-settings.job_lease_s),
+        status=new_status,
+        error=None,
     )
     if not claimed:
         raise HTTPException(
-            status.HTTP_409_CONFLICT, f"roadmap {roadmap_id} changed state meanwhile; try again"
+            status.HTTP_409_CONFLICT,
+            f"roadmap {roadmap_id} already has a job queued or running (status "
+            f"{current.value!r}); watch its events instead — if no worker takes it, it is "
+            "re-queued automatically",
         )
     await session.commit()
     await events.emit(roadmap_id, "status", status=new_status.value, error=None)
     await _queue_or_fail(session, celery, events, roadmap_id, job, *args)
     return JobAccepted(task_id=roadmap_id, status=new_status.value)
+
+
+@router.post(
+    "/{roadmap_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    operation_id="cancel_roadmap",
+    responses=_errors(404, 409, 413, 415),
+)
+async def cancel_roadmap(
+    roadmap_id: uuid.UUID, session: SessionDep, events: EventsDep
+) -> JobAccepted:
+    """Stop generating the roadmap: status `cancelled` at once; a running job stops within about
+    a second, its LLM calls cancelled, and what it had finished is saved. `resume` continues it."""
+    claimed = await repositories.update_roadmap(
+        session, roadmap_id, only_from=set(S) - TERMINAL_STATUSES, status=S.cancelled, error=None
+    )
+    if not claimed:
+        roadmap = await repositories.get_roadmap(session, roadmap_id)
+        if roadmap is None:
+            raise _not_found(roadmap_id)
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"roadmap {roadmap_id} is already {roadmap.status.value!r}; only a roadmap still "
+            "being generated or waiting for a review can be cancelled",
+        )
+    await session.commit()
+    await events.emit(roadmap_id, "status", status=S.cancelled.value, error=None)
+    return JobAccepted(task_id=roadmap_id, status=S.cancelled.value)
+
+
+@router.delete(
+    "/{roadmap_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    operation_id="delete_roadmap",
+    responses=_errors(404, 409, 413, 415),
+)
+async def delete_roadmap(roadmap_id: uuid.UUID, session: SessionDep, events: EventsDep) -> None:
+    """Delete the roadmap with its curriculum, content and logs; refused (409) while a job is
+    running or queued on it: cancel it first."""
+    deleted = await repositories.delete_roadmap(session, roadmap_id, only_from=_DELETABLE)
+    if not deleted:
+        roadmap = await repositories.get_roadmap(session, roadmap_id)
+        if roadmap is None:
+            raise _not_found(roadmap_id)
+        if roadmap.status is S.cancelled:  # refused, so its job still holds the lease
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"roadmap {roadmap_id} is cancelled and its job is still stopping (saving what "
+                "it had finished); try again in a few seconds",
+            )
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"roadmap {roadmap_id} is {roadmap.status.value!r}: a job is running or queued on "
+            f"it; cancel it first (POST /api/v1/roadmaps/{roadmap_id}/cancel), then delete it "
+            "once it has stopped",
+        )
+    await session.commit()
+    # Open event streams of this roadmap end on it.
+    await events.emit(roadmap_id, "deleted")
+
+
+# A job can be running or queued on a roadmap in any other status.
+_DELETABLE = frozenset({S.completed, S.failed, S.cancelled, S.human_review_pending})
 
 
 async def _stream_slot(request: Request, settings: SettingsDep) -> AsyncIterator[None]:
@@ -402,6 +489,8 @@ async def snapshot(roadmap_id: uuid.UUID) -> dict[str, Any]:
 
 
 def _is_terminal(event: dict[str, Any]) -> bool:
+    if event.get("type") == "deleted":
+        return True
     return event.get("type") in ("status", "snapshot") and event.get("status") in {
         s.value for s in TERMINAL_STATUSES
     }
@@ -479,7 +568,11 @@ async def roadmap_events(
                     resubscribe_at = loop.time() + RESUBSCRIBE_INTERVAL_S
             # Read when the subscription was lost, on each poll, and once more when it is back
             # (to catch up with what was published before it).
-            state = await snapshot(roadmap_id)
+            try:
+                state = await snapshot(roadmap_id)
+            except LookupError:
+                yield sse({"type": "deleted", "roadmap_id": str(roadmap_id)})
+                break
             now = (state["status"], state["done"], state["curriculum_version"])
             if now != seen:
                 seen = now
