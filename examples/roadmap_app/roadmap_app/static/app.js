@@ -152,10 +152,11 @@ async function showRoadmap(id) {
   state.saved = new Set();
   history.replaceState(null, "", `?roadmap=${id}`);
   $("empty").classList.add("hidden");
+  $("not-found").classList.add("hidden");
   $("roadmap").classList.remove("hidden");
   for (const a of document.querySelectorAll("#recent a")) a.classList.toggle("current", a.dataset.id === id);
   await refetch();
-  follow(id);
+  if ($("not-found").classList.contains("hidden")) follow(id);
 }
 
 async function refetch() {
@@ -171,6 +172,8 @@ async function refetch() {
     for (const s of detail.stages) state.stages[s.position] = { title: s.title, done: s.progress.done, total: s.progress.total };
     render();
   } catch (error) {
+    if (id !== state.id) return;
+    if (error.status === 404) { showNotFound(); return; }
     $("rm-title").textContent = "Roadmap not available";
     $("rm-goal").textContent = error.message;
   }
@@ -207,6 +210,7 @@ function handleEvent(event) {
       renderProgress();
       break;
     case "status":
+      $("recovering-banner").classList.add("hidden");
       setStatus(event.status, event.error);
       if (["human_review_pending", "generating_content", ...TERMINAL].includes(event.status)) scheduleRefetch();
       // A cancelled job saves what it had finished a moment later: read it again then.
@@ -220,7 +224,17 @@ function handleEvent(event) {
     case "curriculum":
       scheduleRefetch(50);
       break;
+    case "recovering":
+      // The sweeper re-queued a job whose worker died: say so instead of frozen spinners.
+      $("recovering-banner").classList.remove("hidden");
+      for (const el of document.querySelectorAll(".concept.working")) {
+        el.classList.remove("working");
+        const tag = el.querySelector(".step");
+        if (tag) { tag.className = "hours"; tag.textContent = tag.dataset.hours || ""; }
+      }
+      break;
     case "concept_step":
+      $("recovering-banner").classList.add("hidden");
       markConcept(event.concept_id, "working", event.step);
       break;
     case "concept_saved": {
@@ -267,7 +281,10 @@ function renderHeader() {
   $("cancelled-panel").classList.toggle("hidden", d.status !== "cancelled");
   $("cancel").classList.toggle("hidden", TERMINAL.includes(d.status));
   $("delete").classList.toggle("hidden", !DELETABLE.includes(d.status));
+  // The learner's words first; the developer's detail behind the "Details" toggle.
+  $("failed-message").textContent = d.failure_message || "Generation stopped before the end. Everything generated so far is saved.";
   $("failed-reason").textContent = d.error || "";
+  $("resume").textContent = d.failed_concepts?.length ? "Retry failed concepts" : "Resume";
 }
 
 function renderProgress() {
@@ -294,6 +311,8 @@ function renderCurriculum() {
   const d = state.detail;
   const container = $("curriculum");
   if (!d.stages.length) { container.innerHTML = ""; return; }
+  // Concepts whose generation failed for good look failed (with the reason on hover), not pending.
+  const failed = new Map((d.failed_concepts || []).map((f) => [f.id, f.reason]));
   container.innerHTML = d.stages.map((stage) => `
     <section class="stage">
       <h3><span class="num">${stage.position}</span>${escapeHtml(stage.title)}</h3>
@@ -301,11 +320,17 @@ function renderCurriculum() {
       <div class="modules">${stage.modules.map((module) => `
         <div class="module">
           <h4>${escapeHtml(module.title)}</h4>
-          <ul class="concepts">${module.concepts.map((c) => `
-            <li class="concept ${c.has_content || state.saved.has(c.id) ? "done" : ""}" data-concept="${c.id}" title="${escapeHtml(c.summary)}">
+          <ul class="concepts">${module.concepts.map((c) => {
+            const done = c.has_content || state.saved.has(c.id);
+            const reason = done ? undefined : failed.get(c.id);
+            const kind = done ? "done" : reason !== undefined ? "failed" : "";
+            return `
+            <li class="concept ${kind}" data-concept="${c.id}" title="${escapeHtml(reason ?? c.summary)}">
               <span class="state"></span><span class="name">${escapeHtml(c.title)}</span>
+              ${reason !== undefined ? '<span class="why">failed</span>' : ""}
               <span class="hours" data-hours="${c.estimated_hours}h">${c.estimated_hours}h</span>
-            </li>`).join("")}
+            </li>`;
+          }).join("")}
           </ul>
         </div>`).join("")}
       </div>
@@ -377,6 +402,15 @@ async function deleteRoadmap() {
   } catch (error) {
     $("action-error").textContent = error.message;
   }
+}
+
+function showNotFound() {
+  // No "pending" badge or "Waiting for a worker" bar for a roadmap that does not exist.
+  if (state.source) { state.source.close(); state.source = null; }
+  state.detail = null;
+  $("roadmap").classList.add("hidden");
+  $("empty").classList.add("hidden");
+  $("not-found").classList.remove("hidden");
 }
 
 function showDeleted() {
