@@ -5,38 +5,12 @@ delete while a job runs is refused."""
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from roadmap_testkit import Stack, delete_keys, query, wait_for, wait_for_status
+from roadmap_testkit import Stack, query, wait_for, wait_for_status
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.celery, pytest.mark.slow]
-
-# Slow enough that a roadmap takes seconds to write, so a cancel lands in the middle of it.
-SLOW_LLM = {"LLM_LATENCY_MS": "250", "LLM_JITTER_MS": "50", "CONTENT_BATCH_WINDOW_S": "0.5"}
-
-
-@pytest.fixture(scope="module")
-def slow_stack(
-    app_env: dict[str, str], redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    """API and workers of their own (own key prefix: no other stack takes their jobs)."""
-    prefix = f"rmcancel{uuid.uuid4().hex[:8]}:"
-    env = {**app_env, **SLOW_LLM, "ROADMAP_KEY_PREFIX": prefix}
-    running = Stack(env, Path(tmp_path_factory.mktemp("cancel-logs")), name="cancel")
-    try:
-        running.start_api()
-        running.start_worker("workflow", ["workflow", "logs"])
-        running.start_worker("content", ["content"])
-        running.wait_ready()
-        yield running
-    finally:
-        running.stop()
-        delete_keys(redis_url, prefix)
-
 
 def _saved(database_url: str, roadmap_id: str) -> tuple[int, int, int]:
     """(content rows, concepts with content, concepts) of the roadmap."""
