@@ -86,3 +86,12 @@ def test_an_unreachable_database_is_one_line_naming_it_and_the_variable(command:
     ]
     assert "s3cret" not in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_an_old_variable_stops_the_api_with_the_name_to_use() -> None:
+    result = _run("api", env={"PATH": "/usr/bin:/bin", "UVICORN_WORKERS": "4"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "configuration error: UVICORN_WORKERS is not read any more: set WEB_CONCURRENCY "
+        "(API processes started by `serve`)"
+    )

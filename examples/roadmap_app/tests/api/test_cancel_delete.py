@@ -245,3 +245,39 @@ async def test_cancel_and_delete_of_unknown_or_malformed_ids_get_404_and_422(
     malformed = await client.request(method, f"/api/v1/roadmaps/not-a-uuid{suffix}")
     assert malformed.status_code == 422
     assert "Input should be a valid UUID" in malformed.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "params"),
+    [
+        ("GET", "", {"offset": "20"}),
+        ("GET", "", {"limit": "5", "status": "failed"}),
+        ("GET", "/{id}", {"contents": "false"}),
+        ("POST", "/{id}/resume", {"force": "1"}),
+        ("POST", "/{id}/cancel", {"now": "yes"}),
+        ("DELETE", "/{id}", {"cascade": "1"}),
+    ],
+)
+async def test_unknown_query_parameters_get_422_naming_them_and_change_nothing(
+    client: httpx.AsyncClient,
+    database_url: str,
+    method: str,
+    path: str,
+    params: dict[str, str],
+) -> None:
+    """As unknown body fields do: `?offset` must not be silently ignored (issue 22)."""
+    roadmap_id = await _roadmap(S.failed, curriculum_ready=True)
+    url = "/api/v1/roadmaps" + path.format(id=roadmap_id)
+    response = await client.request(method, url, params=params)
+    assert response.status_code == 422
+    unknown = [(k, v) for k, v in params.items() if k not in ("limit",)]
+    assert response.json()["detail"] == [
+        {"type": "extra_forbidden", "loc": ["query", k], "msg": "Extra inputs are not permitted",
+         "input": v}
+        for k, v in unknown
+    ]  # fmt: skip
+    assert _state(database_url, roadmap_id) == [("failed", False, 1)]
+    # The declared ones still work.
+    assert (await client.get("/api/v1/roadmaps", params={"limit": 2})).status_code == 200
+    detail = await client.get(f"/api/v1/roadmaps/{roadmap_id}", params={"content": "false"})
+    assert detail.status_code == 200

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import loopsafe.db
 from roadmap_app import repositories
 from roadmap_app.api.deps import CeleryDep, EventsDep, SessionDep, SettingsDep, enqueue
+from roadmap_app.api.query_guard import reject_unknown_query
 from roadmap_app.api.request_guard import MAX_BODY_BYTES
 from roadmap_app.api.schemas import (
     ConceptOut,
@@ -41,7 +42,9 @@ from roadmap_app.models import TERMINAL_STATUSES, Roadmap, RoadmapStatus, Stage
 
 __all__ = ("router",)
 
-router = APIRouter(prefix="/roadmaps", tags=["roadmaps"])
+router = APIRouter(
+    prefix="/roadmaps", tags=["roadmaps"], dependencies=[Depends(reject_unknown_query)]
+)
 S = RoadmapStatus
 
 # While Redis is unreachable an event stream re-reads the database this often, and tries to
