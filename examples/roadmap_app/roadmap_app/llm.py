@@ -393,7 +393,9 @@ class OfflineProvider:
             "subject": topic,
             "application": application,
             "summary": (
-                f"A {level} learner who wants to {_sentence_part(goal)}: build solid "
+                # "An intermediate", "An advanced": the article follows the level's sound.
+                f"{'An' if level[:1] in 'aeiou' else 'A'} {level} learner who wants to "
+                f"{_sentence_part(goal)}: build solid "
                 f"{topic} fundamentals, then apply them to {application}."
             ),
             "outcomes": [

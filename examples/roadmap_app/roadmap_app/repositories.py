@@ -9,7 +9,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -135,8 +135,28 @@ async def get_roadmap_tree(session: AsyncSession, roadmap_id: uuid.UUID) -> Road
     return result.scalar_one_or_none()
 
 
-async def list_roadmaps(session: AsyncSession, *, limit: int = 20) -> Sequence[Roadmap]:
-    result = await session.scalars(select(Roadmap).order_by(Roadmap.created_at.desc()).limit(limit))
+async def list_roadmaps(
+    session: AsyncSession,
+    *,
+    limit: int = 20,
+    after: tuple[dt.datetime, uuid.UUID] | None = None,
+    status: RoadmapStatus | None = None,
+    search: str | None = None,
+) -> Sequence[Roadmap]:
+    """Roadmaps newest first (ties by id): those after the `(created_at, id)` keyset `after`, in
+    `status`, whose goal or title contains `search` (case-insensitive, taken literally)."""
+    statement = select(Roadmap).order_by(Roadmap.created_at.desc(), Roadmap.id.desc())
+    if after is not None:
+        # A keyset, not an offset: rows inserted meanwhile neither repeat nor hide a page.
+        statement = statement.where(tuple_(Roadmap.created_at, Roadmap.id) < tuple_(*after))
+    if status is not None:
+        statement = statement.where(Roadmap.status == status)
+    if search:
+        pattern = "%" + re.sub(r"([\\%_])", r"\\\1", search) + "%"
+        statement = statement.where(
+            or_(Roadmap.goal.ilike(pattern, escape="\\"), Roadmap.title.ilike(pattern, escape="\\"))
+        )
+    result = await session.scalars(statement.limit(limit))
     return result.all()
 
 

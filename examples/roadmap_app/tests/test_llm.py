@@ -62,6 +62,18 @@ async def test_offline_answers_are_deterministic_per_goal_and_concept() -> None:
     assert "Goroutines" in a["markdown"]
 
 
+@pytest.mark.parametrize(
+    ("level", "opening"),
+    [("beginner", "A beginner"), ("intermediate", "An intermediate"), ("advanced", "An advanced")],
+)
+async def test_the_offline_intent_summary_gets_the_article_right(level: str, opening: str) -> None:
+    """It wrote "A intermediate learner" (issue 22)."""
+    answer = await OfflineProvider().complete_json(
+        _prompt("intent", goal="Learn Go", level=level, weekly_hours=5)
+    )
+    assert answer["summary"].startswith(f"{opening} learner who wants to learn Go")
+
+
 @pytest.mark.parametrize("level", ["beginner", "intermediate", "advanced"])
 @pytest.mark.parametrize(
     "goal",

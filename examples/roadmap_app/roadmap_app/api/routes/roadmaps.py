@@ -4,11 +4,14 @@ its events."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel
 from sqlalchemy import select
@@ -169,13 +172,84 @@ async def create_roadmap(
     return JobAccepted(task_id=roadmap_id, status=S.pending.value)
 
 
-@router.get("", operation_id="list_roadmaps")
+def _cursor(roadmap: Roadmap) -> str:
+    """An opaque position after `roadmap` in the newest-first order (its keyset)."""
+    key = f"{roadmap.created_at.isoformat()}|{roadmap.id}"
+    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def _after(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, _, roadmap_id = raw.partition("|")
+        when = dt.datetime.fromisoformat(created)
+        if when.tzinfo is None:
+            raise ValueError("naive time")
+        return when, uuid.UUID(roadmap_id)
+    except ValueError as exc:  # binascii.Error and UnicodeDecodeError are ValueErrors too
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("query", "cursor"),
+                    "msg": 'cursor is not one this API gave out: follow the `Link: rel="next"` '
+                    "header of the previous page",
+                    "input": cursor,
+                }
+            ]
+        ) from exc
+
+
+@router.get(
+    "",
+    operation_id="list_roadmaps",
+    responses={
+        200: {
+            "headers": {
+                "Link": {
+                    "description": 'The next page, `<url>; rel="next"`, when this one is full.',
+                    "schema": {"type": "string"},
+                }
+            }
+        }
+    },
+)
 async def list_roadmaps(
-    session: SessionDep, limit: Annotated[int, Query(ge=1, le=100)] = 20
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description='Where the page starts: from the previous page\'s `Link: rel="next"`.',
+        ),
+    ] = None,
+    status_: Annotated[
+        RoadmapStatus | None, Query(alias="status", description="Only roadmaps in this status.")
+    ] = None,
+    q: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=200,
+            description="Only roadmaps whose goal or title contains this text (any case).",
+        ),
+    ] = None,
 ) -> list[RoadmapSummary]:
-    """The most recent roadmaps, newest first."""
-    roadmaps = await repositories.list_roadmaps(session, limit=limit)
+    """Roadmaps newest first, `limit` per page; a full page links to the next (`Link` header)."""
+    roadmaps = await repositories.list_roadmaps(
+        session,
+        limit=limit,
+        after=None if cursor is None else _after(cursor),
+        status=status_,
+        search=q,
+    )
     counts = await repositories.progress_by_roadmap(session, [r.id for r in roadmaps])
+    if len(roadmaps) == limit:
+        following = request.url.include_query_params(cursor=_cursor(roadmaps[-1]))
+        response.headers["Link"] = f'<{following.path}?{following.query}>; rel="next"'
     return [_summary(r, *counts.get(r.id, (0, 0))) for r in roadmaps]
 
 
