@@ -281,6 +281,8 @@ function renderHeader() {
   $("cancelled-panel").classList.toggle("hidden", d.status !== "cancelled");
   $("cancel").classList.toggle("hidden", TERMINAL.includes(d.status));
   $("delete").classList.toggle("hidden", !DELETABLE.includes(d.status));
+  $("export-md").href = `${API}/${d.id}/export`;
+  $("export-json").href = `${API}/${d.id}/export?format=json`;
   // The learner's words first; the developer's detail behind the "Details" toggle.
   $("failed-message").textContent = d.failure_message || "Generation stopped before the end. Everything generated so far is saved.";
   $("failed-reason").textContent = d.error || "";

@@ -281,3 +281,53 @@ async def test_unknown_query_parameters_get_422_naming_them_and_change_nothing(
     assert (await client.get("/api/v1/roadmaps", params={"limit": 2})).status_code == 200
     detail = await client.get(f"/api/v1/roadmaps/{roadmap_id}", params={"content": "false"})
     assert detail.status_code == 200
+
+
+# --- Export -------------------------------------------------------------------------------------
+
+
+async def test_export_as_markdown_has_the_curriculum_and_the_written_content(
+    client: httpx.AsyncClient,
+) -> None:
+    roadmap_id = await _roadmap(S.generating_content)
+    response = await client.get(f"/api/v1/roadmaps/{roadmap_id}/export")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/markdown")
+    assert response.headers["content-disposition"] == 'attachment; filename="learn-scheme.md"'
+    text = response.text
+    assert text.startswith("# Learn Scheme\n\nGoal: Learn Scheme · beginner · 3 h/week")
+    assert "(1/2 concepts written)" in text
+    assert "## Stage 1: Basics\n\n### Syntax\n\n#### Atoms (1 h)\n\n##### Atoms\n" in text
+    assert "Everything else is a list." in text
+    assert "#### Lists (1 h)\n\n_Not written yet._" in text
+
+
+async def test_export_as_json_is_the_roadmap_without_its_logs(client: httpx.AsyncClient) -> None:
+    roadmap_id = await _roadmap(S.completed)
+    response = await client.get(f"/api/v1/roadmaps/{roadmap_id}/export", params={"format": "json"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["content-disposition"] == 'attachment; filename="learn-scheme.json"'
+    exported = response.json()
+    shown = (await client.get(f"/api/v1/roadmaps/{roadmap_id}")).json()
+    assert exported == {**shown, "logs": []}
+
+
+@pytest.mark.parametrize(
+    ("params", "status_code", "message"),
+    [
+        ({"format": "pdf"}, 422, "Input should be 'markdown' or 'json'"),
+        ({"format": "json", "pages": "2"}, 422, "Extra inputs are not permitted"),
+    ],
+)
+async def test_export_refuses_what_it_cannot_do(
+    client: httpx.AsyncClient, params: dict[str, str], status_code: int, message: str
+) -> None:
+    roadmap_id = await _roadmap(S.completed)
+    response = await client.get(f"/api/v1/roadmaps/{roadmap_id}/export", params=params)
+    assert response.status_code == status_code
+    assert message in response.text
+    missing = uuid.uuid4()
+    gone = await client.get(f"/api/v1/roadmaps/{missing}/export")
+    assert gone.status_code == 404
+    assert gone.json() == {"detail": f"roadmap {missing} not found"}

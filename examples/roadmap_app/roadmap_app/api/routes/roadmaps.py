@@ -8,7 +8,7 @@ import base64
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
@@ -40,6 +40,7 @@ from roadmap_app.api.schemas import (
 from roadmap_app.api.tutorial_html import tutorial_html
 from roadmap_app.config import Settings
 from roadmap_app.events import EventPublisher, EventStream
+from roadmap_app.export import roadmap_markdown
 from roadmap_app.failures import learner_message
 from roadmap_app.models import TERMINAL_STATUSES, Roadmap, RoadmapStatus, Stage
 
@@ -322,6 +323,45 @@ async def get_roadmap(
             for failed in roadmap.failed_concepts
         ],
         logs=[_from_row(ExecutionLogOut, log) for log in logs],
+    )
+
+
+@router.get(
+    "/{roadmap_id}/export",
+    operation_id="export_roadmap",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The whole roadmap as a file to keep: Markdown (curriculum, "
+            "tutorials, resources, quizzes) or JSON (what `get_roadmap` answers, without logs).",
+            "content": {
+                "text/markdown": {"schema": {"type": "string"}},
+                "application/json": {"schema": {"$ref": "#/components/schemas/RoadmapOut"}},
+            },
+        },
+        **_errors(404),
+    },
+)
+async def export_roadmap(
+    roadmap_id: uuid.UUID,
+    session: SessionDep,
+    format_: Annotated[
+        Literal["markdown", "json"],
+        Query(alias="format", description="`markdown` (default) or `json`."),
+    ] = "markdown",
+) -> Response:
+    """Download the roadmap as Markdown or JSON (`Content-Disposition: attachment`)."""
+    roadmap = await get_roadmap(roadmap_id, session, content=True)
+    name = repositories.slugify(roadmap.title or roadmap.goal)
+    if format_ == "json":
+        body = roadmap.model_copy(update={"logs": []}).model_dump_json(indent=2)
+        media_type, extension = "application/json", "json"
+    else:
+        body, media_type, extension = roadmap_markdown(roadmap), "text/markdown", "md"
+    return Response(
+        body,
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="{name}.{extension}"'},
     )
 
 
