@@ -75,6 +75,15 @@ def test_cancel_resume_and_delete_from_the_page(
         roadmap_id = http.post("/api/v1/roadmaps", json={"goal": "Learn Zig"}).json()["task_id"]
         page.goto(f"{slow_stack.base_url}/?roadmap={roadmap_id}")
         page.wait_for_selector(".concept.done", timeout=60_000)
+        # The Recent list follows the same events as the header (it showed 0/26 beside 8/26).
+        page.wait_for_function(
+            """() => {
+              const count = document.querySelector('#recent a.current .count');
+              return count && state.total > 0
+                && count.textContent === `${state.done}/${state.total} concepts`;
+            }""",
+            timeout=10_000,
+        )
         # While it runs: Cancel, no Delete.
         assert page.is_visible("#cancel")
         assert page.is_hidden("#delete")

@@ -136,10 +136,24 @@ async function loadRecent() {
       <li><a href="?roadmap=${r.id}" data-id="${r.id}" class="${r.id === state.id ? "current" : ""}">
         <span class="goal">${escapeHtml(r.title || r.goal)}</span>
         <span class="meta"><span class="badge small ${r.status}">${escapeHtml(r.status.replace(/_/g, " "))}</span>
-        ${r.progress.total ? `${r.progress.done}/${r.progress.total} concepts` : escapeHtml(r.level)}</span>
+        <span class="count">${r.progress.total ? `${r.progress.done}/${r.progress.total} concepts` : escapeHtml(r.level)}</span></span>
       </a></li>`).join("");
+    renderRecentProgress();
   } catch (error) {
     list.innerHTML = `<li class="muted">Could not load: ${escapeHtml(error.message)}</li>`;
+  }
+}
+
+// The shown roadmap's entry in Recent follows the same event stream as the header, so the two
+// never disagree ("0/26" in the list while the roadmap showed 8/26).
+function renderRecentProgress() {
+  const link = document.querySelector(`#recent a[data-id="${state.id}"]`);
+  const count = link?.querySelector(".count");
+  if (count && state.total) count.textContent = `${state.done}/${state.total} concepts`;
+  const badge = link?.querySelector(".badge");
+  if (badge && state.detail) {
+    badge.className = `badge small ${state.detail.status}`;
+    badge.textContent = state.detail.status.replace(/_/g, " ");
   }
 }
 
@@ -208,6 +222,7 @@ function handleEvent(event) {
       setStatus(event.status, event.error);
       if (state.detail && event.curriculum_version !== state.detail.curriculum_version) scheduleRefetch();
       renderProgress();
+      renderRecentProgress();
       break;
     case "status":
       $("recovering-banner").classList.add("hidden");
@@ -245,6 +260,7 @@ function handleEvent(event) {
       state.saved.add(event.concept_id);
       markConcept(event.concept_id, "done");
       renderProgress();
+      renderRecentProgress();
       break;
     }
     default:
@@ -260,6 +276,7 @@ function setStatus(status, error) {
   if (error !== undefined) state.detail.error = error;
   renderHeader();
   renderProgress();
+  renderRecentProgress();
 }
 
 function render() {
