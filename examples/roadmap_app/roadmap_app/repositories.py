@@ -33,6 +33,7 @@ __all__ = (
     "add_execution_log",
     "concepts_without_content",
     "create_roadmap",
+    "delete_content",
     "delete_roadmap",
     "get_roadmap",
     "get_roadmap_tree",
@@ -190,6 +191,18 @@ async def update_roadmap(
         statement = statement.where(Roadmap.updated_at < untouched_since)
     result = await session.execute(statement.values(updated_at=func.now(), **values))
     return bool(getattr(result, "rowcount", 0))
+
+
+async def delete_content(session: AsyncSession, roadmap_id: uuid.UUID, concept_id: int) -> bool:
+    """Forget one concept's saved content (to have it written again); whether the concept is
+    one of the roadmap's (with or without content)."""
+    exists = await session.scalar(
+        select(func.count()).where(Concept.id == concept_id, Concept.roadmap_id == roadmap_id)
+    )
+    if not exists:
+        return False
+    await session.execute(delete(ConceptContent).where(ConceptContent.concept_id == concept_id))
+    return True
 
 
 async def delete_roadmap(

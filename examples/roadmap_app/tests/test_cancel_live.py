@@ -12,6 +12,7 @@ from roadmap_testkit import Stack, query, wait_for, wait_for_status
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.celery, pytest.mark.slow]
 
+
 def _saved(database_url: str, roadmap_id: str) -> tuple[int, int, int]:
     """(content rows, concepts with content, concepts) of the roadmap."""
     (row,) = query(
@@ -95,6 +96,21 @@ def test_cancel_during_generation_stops_the_job_loses_nothing_and_resume_complet
         resumed = wait_for(resume_logs, timeout=10, what="the resume job's log")
         assert [log["status"] for log in resumed] == ["succeeded"]
         assert resumed[0]["detail"]["generated"] == total - distinct  # only the missing ones
+
+        # One concept written again: only it, by the checkpoint job.
+        (concept_id,) = query(database_url, "SELECT min(id) FROM concepts WHERE roadmap_id = %(i)s",
+                              {"i": roadmap_id})[0]  # fmt: skip
+        again = client.post(f"/api/v1/roadmaps/{roadmap_id}/concepts/{concept_id}/regenerate")
+        assert again.status_code == 202, again.text
+        done = wait_for_status(client, roadmap_id, "completed", "failed", timeout=60)
+        assert done["status"] == "completed", done["error"]
+        assert _saved(database_url, roadmap_id) == (total, total, total)
+        regenerated = wait_for(
+            lambda: [log for log in resume_logs() if log["status"] == "succeeded"][1:],
+            timeout=10,
+            what="the regeneration's log",
+        )
+        assert regenerated[0]["detail"]["generated"] == 1
 
         # Finished: now it can be deleted, with everything it owns.
         assert client.delete(f"/api/v1/roadmaps/{roadmap_id}").status_code == 204

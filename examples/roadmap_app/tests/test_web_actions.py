@@ -123,7 +123,7 @@ def test_cancel_resume_and_delete_from_the_page(
         )
 
 
-def test_delete_asks_first_and_does_nothing_when_declined(
+def test_delete_asks_first_and_a_concept_can_be_written_again(
     stack: Stack, page: Any, database_url: str
 ) -> None:
     with stack.client() as http:
@@ -143,6 +143,25 @@ def test_delete_asks_first_and_does_nothing_when_declined(
         assert asked == ["Delete this roadmap with all its content? This cannot be undone."]
         assert page.is_visible("#roadmap")
         assert http.get(f"/api/v1/roadmaps/{roadmap_id}").status_code == 200
+
+        # One concept written again from its dialog; the roadmap completes again.
+        (concept_id,) = query(database_url, "SELECT min(id) FROM concepts WHERE roadmap_id = %(i)s",
+                              {"i": roadmap_id})[0]  # fmt: skip
+        page.click(f'.concept.done[data-concept="{concept_id}"]')
+        page.click("#dlg-regenerate")
+        page.locator("#concept-dialog").wait_for(state="hidden")
+        page.wait_for_selector("#rm-status.completed", timeout=60_000)
+        page.wait_for_selector(f'.concept.done[data-concept="{concept_id}"]', timeout=10_000)
+        logs = wait_for(
+            lambda: [
+                log
+                for log in http.get(f"/api/v1/roadmaps/{roadmap_id}").json()["logs"]
+                if log["step"] == "resume" and log["status"] == "succeeded"
+            ],
+            timeout=15,
+            what="the regeneration's log",
+        )
+        assert logs[0]["detail"]["generated"] == 1
 
 
 def test_a_failed_roadmap_shows_failed_concepts_a_plain_message_and_a_retry_button(

@@ -475,7 +475,25 @@ async function openConcept(id) {
       <p class="explanation hidden">${escapeHtml(q.explanation)}</p>
     </div>`).join("");
   selectTab("tutorial");
+  $("dlg-error").textContent = "";
+  $("concept-dialog").dataset.concept = String(concept.id);
   $("concept-dialog").showModal();
+}
+
+async function regenerateConcept() {
+  const conceptId = $("concept-dialog").dataset.concept;
+  $("dlg-error").textContent = "";
+  try {
+    const accepted = await api(`${API}/${state.id}/concepts/${conceptId}/regenerate`, { method: "POST" });
+    $("concept-dialog").close();
+    state.saved.delete(Number(conceptId));
+    setStatus(accepted.status, null);
+    if (state.source) state.source.close();
+    follow(state.id);
+    scheduleRefetch();
+  } catch (error) {
+    $("dlg-error").textContent = error.message;
+  }
 }
 
 function selectTab(name) {
@@ -495,6 +513,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("cancel").addEventListener("click", cancelRoadmap);
   $("delete").addEventListener("click", deleteRoadmap);
   $("dlg-close").addEventListener("click", () => $("concept-dialog").close());
+  $("dlg-regenerate").addEventListener("click", regenerateConcept);
   $("concept-dialog").addEventListener("click", (event) => {
     if (event.target === $("concept-dialog")) $("concept-dialog").close();
   });

@@ -331,3 +331,69 @@ async def test_export_refuses_what_it_cannot_do(
     gone = await client.get(f"/api/v1/roadmaps/{missing}/export")
     assert gone.status_code == 404
     assert gone.json() == {"detail": f"roadmap {missing} not found"}
+
+
+# --- Regenerate one concept ---------------------------------------------------------------------
+
+
+def _concepts(database_url: str, roadmap_id: uuid.UUID) -> list[tuple[int, bool]]:
+    """(concept id, has content) of the roadmap, in curriculum order."""
+    return [
+        (int(concept_id), bool(saved))
+        for concept_id, saved in query(
+            database_url,
+            "SELECT c.id, cc.concept_id IS NOT NULL FROM concepts c LEFT JOIN concept_content cc"
+            " ON cc.concept_id = c.id WHERE c.roadmap_id = %(i)s ORDER BY c.id",
+            {"i": roadmap_id},
+        )
+    ]
+
+
+@pytest.mark.parametrize("status", [S.completed, S.failed, S.cancelled])
+async def test_regenerate_forgets_one_concepts_content_and_queues_the_checkpoint_job(
+    client: httpx.AsyncClient, database_url: str, status: RoadmapStatus
+) -> None:
+    roadmap_id = await _roadmap(status, curriculum_ready=True)
+    (written, _), (unwritten, _) = _concepts(database_url, roadmap_id)
+    url = f"/api/v1/roadmaps/{roadmap_id}/concepts/{written}/regenerate"
+    response = await client.post(url)
+    assert response.status_code == 202, response.text
+    assert response.json() == {"task_id": str(roadmap_id), "status": "generating_content"}
+    assert _concepts(database_url, roadmap_id) == [(written, False), (unwritten, False)]
+    assert _state(database_url, roadmap_id) == [("generating_content", False, 0)]
+    # Pressed again while its job is queued: refused, as resume is.
+    again = await client.post(url)
+    assert again.status_code == 409
+    assert "a concept can be written again once the roadmap is completed" in again.text
+
+
+async def test_regenerate_refuses_unknown_concepts_running_roadmaps_and_unfinal_curricula(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    roadmap_id = await _roadmap(S.completed, curriculum_ready=True)
+    other = await _roadmap(S.completed, curriculum_ready=True)
+    (foreign, _), _ = _concepts(database_url, other)
+    response = await client.post(f"/api/v1/roadmaps/{roadmap_id}/concepts/{foreign}/regenerate")
+    assert response.status_code == 404
+    assert response.json() == {"detail": f"roadmap {roadmap_id} has no concept {foreign}"}
+    assert _state(database_url, roadmap_id) == [("completed", False, 1)]  # rolled back
+    assert _state(database_url, other)[0][2] == 1
+
+    running = await _roadmap(S.generating_content, curriculum_ready=True, leased=True)
+    (concept, _), _ = _concepts(database_url, running)
+    refused = await client.post(f"/api/v1/roadmaps/{running}/concepts/{concept}/regenerate")
+    assert refused.status_code == 409
+    assert _state(database_url, running) == [("generating_content", True, 1)]
+
+    unreviewed = await _roadmap(S.cancelled, curriculum_ready=False)
+    (concept, _), _ = _concepts(database_url, unreviewed)
+    refused = await client.post(f"/api/v1/roadmaps/{unreviewed}/concepts/{concept}/regenerate")
+    assert refused.status_code == 409
+    assert refused.json()["detail"].endswith("(and its curriculum is final)")
+
+    missing = uuid.uuid4()
+    gone = await client.post(f"/api/v1/roadmaps/{missing}/concepts/1/regenerate")
+    assert gone.status_code == 404
+    bad = await client.post(f"/api/v1/roadmaps/{roadmap_id}/concepts/0/regenerate")
+    assert bad.status_code == 422
+    assert "Input should be greater than or equal to 1" in bad.text

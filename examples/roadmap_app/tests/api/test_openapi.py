@@ -46,6 +46,7 @@ def _operation(openapi: dict[str, Any], operation_id: str) -> dict[str, Any]:
         ("resume_roadmap", {"202", "404", "409", "413", "415", "422", "503"}),
         ("cancel_roadmap", {"202", "404", "409", "413", "415", "422"}),
         ("delete_roadmap", {"204", "404", "409", "413", "415", "422"}),
+        ("regenerate_concept", {"202", "404", "409", "413", "415", "422", "503"}),
     ],
 )
 def test_every_status_code_a_route_answers_is_documented_with_its_body(

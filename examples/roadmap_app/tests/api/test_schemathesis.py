@@ -51,7 +51,7 @@ def test_the_api_keeps_its_openapi_contract_under_schemathesis(
         delete_keys(redis_url, prefix)
     report = result.stdout + result.stderr
     assert result.returncode == 0, report + "\n" + api.logs()
-    assert "10 selected / 10 total" in report  # cancel, delete, export (issue 22)
+    assert "11 selected / 11 total" in report  # +cancel, delete, export, regenerate
     for phase in ("Examples", "Coverage", "Fuzzing", "Stateful"):
         assert f"✅  {phase}" in report, report
     assert re.search(r"(\d+) generated, \1 passed", report), report

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel
@@ -541,6 +541,54 @@ async def delete_roadmap(roadmap_id: uuid.UUID, session: SessionDep, events: Eve
 
 # A job can be running or queued on a roadmap in any other status.
 _DELETABLE = frozenset({S.completed, S.failed, S.cancelled, S.human_review_pending})
+
+
+@router.post(
+    "/{roadmap_id}/concepts/{concept_id}/regenerate",
+    status_code=status.HTTP_202_ACCEPTED,
+    operation_id="regenerate_concept",
+    responses=_errors(404, 409, 413, 415, 503),
+)
+async def regenerate_concept(
+    roadmap_id: uuid.UUID,
+    concept_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
+    session: SessionDep,
+    celery: CeleryDep,
+    events: EventsDep,
+) -> JobAccepted:
+    """Write one concept's tutorial, resources and quiz again (its saved content is replaced);
+    only while no job is running or queued on the roadmap and its curriculum is final."""
+    roadmap = await repositories.get_roadmap(session, roadmap_id)
+    if roadmap is None:
+        raise _not_found(roadmap_id)
+    refusal = (
+        f"roadmap {roadmap_id} is {roadmap.status.value!r}: a concept can be written again once "
+        "the roadmap is completed, failed or cancelled and no job runs on it"
+    )
+    if not roadmap.curriculum_ready:
+        raise HTTPException(status.HTTP_409_CONFLICT, refusal + " (and its curriculum is final)")
+    claimed = await repositories.update_roadmap(
+        session,
+        roadmap_id,
+        only_from=_DELETABLE - {S.human_review_pending},
+        unleased=True,
+        status=S.generating_content,
+        error=None,
+        completed_at=None,
+        failed_concepts=[],
+    )
+    if not claimed:
+        raise HTTPException(status.HTTP_409_CONFLICT, refusal)
+    if not await repositories.delete_content(session, roadmap_id, concept_id):
+        await session.rollback()
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"roadmap {roadmap_id} has no concept {concept_id}"
+        )
+    await session.commit()
+    await events.emit(roadmap_id, "status", status=S.generating_content.value, error=None)
+    # The checkpoint job writes what has no content: now exactly this concept.
+    await _queue_or_fail(session, celery, events, roadmap_id, "resume_from_checkpoint")
+    return JobAccepted(task_id=roadmap_id, status=S.generating_content.value)
 
 
 async def _stream_slot(request: Request, settings: SettingsDep) -> AsyncIterator[None]:
