@@ -111,6 +111,9 @@ class Settings:
     llm_base_url: str | None = None
     llm_api_key: str | None = None
     llm_model: str = "gpt-4o-mini"
+    # LLM_MODEL_INTENT, LLM_MODEL_CURRICULUM, LLM_MODEL_CONTENT: a model per stage (a small one
+    # for intent analysis, a strong one for the curriculum…); unset, a stage uses LLM_MODEL.
+    llm_stage_models: tuple[tuple[str, str], ...] = ()
     llm_latency_ms: int = 300
     llm_jitter_ms: int = 200
     llm_failure_rate: float = 0.0
@@ -209,6 +212,11 @@ class Settings:
             llm_base_url=env.get("LLM_BASE_URL") or None,
             llm_api_key=api_key,
             llm_model=_text(env, "LLM_MODEL", cls.llm_model),
+            llm_stage_models=tuple(
+                (stage, env[f"LLM_MODEL_{stage.upper()}"].strip())
+                for stage in ("intent", "curriculum", "content")
+                if env.get(f"LLM_MODEL_{stage.upper()}", "").strip()
+            ),
             llm_fail_concepts=fail_concepts,
             database_pooler=(
                 "transaction" if pooler == "transaction" else "session" if pooler == "session" else None
