@@ -251,7 +251,7 @@ async def test_cancel_and_delete_of_unknown_or_malformed_ids_get_404_and_422(
     ("method", "path", "params"),
     [
         ("GET", "", {"offset": "20"}),
-        ("GET", "", {"limit": "5", "status": "failed"}),
+        ("GET", "", {"limit": "5", "sort": "oldest"}),
         ("GET", "/{id}", {"contents": "false"}),
         ("POST", "/{id}/resume", {"force": "1"}),
         ("POST", "/{id}/cancel", {"now": "yes"}),

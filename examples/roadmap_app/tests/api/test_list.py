@@ -1,4 +1,5 @@
-"""`GET /api/v1/roadmaps`: cursor pages (`Link: rel="next"`), the status filter and goal search."""
+"""`GET /api/v1/roadmaps`: pages by keyset (`Link: rel="next"`), the status filter and goal
+search."""
 
 from __future__ import annotations
 
@@ -82,8 +83,7 @@ async def test_the_status_filter_and_the_search_combine_and_search_is_literal(
 @pytest.mark.parametrize(
     ("params", "where", "message"),
     [
-        ({"cursor": "not-a-cursor"}, "query.cursor", "cursor is not one this API gave out"),
-        ({"cursor": "MjAyNnxub3Bl"}, "query.cursor", "cursor is not one this API gave out"),
+        ({"after": "not-a-roadmap"}, "query.after", "Input should be a valid UUID"),
         ({"status": "done"}, "query.status", "Input should be 'pending', 'analyzing'"),
         ({"q": ""}, "query.q", "String should have at least 1 character"),
         ({"q": "x" * 201}, "query.q", "String should have at most 200 characters"),
@@ -97,3 +97,15 @@ async def test_bad_list_parameters_get_422_naming_them(
     assert response.status_code == 422
     details = [(".".join(map(str, d["loc"])), d["msg"]) for d in response.json()["detail"]]
     assert any(loc == where and msg.startswith(message) for loc, msg in details), details
+
+
+async def test_a_page_after_a_deleted_roadmap_is_a_404_saying_to_start_again(
+    client: httpx.AsyncClient,
+) -> None:
+    missing = uuid.uuid4()
+    response = await client.get("/api/v1/roadmaps", params={"after": str(missing)})
+    assert response.status_code == 404
+    assert response.json() == {
+        "detail": f"roadmap {missing} (where the page should start) not found; it was deleted: "
+        "list again from the first page"
+    }

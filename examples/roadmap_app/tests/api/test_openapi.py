@@ -39,7 +39,7 @@ def _operation(openapi: dict[str, Any], operation_id: str) -> dict[str, Any]:
     ("operation_id", "codes"),
     [
         ("create_roadmap", {"202", "413", "415", "422", "503"}),
-        ("list_roadmaps", {"200", "422"}),
+        ("list_roadmaps", {"200", "404", "422"}),
         ("get_roadmap", {"200", "404", "422"}),
         ("roadmap_events", {"200", "404", "422", "503"}),
         ("review_roadmap", {"202", "404", "409", "413", "415", "422", "503"}),

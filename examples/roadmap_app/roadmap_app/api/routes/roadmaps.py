@@ -4,14 +4,11 @@ its events."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
-from fastapi.exceptions import RequestValidationError
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel
 from sqlalchemy import select
@@ -173,38 +170,11 @@ async def create_roadmap(
     return JobAccepted(task_id=roadmap_id, status=S.pending.value)
 
 
-def _cursor(roadmap: Roadmap) -> str:
-    """An opaque position after `roadmap` in the newest-first order (its keyset)."""
-    key = f"{roadmap.created_at.isoformat()}|{roadmap.id}"
-    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
-
-
-def _after(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, _, roadmap_id = raw.partition("|")
-        when = dt.datetime.fromisoformat(created)
-        if when.tzinfo is None:
-            raise ValueError("naive time")
-        return when, uuid.UUID(roadmap_id)
-    except ValueError as exc:  # binascii.Error and UnicodeDecodeError are ValueErrors too
-        raise RequestValidationError(
-            [
-                {
-                    "type": "value_error",
-                    "loc": ("query", "cursor"),
-                    "msg": 'cursor is not one this API gave out: follow the `Link: rel="next"` '
-                    "header of the previous page",
-                    "input": cursor,
-                }
-            ]
-        ) from exc
-
-
 @router.get(
     "",
     operation_id="list_roadmaps",
     responses={
+        **_errors(404),
         200: {
             "headers": {
                 "Link": {
@@ -212,7 +182,7 @@ def _after(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
                     "schema": {"type": "string"},
                 }
             }
-        }
+        },
     },
 )
 async def list_roadmaps(
@@ -220,11 +190,11 @@ async def list_roadmaps(
     request: Request,
     response: Response,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[
-        str | None,
+    after: Annotated[
+        uuid.UUID | None,
         Query(
-            max_length=200,
-            description='Where the page starts: from the previous page\'s `Link: rel="next"`.',
+            description="Start after this roadmap (the last one of the previous page; the "
+            '`Link: rel="next"` header says it).',
         ),
     ] = None,
     status_: Annotated[
@@ -240,16 +210,22 @@ async def list_roadmaps(
     ] = None,
 ) -> list[RoadmapSummary]:
     """Roadmaps newest first, `limit` per page; a full page links to the next (`Link` header)."""
+    keyset = None
+    if after is not None:
+        last = await repositories.get_roadmap(session, after)
+        if last is None:
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND,
+                f"roadmap {after} (where the page should start) not found; it was deleted: "
+                "list again from the first page",
+            )
+        keyset = (last.created_at, last.id)
     roadmaps = await repositories.list_roadmaps(
-        session,
-        limit=limit,
-        after=None if cursor is None else _after(cursor),
-        status=status_,
-        search=q,
+        session, limit=limit, after=keyset, status=status_, search=q
     )
     counts = await repositories.progress_by_roadmap(session, [r.id for r in roadmaps])
     if len(roadmaps) == limit:
-        following = request.url.include_query_params(cursor=_cursor(roadmaps[-1]))
+        following = request.url.include_query_params(after=str(roadmaps[-1].id))
         response.headers["Link"] = f'<{following.path}?{following.query}>; rel="next"'
     return [_summary(r, *counts.get(r.id, (0, 0))) for r in roadmaps]
 
