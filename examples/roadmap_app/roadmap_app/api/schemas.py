@@ -55,7 +55,7 @@ _GOAL_RULES = (
     (
         f"{_SHOWN}[{_SPACE}{_INVISIBLE}]*{_SHOWN}[{_SPACE}{_INVISIBLE}]*{_SHOWN}",
         "goal_too_short",
-        "goal should have at least 3 visible characters besides spaces",
+        "goal should have at least 3 characters besides spaces",
     ),
     (
         # A letter: ASCII's, or a character beyond ASCII that is not punctuation, a symbol

@@ -31,22 +31,22 @@ def _messages(response: httpx.Response) -> list[tuple[str, str]]:
 
 BAD_BODIES: list[tuple[Any, str, str]] = [
     ({}, "body.goal", "Field required"),
-    ({"goal": "   "}, "body.goal", "goal should have at least 3 visible characters besides spaces"),
+    ({"goal": "   "}, "body.goal", "goal should have at least 3 characters besides spaces"),
     (
         {"goal": " a b "},
         "body.goal",
-        "goal should have at least 3 visible characters besides spaces",
+        "goal should have at least 3 characters besides spaces",
     ),
     # Invisible characters are not characters a reader sees (issue 22).
     (
         {"goal": "\u200b\u200b\u200bx"},
         "body.goal",
-        "goal should have at least 3 visible characters besides spaces",
+        "goal should have at least 3 characters besides spaces",
     ),
     (
         {"goal": "a\ufeff\u2060b\u200d"},
         "body.goal",
-        "goal should have at least 3 visible characters besides spaces",
+        "goal should have at least 3 characters besides spaces",
     ),
     # Symbols, arrows, dingbats and punctuation beyond ASCII are not words either.
     ({"goal": "→→→ ✓✓✓"}, "body.goal", "goal must describe what you want to learn in words"),
