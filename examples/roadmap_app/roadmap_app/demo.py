@@ -319,9 +319,9 @@ def run_demo(
                 # Without --serve the URL dies with this run: say so rather than invite a click
                 # on a server that is about to stop (issue 22).
                 demo.say(
-                    f"\nThe servers stop now, and {base} with them. To browse this roadmap "
-                    f"(tutorials, quizzes) at {base}/?roadmap={roadmap_id}, run the demo with "
-                    "--serve, which keeps everything running until Ctrl-C."
+                    f"\nThe servers stop now, and {base} with them. To browse "
+                    f"{base}/?roadmap={roadmap_id} (tutorials, quizzes), run the demo with "
+                    "--serve: it keeps everything running until Ctrl-C."
                 )
         if serve:
             demo.say(f"Serving on {base} — press Ctrl-C to stop.")
