@@ -171,6 +171,39 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unreachable(exc: BaseException) -> str | None:
+    """A one-line hint for a server that cannot be reached, or None if `exc` is something else.
+
+    `serve` or `migrate` without PostgreSQL printed a 134-line traceback (issue 22).
+    """
+    import redis.exceptions
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
+
+    from roadmap_app.config import get_settings
+
+    if not isinstance(
+        exc, (OSError, sqlalchemy.exc.OperationalError, redis.exceptions.ConnectionError)
+    ):
+        return None
+    settings = get_settings()
+    database = make_url(settings.database_url)
+    redis_url = settings.redis_url.rsplit("@", 1)[-1]  # never print a password
+    text = str(exc)
+    if isinstance(exc, redis.exceptions.ConnectionError) or (
+        redis_url.split("//")[-1].split("/")[0] in text
+    ):
+        return (
+            f"cannot reach Redis at {redis_url} ({text}); start it, or set REDIS_URL to a "
+            "running server"
+        )
+    where = database.render_as_string(hide_password=True)
+    return (
+        f"cannot reach PostgreSQL at {where} ({text}); start it, or set DATABASE_URL to a "
+        "running server"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -183,6 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        hint = _unreachable(exc)
+        if hint is None:
+            raise
+        print(f"error: {hint}", file=sys.stderr)
+        return 1
     return code
 
 

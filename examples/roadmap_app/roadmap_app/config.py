@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from loopsafe.db import BudgetPlan
 
-__all__ = ("Settings", "SettingsError", "get_settings")
+__all__ = ("RENAMED_VARIABLES", "Settings", "SettingsError", "get_settings")
 
 LLMProviderName = Literal["offline", "openai"]
 PoolerName = Literal["transaction", "session"]
@@ -19,6 +19,26 @@ ContentWrites = Literal["batched", "per-concept"]
 
 class SettingsError(ValueError):
     """An environment variable holds a value the app cannot use."""
+
+
+# Variables of the app this one grew from, which operators may still set: each is refused at
+# start-up with what to set instead, never silently ignored (issue 22).
+RENAMED_VARIABLES = {
+    "DB_POOL_SIZE": "DATABASE_POOL_SIZE (a fixed pool; better, DATABASE_MAX_CONNECTIONS: the "
+    "budget every process shares)",
+    "DB_MAX_OVERFLOW": "DATABASE_MAX_OVERFLOW (with DATABASE_POOL_SIZE)",
+    "UVICORN_WORKERS": "WEB_CONCURRENCY (API processes started by `serve`)",
+    "MAX_DB_CONCURRENT": "CONTENT_DB_SEMAPHORE with CONTENT_WRITE_MODE=per-concept (by default a "
+    "content job writes through one connection)",
+}
+
+
+def _refuse_renamed(env: Mapping[str, str]) -> None:
+    old = sorted(name for name in RENAMED_VARIABLES if name in env)
+    if old:
+        raise SettingsError(
+            "; ".join(f"{name} is not read any more: set {RENAMED_VARIABLES[name]}" for name in old)
+        )
 
 
 def _text(env: Mapping[str, str], name: str, default: str) -> str:
@@ -91,6 +111,9 @@ class Settings:
     llm_base_url: str | None = None
     llm_api_key: str | None = None
     llm_model: str = "gpt-4o-mini"
+    # LLM_MODEL_INTENT, LLM_MODEL_CURRICULUM, LLM_MODEL_CONTENT: a model per stage (a small one
+    # for intent analysis, a strong one for the curriculum…); unset, a stage uses LLM_MODEL.
+    llm_stage_models: tuple[tuple[str, str], ...] = ()
     llm_latency_ms: int = 300
     llm_jitter_ms: int = 200
     llm_failure_rate: float = 0.0
@@ -144,6 +167,7 @@ class Settings:
         Raises `SettingsError` naming the variable when a value is out of range or unparsable.
         """
         env = os.environ if env is None else env
+        _refuse_renamed(env)
         redis_url = _text(env, "REDIS_URL", cls.redis_url)
         provider = _text(env, "LLM_PROVIDER", "openai" if env.get("LLM_BASE_URL") else "offline")
         if provider not in ("offline", "openai"):
@@ -188,6 +212,11 @@ class Settings:
             llm_base_url=env.get("LLM_BASE_URL") or None,
             llm_api_key=api_key,
             llm_model=_text(env, "LLM_MODEL", cls.llm_model),
+            llm_stage_models=tuple(
+                (stage, env[f"LLM_MODEL_{stage.upper()}"].strip())
+                for stage in ("intent", "curriculum", "content")
+                if env.get(f"LLM_MODEL_{stage.upper()}", "").strip()
+            ),
             llm_fail_concepts=fail_concepts,
             database_pooler=(
                 "transaction" if pooler == "transaction" else "session" if pooler == "session" else None

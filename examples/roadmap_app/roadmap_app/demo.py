@@ -313,7 +313,16 @@ def run_demo(
                 return 1
             _print_summary(roadmap, time.monotonic() - submitted, sys.stdout)
             ok = True
-            demo.say(f"\nOpen {base}/?roadmap={roadmap_id} to browse it (tutorials, quizzes).")
+            if serve:
+                demo.say(f"\nOpen {base}/?roadmap={roadmap_id} to browse it (tutorials, quizzes).")
+            else:
+                # Without --serve the URL dies with this run: say so rather than invite a click
+                # on a server that is about to stop (issue 22).
+                demo.say(
+                    f"\nThe servers stop now, and {base} with them. To browse "
+                    f"{base}/?roadmap={roadmap_id} (tutorials, quizzes), run the demo with "
+                    "--serve: it keeps everything running until Ctrl-C."
+                )
         if serve:
             demo.say(f"Serving on {base} — press Ctrl-C to stop.")
             with contextlib.suppress(KeyboardInterrupt):

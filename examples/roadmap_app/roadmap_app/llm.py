@@ -83,6 +83,7 @@ class OpenAIProvider:
 
     def __init__(self, settings: Settings) -> None:
         self.model = settings.llm_model
+        self.stage_models = dict(settings.llm_stage_models)
         loopsafe.llm.configure(
             openai_api_key=settings.llm_api_key or "unused",
             openai_base_url=settings.llm_base_url,
@@ -98,10 +99,16 @@ class OpenAIProvider:
             namespace=_limit_namespace(settings),
         )
 
+    def model_for(self, kind: PromptKind) -> str:
+        """The model of the prompt's stage: intent, curriculum, or content (tutorial,
+        resources and quiz); `LLM_MODEL` for a stage without one of its own."""
+        stage = kind if kind in ("intent", "curriculum") else "content"
+        return self.stage_models.get(stage, self.model)
+
     async def complete_json(self, prompt: Prompt) -> dict[str, Any]:
         try:
             response = await loopsafe.llm.get_openai().chat.completions.create(
-                model=self.model,
+                model=self.model_for(prompt.kind),
                 messages=[
                     {"role": "system", "content": prompt.system},
                     {"role": "user", "content": prompt.user},
@@ -393,7 +400,9 @@ class OfflineProvider:
             "subject": topic,
             "application": application,
             "summary": (
-                f"A {level} learner who wants to {_sentence_part(goal)}: build solid "
+                # "An intermediate", "An advanced": the article follows the level's sound.
+                f"{'An' if level[:1] in 'aeiou' else 'A'} {level} learner who wants to "
+                f"{_sentence_part(goal)}: build solid "
                 f"{topic} fundamentals, then apply them to {application}."
             ),
             "outcomes": [

@@ -11,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 import loopsafe.fastapi
 from roadmap_app.api.allowed_methods import answer_allowed_methods
 from roadmap_app.api.request_guard import RequestGuard
-from roadmap_app.api.routes import health, roadmaps, web
+from roadmap_app.api.routes import docs, health, roadmaps, web
 from roadmap_app.api.security_headers import SecurityHeaders
 from roadmap_app.config import Settings, get_settings
 from roadmap_app.events import EventPublisher
@@ -40,6 +40,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Roadmap generator",
         summary="loopsafe's example app: learning roadmaps on FastAPI + Celery + PostgreSQL + Redis.",
         lifespan=lifespan,
+        # Served by `api/routes/docs.py` from local files: FastAPI's pages need a CDN and an
+        # inline script, which the Content Security Policy refuses.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.celery = celery_app
@@ -48,6 +52,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(roadmaps.router, prefix="/api/v1")
     app.include_router(health.router)
     app.include_router(web.router)
+    app.include_router(docs.router)
+    # Before /static, which would otherwise answer for /static/vendor/… too.
+    app.mount("/static/vendor", StaticFiles(directory=docs.ASSETS_DIR), name="vendor")
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     # Closes every loopsafe resource at shutdown, answers a busy pool with 503 + Retry-After
     # instead of a 500, and serves Prometheus metrics (loopsafe's pool gauges and wait histogram).

@@ -48,9 +48,13 @@ class RoadmapStatus(str, enum.Enum):
     generating_content = "generating_content"
     completed = "completed"
     failed = "failed"
+    # Stopped by its user (`POST …/cancel`); saved content is kept and `resume` continues it.
+    cancelled = "cancelled"
 
 
-TERMINAL_STATUSES = frozenset({RoadmapStatus.completed, RoadmapStatus.failed})
+TERMINAL_STATUSES = frozenset(
+    {RoadmapStatus.completed, RoadmapStatus.failed, RoadmapStatus.cancelled}
+)
 
 
 class Base(DeclarativeBase):

@@ -9,7 +9,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -33,6 +33,8 @@ __all__ = (
     "add_execution_log",
     "concepts_without_content",
     "create_roadmap",
+    "delete_content",
+    "delete_roadmap",
     "get_roadmap",
     "get_roadmap_tree",
     "lease_holder",
@@ -134,8 +136,28 @@ async def get_roadmap_tree(session: AsyncSession, roadmap_id: uuid.UUID) -> Road
     return result.scalar_one_or_none()
 
 
-async def list_roadmaps(session: AsyncSession, *, limit: int = 20) -> Sequence[Roadmap]:
-    result = await session.scalars(select(Roadmap).order_by(Roadmap.created_at.desc()).limit(limit))
+async def list_roadmaps(
+    session: AsyncSession,
+    *,
+    limit: int = 20,
+    after: tuple[dt.datetime, uuid.UUID] | None = None,
+    status: RoadmapStatus | None = None,
+    search: str | None = None,
+) -> Sequence[Roadmap]:
+    """Roadmaps newest first (ties by id): those after the `(created_at, id)` keyset `after`, in
+    `status`, whose goal or title contains `search` (case-insensitive, taken literally)."""
+    statement = select(Roadmap).order_by(Roadmap.created_at.desc(), Roadmap.id.desc())
+    if after is not None:
+        # A keyset, not an offset: rows inserted meanwhile neither repeat nor hide a page.
+        statement = statement.where(tuple_(Roadmap.created_at, Roadmap.id) < tuple_(*after))
+    if status is not None:
+        statement = statement.where(Roadmap.status == status)
+    if search:
+        pattern = "%" + re.sub(r"([\\%_])", r"\\\1", search) + "%"
+        statement = statement.where(
+            or_(Roadmap.goal.ilike(pattern, escape="\\"), Roadmap.title.ilike(pattern, escape="\\"))
+        )
+    result = await session.scalars(statement.limit(limit))
     return result.all()
 
 
@@ -146,11 +168,12 @@ async def update_roadmap(
     only_from: Iterable[RoadmapStatus] | None = None,
     owner: uuid.UUID | None = None,
     unleased: bool = False,
+    untouched_since: ColumnElement[Any] | None = None,
     **values: Any,
 ) -> bool:
     """Set columns of one roadmap; with `only_from`, only if its status is one of those; with
     `owner`, only while that job token holds the lease; with `unleased`, only while no job holds
-    an unexpired lease.
+    an unexpired lease; with `untouched_since`, only if it was last updated before that time.
 
     Returns whether a row changed. The conditional form is how concurrent requests and
     re-delivered jobs agree on who moves a roadmap forward: exactly one of them sees True.
@@ -164,7 +187,36 @@ async def update_roadmap(
         statement = statement.where(
             or_(Roadmap.lease_owner.is_(None), Roadmap.lease_expires_at < func.now())
         )
+    if untouched_since is not None:
+        statement = statement.where(Roadmap.updated_at < untouched_since)
     result = await session.execute(statement.values(updated_at=func.now(), **values))
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def delete_content(session: AsyncSession, roadmap_id: uuid.UUID, concept_id: int) -> bool:
+    """Forget one concept's saved content (to have it written again); whether the concept is
+    one of the roadmap's (with or without content)."""
+    exists = await session.scalar(
+        select(func.count()).where(Concept.id == concept_id, Concept.roadmap_id == roadmap_id)
+    )
+    if not exists:
+        return False
+    await session.execute(delete(ConceptContent).where(ConceptContent.concept_id == concept_id))
+    return True
+
+
+async def delete_roadmap(
+    session: AsyncSession, roadmap_id: uuid.UUID, *, only_from: Iterable[RoadmapStatus]
+) -> bool:
+    """Delete one roadmap (its curriculum, content and logs cascade) if its status is one of
+    `only_from` and no job holds an unexpired lease on it; whether it was deleted."""
+    result = await session.execute(
+        delete(Roadmap).where(
+            Roadmap.id == roadmap_id,
+            Roadmap.status.in_(list(only_from)),
+            or_(Roadmap.lease_owner.is_(None), Roadmap.lease_expires_at < func.now()),
+        )
+    )
     return bool(getattr(result, "rowcount", 0))
 
 

@@ -84,3 +84,27 @@ def stack(app_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
         yield running
     finally:
         running.stop()
+
+
+# Slow enough that a roadmap takes seconds to write, so a cancel lands in the middle of it.
+SLOW_LLM = {"LLM_LATENCY_MS": "250", "LLM_JITTER_MS": "50", "CONTENT_BATCH_WINDOW_S": "0.5"}
+
+
+@pytest.fixture(scope="session")
+def slow_stack(
+    app_env: dict[str, str], redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """API and workers whose LLM answers in about 250 ms (cancel tests), on a key prefix of their
+    own so no other stack takes their jobs; no beat (the main stack's sweeper covers them)."""
+    prefix = f"rmslow{uuid.uuid4().hex[:8]}:"
+    env = {**app_env, **SLOW_LLM, "ROADMAP_KEY_PREFIX": prefix}
+    running = Stack(env, tmp_path_factory.mktemp("slow-stack-logs"), name="slow")
+    try:
+        running.start_api()
+        running.start_worker("workflow", ["workflow", "logs"])
+        running.start_worker("content", ["content"])
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+        delete_keys(redis_url, prefix)

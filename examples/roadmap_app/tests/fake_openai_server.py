@@ -30,6 +30,8 @@ KINDS: tuple[PromptKind, ...] = ("intent", "curriculum", "tutorial", "resources"
 _MAX_CONCURRENCY = int(os.environ.get("FAKE_OPENAI_MAX_CONCURRENCY") or 0)
 _LATENCY_S = int(os.environ.get("FAKE_OPENAI_LATENCY_MS") or 0) / 1000
 _calls: collections.Counter[str] = collections.Counter()
+# The model named by the last call with each user message.
+_models: dict[str, str] = {}
 _stats = {"served": 0, "rejected": 0, "max_in_flight": 0}
 _in_flight = 0
 
@@ -37,6 +39,11 @@ _in_flight = 0
 @app.get("/v1/calls")
 async def calls(user: str) -> int:
     return _calls[user]
+
+
+@app.get("/v1/model")
+async def model(user: str) -> str | None:
+    return _models.get(user)
 
 
 @app.get("/v1/stats")
@@ -93,6 +100,7 @@ def _read_prompt(system: str, user: str) -> tuple[PromptKind, dict[str, Any]]:
 async def _answer(body: dict[str, Any]) -> dict[str, Any] | JSONResponse:
     system, user = body["messages"][0]["content"], body["messages"][1]["content"]
     _calls[user] += 1
+    _models[user] = str(body["model"])
     if "ALWAYS 500" in user:
         return JSONResponse({"error": {"message": "server error"}}, status_code=500)
     if "NOT JSON" in user:

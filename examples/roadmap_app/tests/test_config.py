@@ -137,3 +137,28 @@ def test_deployment_knobs_for_a_transaction_pooler_and_a_role_plan() -> None:
     assert (settings.content_write_mode, settings.content_db_semaphore) == ("per-concept", 8)
     assert settings.database_pool_timeout_s == 2.5
     assert Settings.from_env({"DATABASE_POOLER": "none"}).database_pooler is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "instead"),
+    [
+        ("DB_POOL_SIZE", "set DATABASE_POOL_SIZE"),
+        ("DB_MAX_OVERFLOW", "set DATABASE_MAX_OVERFLOW"),
+        ("UVICORN_WORKERS", "set WEB_CONCURRENCY"),
+        ("MAX_DB_CONCURRENT", "set CONTENT_DB_SEMAPHORE with CONTENT_WRITE_MODE=per-concept"),
+    ],
+)
+def test_variables_of_the_original_app_are_refused_with_the_name_to_use(
+    variable: str, instead: str
+) -> None:
+    """An operator's old setting must not be silently ignored (issue 22)."""
+    with pytest.raises(SettingsError, match=f"^{variable} is not read any more: {instead}"):
+        Settings.from_env({variable: "10"})
+
+
+def test_every_old_variable_set_is_named_at_once() -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"UVICORN_WORKERS": "4", "DB_POOL_SIZE": "20"})
+    message = str(refused.value)
+    assert message.startswith("DB_POOL_SIZE is not read any more")
+    assert "; UVICORN_WORKERS is not read any more: set WEB_CONCURRENCY" in message

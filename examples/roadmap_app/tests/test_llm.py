@@ -62,6 +62,18 @@ async def test_offline_answers_are_deterministic_per_goal_and_concept() -> None:
     assert "Goroutines" in a["markdown"]
 
 
+@pytest.mark.parametrize(
+    ("level", "opening"),
+    [("beginner", "A beginner"), ("intermediate", "An intermediate"), ("advanced", "An advanced")],
+)
+async def test_the_offline_intent_summary_gets_the_article_right(level: str, opening: str) -> None:
+    """It wrote "A intermediate learner" (issue 22)."""
+    answer = await OfflineProvider().complete_json(
+        _prompt("intent", goal="Learn Go", level=level, weekly_hours=5)
+    )
+    assert answer["summary"].startswith(f"{opening} learner who wants to learn Go")
+
+
 @pytest.mark.parametrize("level", ["beginner", "intermediate", "advanced"])
 @pytest.mark.parametrize(
     "goal",
@@ -298,3 +310,36 @@ async def test_openai_provider_reports_unreachable_servers(openai_app_settings: 
     provider = OpenAIProvider(dataclasses.replace(openai_app_settings, llm_base_url=unreachable))
     with pytest.raises(LLMError, match=r"^intent: APIConnectionError"):
         await provider.complete_json(_prompt("intent", goal="x"))
+
+
+async def test_each_stage_asks_the_model_set_for_it_and_the_rest_llm_model(
+    openai_app_settings: Settings, openai_server: str
+) -> None:
+    settings = dataclasses.replace(
+        openai_app_settings,
+        llm_model="general-model",
+        llm_stage_models=(("intent", "small-model"), ("content", "writer-model")),
+    )
+    provider = get_provider(settings)
+    asked: dict[str, str] = {}
+    async with httpx.AsyncClient(timeout=10) as http:
+        for kind in ("intent", "curriculum", "tutorial", "resources", "quiz"):
+            prompt = _prompt(kind, goal=f"Learn Zig {uuid.uuid4().hex}", concept="Slices")
+            await provider.complete_json(prompt)
+            response = await http.get(f"{openai_server}/model", params={"user": prompt.user})
+            asked[kind] = response.json()
+    assert asked == {
+        "intent": "small-model",
+        "curriculum": "general-model",  # no LLM_MODEL_CURRICULUM: LLM_MODEL
+        "tutorial": "writer-model",
+        "resources": "writer-model",
+        "quiz": "writer-model",
+    }
+
+
+def test_stage_models_are_read_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {"LLM_MODEL": "m", "LLM_MODEL_CURRICULUM": " big ", "LLM_MODEL_CONTENT": "", "X": "y"}
+    )
+    assert settings.llm_model == "m"
+    assert settings.llm_stage_models == (("curriculum", "big"),)

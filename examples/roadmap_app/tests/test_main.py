@@ -41,7 +41,10 @@ def test_demo_runs_the_whole_system_to_a_completed_roadmap_and_shuts_down(
     assert "status → completed" in out
     assert "100%" in out
     assert "✓ Elm roadmap — completed in" in out
-    assert f"Open http://127.0.0.1:{port}/?roadmap=" in out
+    # No invitation to open a URL whose server stops right after (issue 22).
+    assert "Open http" not in out
+    assert f"The servers stop now, and http://127.0.0.1:{port} with them." in out
+    assert "run the demo with --serve" in out
     assert "shutting down 4 processes" in out
     assert out.rstrip().endswith("done")
     roadmap_id = out.split("/?roadmap=")[1].split()[0]
@@ -63,4 +66,32 @@ def test_bad_settings_stop_the_worker_with_a_clear_message() -> None:
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "configuration error: LLM_FAILURE_RATE must be a number between 0 and 1, got 'sometimes'"
+    )
+
+
+@pytest.mark.parametrize("command", ["migrate", "serve"])
+def test_an_unreachable_database_is_one_line_naming_it_and_the_variable(command: str) -> None:
+    port = free_port()  # nothing listens there
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DATABASE_URL": f"postgresql://postgres:s3cret@127.0.0.1:{port}/roadmap",
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+    }
+    result = _run(command, env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot reach PostgreSQL at postgresql://postgres:***@127.0.0.1:{port}/roadmap "
+        f"([Errno 111] Connect call failed ('127.0.0.1', {port})); start it, or set DATABASE_URL "
+        "to a running server"
+    ]
+    assert "s3cret" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_an_old_variable_stops_the_api_with_the_name_to_use() -> None:
+    result = _run("api", env={"PATH": "/usr/bin:/bin", "UVICORN_WORKERS": "4"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "configuration error: UVICORN_WORKERS is not read any more: set WEB_CONCURRENCY "
+        "(API processes started by `serve`)"
     )

@@ -43,16 +43,28 @@ _NO_CONTROL = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
 # The rest of what Python's str.split() and str.strip() take for white space:
 _SPACE = r"\t\n\r \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _NOT_SPACE = f"[^{_SPACE}]"
+# Characters that show nothing: zero-width spaces and joiners, direction marks, word joiners,
+# variation selectors, fillers, the byte order mark ("\u200b\u200b\u200bx" was a valid goal).
+_INVISIBLE = (
+    r"\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e"
+    r"\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0"
+)
+_SHOWN = f"[^{_SPACE}{_INVISIBLE}]"
 _GOAL_RULES = (
     (_NO_CONTROL, "goal_control_chars", "goal must not contain control characters"),
     (
-        f"{_NOT_SPACE}[{_SPACE}]*{_NOT_SPACE}[{_SPACE}]*{_NOT_SPACE}",
+        f"{_SHOWN}[{_SPACE}{_INVISIBLE}]*{_SHOWN}[{_SPACE}{_INVISIBLE}]*{_SHOWN}",
         "goal_too_short",
         "goal should have at least 3 characters besides spaces",
     ),
     (
-        # A letter: ASCII's, or any character beyond ASCII.
-        r"[^\x00-\x40\x5b-\x60\x7b-\x7f]",
+        # A letter: ASCII's, or a character beyond ASCII that is not punctuation, a symbol
+        # (U+2000–U+2BFF: arrows, maths, box drawing, dingbats…), CJK punctuation, invisible or a
+        # private-use or special code. Every range is in the Basic Multilingual Plane, so
+        # Python's and ECMA-262's regular expressions read it alike.
+        r"[^\x00-\x40\x5b-\x60\x7b-\xbf\xd7\xf7\u2000-\u2bff\u3000-\u303f"
+        r"\ue000-\uf8ff\ufe00-\ufe0f\ufe10-\ufe6f\uff00-\uff20\uff3b-\uff40\uff5b-\uff65"
+        r"\ufff0-\uffff\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164\uffa0]",
         "goal_without_words",
         "goal must describe what you want to learn in words, e.g. 'Learn Python'",
     ),
@@ -83,7 +95,8 @@ class RoadmapCreate(_Input):
 
     goal: Annotated[str, StringConstraints(max_length=200)] = Field(
         description="What you want to learn, e.g. 'Learn Python for data analysis'; at most 200 "
-        "characters, at least 3 besides spaces, with a letter and no control characters.",
+        "characters, at least 3 visible ones besides spaces, with a letter and no control "
+        "characters.",
         json_schema_extra={"allOf": [{"pattern": pattern} for pattern, _, _ in _GOAL_RULES]},
     )
     level: Level = "beginner"
@@ -252,5 +265,9 @@ class RoadmapOut(RoadmapSummary):
     failed_concepts: list[FailedConceptOut] = Field(
         description="The concepts without content because their generation failed for good "
         "(the roadmap is then `failed`); empty otherwise."
+    )
+    failure_message: str | None = Field(
+        description="What went wrong, in words for the learner, and what to do next (`error` "
+        "keeps the developer's detail); null unless the roadmap is `failed`."
     )
     logs: list[ExecutionLogOut]

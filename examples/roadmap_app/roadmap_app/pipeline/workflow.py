@@ -25,6 +25,7 @@ from roadmap_app.pipeline.curriculum import design_curriculum
 from roadmap_app.pipeline.intent import Intent, analyze_intent
 
 __all__ = (
+    "JobCancelled",
     "LeaseLost",
     "Runtime",
     "fail",
@@ -41,7 +42,14 @@ S = RoadmapStatus
 _T = TypeVar("_T")
 log = logging.getLogger("roadmap_app.workflow")
 _RESTARTABLE = frozenset({S.pending, S.analyzing, S.designing, S.failed})
-_NOT_COMPLETED = frozenset(set(S) - {S.completed})
+# A failure is recorded over any status but these: a duplicate job failing late, or a job
+# interrupted by its user's cancel, must not turn the roadmap `failed`.
+_FAILABLE = frozenset(set(S) - {S.completed, S.cancelled})
+# A job writes (as lease holder) over any status but `cancelled`: once its user cancelled it, the
+# job may save the content it already generated but never move the roadmap on.
+_NOT_CANCELLED = frozenset(set(S) - {S.cancelled})
+# How often a running job reads whether its user cancelled it: one primary-key read per job.
+CANCEL_POLL_S = 1.0
 # Statuses in which some job should be working on the roadmap (or be queued to).
 _IN_FLIGHT = frozenset(
     {S.pending, S.analyzing, S.designing, S.review_submitted, S.generating_content}
@@ -55,6 +63,13 @@ class LeaseLost(RuntimeError):
 
     def __init__(self, roadmap_id: uuid.UUID, token: uuid.UUID) -> None:
         super().__init__(f"roadmap {roadmap_id}: job {token} lost its lease to another job")
+
+
+class JobCancelled(Exception):
+    """The roadmap's user cancelled it while this job ran: the job stops and changes no status."""
+
+    def __init__(self, roadmap_id: uuid.UUID) -> None:
+        super().__init__(f"roadmap {roadmap_id} was cancelled by its user")
 
 
 @dataclass
@@ -112,15 +127,26 @@ async def _write_owned(
     token: uuid.UUID,
     *,
     release: bool = False,
+    even_cancelled: bool = False,
     **values: Any,
 ) -> None:
-    """Write as the lease holder, extending the lease (or giving it up with `release`)."""
+    """Write as the lease holder, extending the lease (or giving it up with `release`).
+
+    Raises `JobCancelled` once the roadmap is `cancelled` (unless `even_cancelled`: saving
+    content generated before the cancel), `LeaseLost` when another job holds the lease.
+    """
     lease: dict[str, Any] = (
         {"lease_owner": None, "lease_expires_at": None}
         if release
         else {"lease_expires_at": repositories.lease_until(rt.settings.job_lease_s)}
     )
-    if not await repositories.update_roadmap(session, roadmap_id, owner=token, **lease, **values):
+    only_from = None if even_cancelled else _NOT_CANCELLED
+    if not await repositories.update_roadmap(
+        session, roadmap_id, only_from=only_from, owner=token, **lease, **values
+    ):
+        current = await repositories.get_roadmap(session, roadmap_id)
+        if current is not None and current.status is S.cancelled:
+            raise JobCancelled(roadmap_id)
         raise LeaseLost(roadmap_id, token)
 
 
@@ -142,6 +168,8 @@ async def _heartbeat(rt: Runtime, roadmap_id: uuid.UUID, token: uuid.UUID) -> As
             await asyncio.sleep(rt.settings.job_lease_s / 3)
             try:
                 await _advance(rt, roadmap_id, token)
+            except JobCancelled:
+                return  # `_unless_cancelled` stops the job; the lease is released as it ends
             except LeaseLost:
                 log.warning(
                     "roadmap %s: job %s lost its lease; its writes will fail", roadmap_id, token
@@ -156,6 +184,58 @@ async def _heartbeat(rt: Runtime, roadmap_id: uuid.UUID, token: uuid.UUID) -> As
     finally:
         beating.cancel()
         await asyncio.gather(beating, return_exceptions=True)
+
+
+async def _unless_cancelled(rt: Runtime, roadmap_id: uuid.UUID, work: Awaitable[_T]) -> _T:
+    """`work`'s result, unless the roadmap's user cancels it first: then `work` is cancelled (its
+    LLM calls with it; content generation saves what it had finished) and `JobCancelled` raised.
+
+    The job reads its status every `CANCEL_POLL_S` rather than waiting for its next write: a
+    content job writes only when a concept is done, and a cancel should not wait for a concept.
+    """
+    job = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(CANCEL_POLL_S)
+            try:
+                roadmap = await _current(rt, roadmap_id)
+            except Exception as exc:  # the database is away for a moment: look again later
+                log.warning("roadmap %s: cancel check failed (%s)", roadmap_id, exc)
+                continue
+            if roadmap is not None and roadmap.status is S.cancelled:
+                return
+
+    watcher = asyncio.create_task(watch(), name=f"cancel-watch-{roadmap_id}")
+    try:
+        await asyncio.wait({job, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # Cancelled from outside (time limit, shutdown), or the user cancelled: stop both, and
+        # wait for the job's own clean-up (its last content batch) before going on.
+        watcher.cancel()
+        cancelled_by_user = not job.done()
+        job.cancel()
+        await asyncio.gather(watcher, job, return_exceptions=True)
+    if cancelled_by_user and watcher.done() and not watcher.cancelled():
+        raise JobCancelled(roadmap_id)
+    return job.result()
+
+
+async def _stopped(rt: Runtime, roadmap_id: uuid.UUID, token: uuid.UUID, task: str) -> None:
+    """A job its user cancelled: give up the lease (nothing else changes) and log it."""
+    try:
+        async with rt.db.session() as session:
+            await repositories.update_roadmap(
+                session, roadmap_id, owner=token, lease_owner=None, lease_expires_at=None
+            )
+            saved = await repositories.progress(session, roadmap_id)
+    except Exception as exc:  # the lease then lapses on its own; the roadmap stays cancelled
+        log.warning("roadmap %s: lease not released after cancel (%s)", roadmap_id, exc)
+        return
+    log.info("roadmap %s: %s stopped, cancelled by its user", roadmap_id, task)
+    await rt.log_step(
+        roadmap_id, task, "cancelled", detail={"saved": saved.done, "concepts": saved.total}
+    )
 
 
 async def _current(rt: Runtime, roadmap_id: uuid.UUID) -> Roadmap | None:
@@ -192,7 +272,7 @@ async def _update_failed(
         return await repositories.update_roadmap(
             session,
             roadmap_id,
-            only_from=_NOT_COMPLETED,
+            only_from=_FAILABLE,
             owner=owner,
             unleased=owner is None,
             status=S.failed,
@@ -253,10 +333,17 @@ def _reason(step: str, exc: BaseException) -> str:
     return f"{step}: {exc}" if str(exc) else f"{step}: {type(exc).__name__}"
 
 
+@dataclass
+class _Step:
+    """The step a job is in, for its failure reason: one job runs intent, then curriculum."""
+
+    name: str
+
+
 async def _or_fail(
     rt: Runtime,
     roadmap_id: uuid.UUID,
-    step: str,
+    step: str | _Step,
     timer: _Timer,
     token: uuid.UUID,
     work: Awaitable[_T],
@@ -265,14 +352,16 @@ async def _or_fail(
 
     The original error is raised instead when the failure could not be recorded (the job must
     not look handled), and a cancellation (time limit, worker shutdown) is recorded, then
-    re-raised so the worker still sees it. `LeaseLost` passes through: the job is a no-op.
+    re-raised so the worker still sees it. `LeaseLost` and `JobCancelled` pass through.
     """
     try:
         return await work
-    except LeaseLost:
+    except (LeaseLost, JobCancelled):
         raise
     except BaseException as exc:
-        recorded = await fail(rt, roadmap_id, step, _reason(step, exc), timer.ms, owner=token)
+        # Read when it failed: an unreachable LLM during intent analysis is an `intent` failure.
+        name = step.name if isinstance(step, _Step) else step
+        recorded = await fail(rt, roadmap_id, name, _reason(name, exc), timer.ms, owner=token)
         if isinstance(exc, Exception) and recorded:
             return None
         raise
@@ -298,7 +387,7 @@ async def _queue_next(rt: Runtime, roadmap_id: uuid.UUID, job: str, step: str) -
 
 
 async def _design(
-    rt: Runtime, roadmap_id: uuid.UUID, token: uuid.UUID, *, feedback: str | None
+    rt: Runtime, roadmap_id: uuid.UUID, token: uuid.UUID, *, feedback: str | None, step: _Step
 ) -> S:
     """Intent (if not known yet) and curriculum; ends in review or content generation."""
     timer = _Timer()
@@ -310,6 +399,7 @@ async def _design(
     version = roadmap.curriculum_version + 1
     review = roadmap.review_requested
     if known_intent is None:
+        step.name = "intent"
         intent = await analyze_intent(rt.llm, brief, rt.options)
         await _advance(rt, roadmap_id, token, intent=intent.model_dump())
         await rt.log_step(
@@ -322,6 +412,7 @@ async def _design(
         timer = _Timer()
     else:
         intent = Intent.model_validate(known_intent)
+    step.name = "curriculum"
     await _advance(rt, roadmap_id, token, status=S.designing)
     curriculum = await design_curriculum(
         rt.llm, brief, intent, rt.options, version=version, feedback=feedback
@@ -370,19 +461,25 @@ async def _designed(
     rt: Runtime, roadmap_id: uuid.UUID, token: uuid.UUID, task: str, feedback: str | None
 ) -> S | None:
     timer = _Timer()
+    step = _Step("curriculum")
     try:
         async with _heartbeat(rt, roadmap_id, token):
             designed = await _or_fail(
                 rt,
                 roadmap_id,
-                "curriculum",
+                step,
                 timer,
                 token,
-                _design(rt, roadmap_id, token, feedback=feedback),
+                _unless_cancelled(
+                    rt, roadmap_id, _design(rt, roadmap_id, token, feedback=feedback, step=step)
+                ),
             )
     except LeaseLost as exc:
         await _skipped(rt, roadmap_id, task, str(exc))
         return None
+    except JobCancelled:
+        await _stopped(rt, roadmap_id, token, task)
+        return S.cancelled
     return S.failed if designed is None else designed
 
 
@@ -470,7 +567,8 @@ async def generate_content(
         await rt.events.emit(roadmap_id, "status", status=S.generating_content.value, error=None)
 
     async def fence(session: AsyncSession) -> None:
-        await _write_owned(session, rt, roadmap_id, token)
+        # Content finished before a cancel is still saved: it was paid for, and resume skips it.
+        await _write_owned(session, rt, roadmap_id, token, even_cancelled=True)
 
     try:
         async with _heartbeat(rt, roadmap_id, token):
@@ -480,18 +578,22 @@ async def generate_content(
                 step,
                 timer,
                 token,
-                generate_missing_content(
-                    rt.db,
-                    rt.llm,
+                _unless_cancelled(
+                    rt,
                     roadmap_id,
-                    rt.options,
-                    rt.events,
-                    batch_size=rt.settings.content_batch_size,
-                    batch_window_s=rt.settings.content_batch_window_s,
-                    hold_connections=rt.settings.content_db_semaphore
-                    if rt.settings.content_write_mode == "per-concept"
-                    else None,
-                    fence=fence,
+                    generate_missing_content(
+                        rt.db,
+                        rt.llm,
+                        roadmap_id,
+                        rt.options,
+                        rt.events,
+                        batch_size=rt.settings.content_batch_size,
+                        batch_window_s=rt.settings.content_batch_window_s,
+                        hold_connections=rt.settings.content_db_semaphore
+                        if rt.settings.content_write_mode == "per-concept"
+                        else None,
+                        fence=fence,
+                    ),
                 ),
             )
         if report is None:
@@ -524,6 +626,9 @@ async def generate_content(
     except LeaseLost as exc:
         await _skipped(rt, roadmap_id, step, str(exc))
         return None
+    except JobCancelled:
+        await _stopped(rt, roadmap_id, token, step)
+        return S.cancelled
     detail: Mapping[str, Any] = {
         "generated": report.generated,
         "skipped": report.skipped,
@@ -567,6 +672,8 @@ async def recover_abandoned(rt: Runtime) -> list[uuid.UUID]:
         log.warning(
             "roadmap %s: job abandoned in %s; re-queued %s", roadmap_id, taken.status.value, job
         )
+        # Open pages show that the silence is a recovery, not a hang (issue 22).
+        await rt.events.emit(roadmap_id, "recovering", status=taken.status.value, job=job)
         await rt.log_step(roadmap_id, "sweeper", "requeued", detail={"job": job})
         recovered.append(roadmap_id)
     return recovered

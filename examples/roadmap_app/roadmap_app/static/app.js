@@ -25,7 +25,11 @@ const STATUS_TEXT = {
   generating_content: "Writing tutorials, resources and quizzes…",
   completed: "Completed",
   failed: "Failed",
+  cancelled: "Cancelled",
 };
+const TERMINAL = ["completed", "failed", "cancelled"];
+// A job may be running or queued on a roadmap in any other status: delete is refused then.
+const DELETABLE = [...TERMINAL, "human_review_pending"];
 
 function escapeHtml(text) {
   return String(text ?? "").replace(/[&<>"']/g, (c) => (
@@ -132,10 +136,24 @@ async function loadRecent() {
       <li><a href="?roadmap=${r.id}" data-id="${r.id}" class="${r.id === state.id ? "current" : ""}">
         <span class="goal">${escapeHtml(r.title || r.goal)}</span>
         <span class="meta"><span class="badge small ${r.status}">${escapeHtml(r.status.replace(/_/g, " "))}</span>
-        ${r.progress.total ? `${r.progress.done}/${r.progress.total} concepts` : escapeHtml(r.level)}</span>
+        <span class="count">${r.progress.total ? `${r.progress.done}/${r.progress.total} concepts` : escapeHtml(r.level)}</span></span>
       </a></li>`).join("");
+    renderRecentProgress();
   } catch (error) {
     list.innerHTML = `<li class="muted">Could not load: ${escapeHtml(error.message)}</li>`;
+  }
+}
+
+// The shown roadmap's entry in Recent follows the same event stream as the header, so the two
+// never disagree ("0/26" in the list while the roadmap showed 8/26).
+function renderRecentProgress() {
+  const link = document.querySelector(`#recent a[data-id="${state.id}"]`);
+  const count = link?.querySelector(".count");
+  if (count && state.total) count.textContent = `${state.done}/${state.total} concepts`;
+  const badge = link?.querySelector(".badge");
+  if (badge && state.detail) {
+    badge.className = `badge small ${state.detail.status}`;
+    badge.textContent = state.detail.status.replace(/_/g, " ");
   }
 }
 
@@ -148,10 +166,11 @@ async function showRoadmap(id) {
   state.saved = new Set();
   history.replaceState(null, "", `?roadmap=${id}`);
   $("empty").classList.add("hidden");
+  $("not-found").classList.add("hidden");
   $("roadmap").classList.remove("hidden");
   for (const a of document.querySelectorAll("#recent a")) a.classList.toggle("current", a.dataset.id === id);
   await refetch();
-  follow(id);
+  if ($("not-found").classList.contains("hidden")) follow(id);
 }
 
 async function refetch() {
@@ -167,6 +186,8 @@ async function refetch() {
     for (const s of detail.stages) state.stages[s.position] = { title: s.title, done: s.progress.done, total: s.progress.total };
     render();
   } catch (error) {
+    if (id !== state.id) return;
+    if (error.status === 404) { showNotFound(); return; }
     $("rm-title").textContent = "Roadmap not available";
     $("rm-goal").textContent = error.message;
   }
@@ -188,8 +209,7 @@ function follow(id) {
   };
   source.onerror = () => {
     // The server ends the stream when the roadmap is finished; don't reconnect then.
-    const status = state.detail?.status;
-    if (status === "completed" || status === "failed") source.close();
+    if (TERMINAL.includes(state.detail?.status)) source.close();
   };
 }
 
@@ -202,16 +222,34 @@ function handleEvent(event) {
       setStatus(event.status, event.error);
       if (state.detail && event.curriculum_version !== state.detail.curriculum_version) scheduleRefetch();
       renderProgress();
+      renderRecentProgress();
       break;
     case "status":
+      $("recovering-banner").classList.add("hidden");
       setStatus(event.status, event.error);
-      if (["human_review_pending", "completed", "failed", "generating_content"].includes(event.status)) scheduleRefetch();
-      if (event.status === "completed" || event.status === "failed") state.source?.close();
+      if (["human_review_pending", "generating_content", ...TERMINAL].includes(event.status)) scheduleRefetch();
+      // A cancelled job saves what it had finished a moment later: read it again then.
+      if (event.status === "cancelled") scheduleRefetch(2500);
+      if (TERMINAL.includes(event.status)) state.source?.close();
+      break;
+    case "deleted":
+      state.source?.close();
+      showDeleted();
       break;
     case "curriculum":
       scheduleRefetch(50);
       break;
+    case "recovering":
+      // The sweeper re-queued a job whose worker died: say so instead of frozen spinners.
+      $("recovering-banner").classList.remove("hidden");
+      for (const el of document.querySelectorAll(".concept.working")) {
+        el.classList.remove("working");
+        const tag = el.querySelector(".step");
+        if (tag) { tag.className = "hours"; tag.textContent = tag.dataset.hours || ""; }
+      }
+      break;
     case "concept_step":
+      $("recovering-banner").classList.add("hidden");
       markConcept(event.concept_id, "working", event.step);
       break;
     case "concept_saved": {
@@ -222,6 +260,7 @@ function handleEvent(event) {
       state.saved.add(event.concept_id);
       markConcept(event.concept_id, "done");
       renderProgress();
+      renderRecentProgress();
       break;
     }
     default:
@@ -237,6 +276,7 @@ function setStatus(status, error) {
   if (error !== undefined) state.detail.error = error;
   renderHeader();
   renderProgress();
+  renderRecentProgress();
 }
 
 function render() {
@@ -255,7 +295,15 @@ function renderHeader() {
   badge.className = `badge ${d.status}`;
   $("review-panel").classList.toggle("hidden", d.status !== "human_review_pending");
   $("failed-panel").classList.toggle("hidden", d.status !== "failed");
+  $("cancelled-panel").classList.toggle("hidden", d.status !== "cancelled");
+  $("cancel").classList.toggle("hidden", TERMINAL.includes(d.status));
+  $("delete").classList.toggle("hidden", !DELETABLE.includes(d.status));
+  $("export-md").href = `${API}/${d.id}/export`;
+  $("export-json").href = `${API}/${d.id}/export?format=json`;
+  // The learner's words first; the developer's detail behind the "Details" toggle.
+  $("failed-message").textContent = d.failure_message || "Generation stopped before the end. Everything generated so far is saved.";
   $("failed-reason").textContent = d.error || "";
+  $("resume").textContent = d.failed_concepts?.length ? "Retry failed concepts" : "Resume";
 }
 
 function renderProgress() {
@@ -282,6 +330,8 @@ function renderCurriculum() {
   const d = state.detail;
   const container = $("curriculum");
   if (!d.stages.length) { container.innerHTML = ""; return; }
+  // Concepts whose generation failed for good look failed (with the reason on hover), not pending.
+  const failed = new Map((d.failed_concepts || []).map((f) => [f.id, f.reason]));
   container.innerHTML = d.stages.map((stage) => `
     <section class="stage">
       <h3><span class="num">${stage.position}</span>${escapeHtml(stage.title)}</h3>
@@ -289,11 +339,17 @@ function renderCurriculum() {
       <div class="modules">${stage.modules.map((module) => `
         <div class="module">
           <h4>${escapeHtml(module.title)}</h4>
-          <ul class="concepts">${module.concepts.map((c) => `
-            <li class="concept ${c.has_content || state.saved.has(c.id) ? "done" : ""}" data-concept="${c.id}" title="${escapeHtml(c.summary)}">
+          <ul class="concepts">${module.concepts.map((c) => {
+            const done = c.has_content || state.saved.has(c.id);
+            const reason = done ? undefined : failed.get(c.id);
+            const kind = done ? "done" : reason !== undefined ? "failed" : "";
+            return `
+            <li class="concept ${kind}" data-concept="${c.id}" title="${escapeHtml(reason ?? c.summary)}">
               <span class="state"></span><span class="name">${escapeHtml(c.title)}</span>
+              ${reason !== undefined ? '<span class="why">failed</span>' : ""}
               <span class="hours" data-hours="${c.estimated_hours}h">${c.estimated_hours}h</span>
-            </li>`).join("")}
+            </li>`;
+          }).join("")}
           </ul>
         </div>`).join("")}
       </div>
@@ -335,14 +391,55 @@ async function review(approve) {
 }
 
 async function resume() {
+  $("action-error").textContent = "";
   try {
-    await api(`${API}/${state.id}/resume`, { method: "POST" });
-    setStatus("generating_content", null);
+    const accepted = await api(`${API}/${state.id}/resume`, { method: "POST" });
+    setStatus(accepted.status, null);
     if (state.source) state.source.close();
     follow(state.id);
   } catch (error) {
-    $("failed-reason").textContent = error.message;
+    $("action-error").textContent = error.message;
   }
+}
+
+async function cancelRoadmap() {
+  $("action-error").textContent = "";
+  try {
+    await api(`${API}/${state.id}/cancel`, { method: "POST" });
+    setStatus("cancelled", null);
+  } catch (error) {
+    $("action-error").textContent = error.message;
+  }
+}
+
+async function deleteRoadmap() {
+  $("action-error").textContent = "";
+  if (!window.confirm("Delete this roadmap with all its content? This cannot be undone.")) return;
+  try {
+    await api(`${API}/${state.id}`, { method: "DELETE" });
+    showDeleted();
+  } catch (error) {
+    $("action-error").textContent = error.message;
+  }
+}
+
+function showNotFound() {
+  // No "pending" badge or "Waiting for a worker" bar for a roadmap that does not exist.
+  if (state.source) { state.source.close(); state.source = null; }
+  state.detail = null;
+  $("roadmap").classList.add("hidden");
+  $("empty").classList.add("hidden");
+  $("not-found").classList.remove("hidden");
+}
+
+function showDeleted() {
+  if (state.source) { state.source.close(); state.source = null; }
+  state.id = null;
+  state.detail = null;
+  history.replaceState(null, "", location.pathname);
+  $("roadmap").classList.add("hidden");
+  $("empty").classList.remove("hidden");
+  loadRecent();
 }
 
 /* ---------- concept dialog ---------- */
@@ -378,7 +475,25 @@ async function openConcept(id) {
       <p class="explanation hidden">${escapeHtml(q.explanation)}</p>
     </div>`).join("");
   selectTab("tutorial");
+  $("dlg-error").textContent = "";
+  $("concept-dialog").dataset.concept = String(concept.id);
   $("concept-dialog").showModal();
+}
+
+async function regenerateConcept() {
+  const conceptId = $("concept-dialog").dataset.concept;
+  $("dlg-error").textContent = "";
+  try {
+    const accepted = await api(`${API}/${state.id}/concepts/${conceptId}/regenerate`, { method: "POST" });
+    $("concept-dialog").close();
+    state.saved.delete(Number(conceptId));
+    setStatus(accepted.status, null);
+    if (state.source) state.source.close();
+    follow(state.id);
+    scheduleRefetch();
+  } catch (error) {
+    $("dlg-error").textContent = error.message;
+  }
 }
 
 function selectTab(name) {
@@ -394,7 +509,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("approve").addEventListener("click", () => review(true));
   $("reject").addEventListener("click", () => review(false));
   $("resume").addEventListener("click", resume);
+  $("resume-cancelled").addEventListener("click", resume);
+  $("cancel").addEventListener("click", cancelRoadmap);
+  $("delete").addEventListener("click", deleteRoadmap);
   $("dlg-close").addEventListener("click", () => $("concept-dialog").close());
+  $("dlg-regenerate").addEventListener("click", regenerateConcept);
   $("concept-dialog").addEventListener("click", (event) => {
     if (event.target === $("concept-dialog")) $("concept-dialog").close();
   });

@@ -39,11 +39,14 @@ def _operation(openapi: dict[str, Any], operation_id: str) -> dict[str, Any]:
     ("operation_id", "codes"),
     [
         ("create_roadmap", {"202", "413", "415", "422", "503"}),
-        ("list_roadmaps", {"200", "422"}),
+        ("list_roadmaps", {"200", "404", "422"}),
         ("get_roadmap", {"200", "404", "422"}),
         ("roadmap_events", {"200", "404", "422", "503"}),
         ("review_roadmap", {"202", "404", "409", "413", "415", "422", "503"}),
         ("resume_roadmap", {"202", "404", "409", "413", "415", "422", "503"}),
+        ("cancel_roadmap", {"202", "404", "409", "413", "415", "422"}),
+        ("delete_roadmap", {"204", "404", "409", "413", "415", "422"}),
+        ("regenerate_concept", {"202", "404", "409", "413", "415", "422", "503"}),
     ],
 )
 def test_every_status_code_a_route_answers_is_documented_with_its_body(
@@ -51,7 +54,7 @@ def test_every_status_code_a_route_answers_is_documented_with_its_body(
 ) -> None:
     responses = _operation(openapi, operation_id)["responses"]
     assert set(responses) == codes
-    for code in codes - {"200", "202", "422"}:
+    for code in codes - {"200", "202", "204", "422"}:
         schema = responses[code]["content"]["application/json"]["schema"]
         assert schema == {"$ref": "#/components/schemas/ErrorOut"}
 
@@ -76,7 +79,14 @@ def test_responses_carrying_a_roadmap_id_link_to_the_operations_that_take_it(
 ) -> None:
     links = _operation(openapi, operation_id)["responses"][status]["links"]
     targets = {link["operationId"] for link in links.values()}
-    assert targets == {"get_roadmap", "roadmap_events", "review_roadmap", "resume_roadmap"}
+    assert targets == {
+        "get_roadmap",
+        "roadmap_events",
+        "review_roadmap",
+        "resume_roadmap",
+        "cancel_roadmap",
+        "delete_roadmap",
+    }
     for link in links.values():
         _operation(openapi, link["operationId"])  # the target exists
         assert link["parameters"] == {"roadmap_id": id_expression}
@@ -124,7 +134,8 @@ def test_the_schema_states_that_a_rejection_needs_feedback(
     ("path", "allow"),
     [
         (ROADMAPS, "GET, OPTIONS, POST"),
-        (f"{ROADMAPS}/5b5c3f8e-0000-4000-8000-000000000000", "GET, OPTIONS"),
+        # DELETE since issue 22 (delete a roadmap).
+        (f"{ROADMAPS}/5b5c3f8e-0000-4000-8000-000000000000", "DELETE, GET, OPTIONS"),
         (f"{ROADMAPS}/5b5c3f8e-0000-4000-8000-000000000000/review", "OPTIONS, POST"),
     ],
 )
@@ -134,7 +145,7 @@ async def test_options_and_405_list_every_method_of_the_path(
     options = await client.options(path)
     assert options.status_code == 204
     assert options.headers["allow"] == allow
-    refused = await client.delete(path)
+    refused = await client.put(path)  # no route takes PUT (DELETE is taken since issue 22)
     assert refused.status_code == 405
     assert refused.headers["allow"] == allow
     assert refused.json() == {"detail": "Method Not Allowed"}

@@ -32,7 +32,26 @@ def _messages(response: httpx.Response) -> list[tuple[str, str]]:
 BAD_BODIES: list[tuple[Any, str, str]] = [
     ({}, "body.goal", "Field required"),
     ({"goal": "   "}, "body.goal", "goal should have at least 3 characters besides spaces"),
-    ({"goal": " a b "}, "body.goal", "goal should have at least 3 characters besides spaces"),
+    (
+        {"goal": " a b "},
+        "body.goal",
+        "goal should have at least 3 characters besides spaces",
+    ),
+    # Invisible characters are not characters a reader sees (issue 22).
+    (
+        {"goal": "\u200b\u200b\u200bx"},
+        "body.goal",
+        "goal should have at least 3 characters besides spaces",
+    ),
+    (
+        {"goal": "a\ufeff\u2060b\u200d"},
+        "body.goal",
+        "goal should have at least 3 characters besides spaces",
+    ),
+    # Symbols, arrows, dingbats and punctuation beyond ASCII are not words either.
+    ({"goal": "→→→ ✓✓✓"}, "body.goal", "goal must describe what you want to learn in words"),
+    ({"goal": "…—– «» ¿¡"}, "body.goal", "goal must describe what you want to learn in words"),
+    ({"goal": "★☆★ 〜〜"}, "body.goal", "goal must describe what you want to learn in words"),
     ({"goal": "x" * 201}, "body.goal", "String should have at most 200 characters"),
     # The limit counts what was sent, as the schema's maxLength does, not what is kept.
     ({"goal": " " + "x" * 200}, "body.goal", "String should have at most 200 characters"),
@@ -104,6 +123,24 @@ async def test_valid_request_creates_a_pending_roadmap_and_answers_202(
         {"i": task_id},
     )
     assert row == ("Learn Elixir", "advanced", 2)  # whitespace normalised
+
+
+@pytest.mark.parametrize(
+    "goal",
+    [
+        "学习 Python 数据分析",
+        "Изучить Go",
+        "تعلم البرمجة",
+        "Learn C++ → Rust",
+        "日本語を学ぶ",
+        "Ñandú 101",
+    ],
+)
+async def test_goals_in_any_script_with_a_letter_are_accepted(
+    client: httpx.AsyncClient, goal: str
+) -> None:
+    response = await client.post("/api/v1/roadmaps", json={"goal": goal})
+    assert response.status_code == 202, response.text
 
 
 async def test_broker_down_records_failed_state_and_answers_503(

@@ -12,7 +12,7 @@ from roadmap_testkit import query
 import loopsafe.db
 from roadmap_app import repositories
 from roadmap_app.config import Settings
-from roadmap_app.llm import LLMError, LLMProvider, OfflineProvider
+from roadmap_app.llm import LLMError, LLMProvider, OfflineProvider, Prompt
 from roadmap_app.models import RoadmapStatus
 from roadmap_app.pipeline import workflow
 
@@ -164,17 +164,18 @@ async def test_llm_failure_records_failed_state_with_the_reason_before_notifying
     assert status is S.failed
     state, error, _, _ = _row(database_url, roadmap_id)
     assert state == "failed"
+    # Named after the step that failed (it used to say `curriculum`, the job's last step).
     assert error.startswith(
-        "curriculum: intent analysis failed after 3 attempts: offline provider: simulated failure"
+        "intent: intent analysis failed after 3 attempts: offline provider: simulated failure"
     )
     assert recorder.status_when_failure_announced == "failed"  # state first
     assert recorder.events[-1] == {
         "type": "status",
         "status": "failed",
         "error": error,
-        "step": "curriculum",
+        "step": "intent",
     }
-    assert recorder.logs[-1][:2] == ("curriculum", "failed")
+    assert recorder.logs[-1][:2] == ("intent", "failed")
     assert recorder.jobs == []
 
 
@@ -481,10 +482,10 @@ async def test_when_the_failure_cannot_be_recorded_the_job_still_notifies_and_ra
         _execute(database_url, f"ALTER TABLE roadmaps DROP CONSTRAINT {constraint}")
     assert _row(database_url, roadmap_id)[0] == "analyzing"  # nothing was written...
     assert recorder.events[-1]["status"] == "failed"  # ...but the listeners were told
-    assert recorder.logs[-1][:2] == ("curriculum", "failed")
+    assert recorder.logs[-1][:2] == ("intent", "failed")
     (record,) = [r for r in caplog.records if "failure_not_recorded" in r.getMessage()]
-    assert (record.task, record.roadmap) == ("curriculum", str(roadmap_id))  # type: ignore[attr-defined]
-    assert record.error.startswith("curriculum: intent analysis failed")  # type: ignore[attr-defined]
+    assert (record.task, record.roadmap) == ("intent", str(roadmap_id))  # type: ignore[attr-defined]
+    assert record.error.startswith("intent: intent analysis failed")  # type: ignore[attr-defined]
     assert "CheckViolation" in record.write_error  # type: ignore[attr-defined]
 
 
@@ -508,5 +509,90 @@ async def test_the_sweeper_requeues_an_abandoned_job_once_and_leaves_live_ones_a
     assert alive not in recovered
     assert ("resume_from_checkpoint", (dead,)) in recorder.jobs
     assert _lease(database_url, dead) == (None, None)
-    assert dead not in await workflow.recover_abandoned(runtime)  # once
+    # Open pages hear that each job is being recovered (and which), not silence. (The database
+    # is the session's: other tests' abandoned roadmaps are swept too.)
+    recovering = [e for e in recorder.events if e["type"] == "recovering"]
+    assert len(recovering) == len(recovered)
+    assert {"type": "recovering", "status": "generating_content",
+            "job": "resume_from_checkpoint"} in recovering  # fmt: skip
+    again = await workflow.recover_abandoned(runtime)
+    assert dead not in again  # once
+    assert len([e for e in recorder.events if e["type"] == "recovering"]) == len(recovered) + len(
+        again
+    )
     assert await workflow.generate_content(runtime, dead, step="resume") is S.completed
+
+
+# --- Cancel ------------------------------------------------------------------------------------
+
+
+class CancellingProvider(OfflineProvider):
+    """Slow calls; the roadmap's user cancels it (as `POST …/cancel` does) after `after` calls."""
+
+    def __init__(self, roadmap_id: uuid.UUID, after: int) -> None:
+        super().__init__(latency_ms=300)
+        self.roadmap_id = roadmap_id
+        self.after = after
+        self.calls_after_cancel = 0
+        self.cancelled = False
+
+    async def complete_json(self, prompt: Prompt) -> dict[str, Any]:
+        if self.cancelled:
+            self.calls_after_cancel += 1
+        answer = await super().complete_json(prompt)
+        if self.calls == self.after and not self.cancelled:
+            async with loopsafe.db.session() as session:
+                await repositories.update_roadmap(session, self.roadmap_id, status=S.cancelled)
+            self.cancelled = True
+        return answer
+
+
+async def test_cancel_during_content_stops_the_job_keeps_saved_content_and_resume_finishes_it(
+    configured: Settings, database_url: str
+) -> None:
+    recorder = Recorder(database_url)
+    roadmap_id = await _content_ready(configured, recorder)
+    total = int(query(database_url, "SELECT count(*) FROM concepts WHERE roadmap_id = %(i)s",
+                      {"i": roadmap_id})[0][0])  # fmt: skip
+    # Three calls per concept: a cancel after 12 calls leaves most concepts to do.
+    llm = CancellingProvider(roadmap_id, after=12)
+    runtime = _runtime(configured, recorder, llm)
+    assert await workflow.generate_content(runtime, roadmap_id) is S.cancelled
+    # The job stopped within a cancel check or two of the request, not after every concept.
+    assert llm.calls < 3 * total // 2
+    assert _row(database_url, roadmap_id)[0] == "cancelled"  # not `failed`, not `completed`
+    assert _lease(database_url, roadmap_id) == (None, None)  # nothing left running
+    saved, distinct = _content_rows(database_url, roadmap_id)
+    assert saved == distinct
+    assert 0 < saved < total
+    assert recorder.logs[-1][:2] == ("content", "cancelled")
+    assert recorder.logs[-1][2] == {"saved": saved, "concepts": total}
+    assert not [e for e in recorder.events if e.get("status") in ("completed", "failed")]
+    announced = {e["concept_id"] for e in recorder.events if e["type"] == "concept_saved"}
+    assert len(announced) == saved  # every saved concept was announced, nothing more
+
+    # A re-delivered content job leaves a cancelled roadmap alone.
+    assert await workflow.generate_content(runtime, roadmap_id) is None
+    # Resume (as the API does it) generates only what is missing: no duplicate, nothing lost.
+    async with loopsafe.db.session() as session:
+        await repositories.update_roadmap(session, roadmap_id, status=S.generating_content)
+    runtime.llm = OfflineProvider()
+    assert await workflow.generate_content(runtime, roadmap_id, step="resume") is S.completed
+    assert _content_rows(database_url, roadmap_id) == (total, total)
+
+
+async def test_cancel_during_curriculum_design_keeps_the_roadmap_cancelled(
+    configured: Settings, database_url: str
+) -> None:
+    recorder = Recorder(database_url)
+    roadmap_id = await _new(goal="Learn Erlang")
+    # The intent call is the first; the cancel lands while the curriculum is being designed.
+    llm = CancellingProvider(roadmap_id, after=1)
+    assert await workflow.generate_roadmap(_runtime(configured, recorder, llm), roadmap_id) is (
+        S.cancelled
+    )
+    assert _row(database_url, roadmap_id)[0] == "cancelled"
+    assert _lease(database_url, roadmap_id) == (None, None)
+    assert recorder.jobs == []  # no content job queued
+    assert recorder.logs[-1][:2] == ("generate_roadmap", "cancelled")
+    assert not [e for e in recorder.events if e.get("status") in ("failed", "generating_content")]

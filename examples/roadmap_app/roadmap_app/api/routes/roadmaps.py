@@ -1,13 +1,14 @@
-"""`/api/v1/roadmaps`: submit a goal, read a roadmap, review it, resume it, stream its events."""
+"""`/api/v1/roadmaps`: submit a goal, read a roadmap, review, resume, cancel or delete it, stream
+its events."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel
 from sqlalchemy import select
@@ -16,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import loopsafe.db
 from roadmap_app import repositories
 from roadmap_app.api.deps import CeleryDep, EventsDep, SessionDep, SettingsDep, enqueue
+from roadmap_app.api.query_guard import reject_unknown_query
 from roadmap_app.api.request_guard import MAX_BODY_BYTES
 from roadmap_app.api.schemas import (
     ConceptOut,
@@ -35,11 +37,15 @@ from roadmap_app.api.schemas import (
 from roadmap_app.api.tutorial_html import tutorial_html
 from roadmap_app.config import Settings
 from roadmap_app.events import EventPublisher, EventStream
+from roadmap_app.export import roadmap_markdown
+from roadmap_app.failures import learner_message
 from roadmap_app.models import TERMINAL_STATUSES, Roadmap, RoadmapStatus, Stage
 
 __all__ = ("router",)
 
-router = APIRouter(prefix="/roadmaps", tags=["roadmaps"])
+router = APIRouter(
+    prefix="/roadmaps", tags=["roadmaps"], dependencies=[Depends(reject_unknown_query)]
+)
 S = RoadmapStatus
 
 # While Redis is unreachable an event stream re-reads the database this often, and tries to
@@ -60,7 +66,8 @@ def _errors(*codes: int, stream: bool = False) -> dict[int | str, dict[str, Any]
     meaning = {
         404: "No roadmap has this id.",
         409: "The roadmap is in a state where this is not possible (for a resume: completed, "
-        "waiting for a review, or a job is running on it); `detail` says which.",
+        "waiting for a review, or a job is running or queued on it; for a cancel: already "
+        "finished; for a delete: a job is running or queued on it); `detail` says which.",
         413: f"The request body is larger than {MAX_BODY_BYTES // 1024} KiB.",
         415: "The request body is not JSON.",
         503: "The job queue (broker) is unreachable; the roadmap is marked failed, resume it later.",
@@ -89,6 +96,8 @@ def _links(id_expression: str) -> dict[str, Any]:
         "RoadmapEvents": "roadmap_events",
         "ReviewRoadmap": "review_roadmap",
         "ResumeRoadmap": "resume_roadmap",
+        "CancelRoadmap": "cancel_roadmap",
+        "DeleteRoadmap": "delete_roadmap",
     }
     return {
         name: {"operationId": operation, "parameters": {"roadmap_id": id_expression}}
@@ -161,13 +170,63 @@ async def create_roadmap(
     return JobAccepted(task_id=roadmap_id, status=S.pending.value)
 
 
-@router.get("", operation_id="list_roadmaps")
+@router.get(
+    "",
+    operation_id="list_roadmaps",
+    responses={
+        **_errors(404),
+        200: {
+            "headers": {
+                "Link": {
+                    "description": 'The next page, `<url>; rel="next"`, when this one is full.',
+                    "schema": {"type": "string"},
+                }
+            }
+        },
+    },
+)
 async def list_roadmaps(
-    session: SessionDep, limit: Annotated[int, Query(ge=1, le=100)] = 20
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[
+        uuid.UUID | None,
+        Query(
+            description="Start after this roadmap (the last one of the previous page; the "
+            '`Link: rel="next"` header says it).',
+        ),
+    ] = None,
+    status_: Annotated[
+        RoadmapStatus | None, Query(alias="status", description="Only roadmaps in this status.")
+    ] = None,
+    q: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=200,
+            description="Only roadmaps whose goal or title contains this text (any case).",
+        ),
+    ] = None,
 ) -> list[RoadmapSummary]:
-    """The most recent roadmaps, newest first."""
-    roadmaps = await repositories.list_roadmaps(session, limit=limit)
+    """Roadmaps newest first, `limit` per page; a full page links to the next (`Link` header)."""
+    keyset = None
+    if after is not None:
+        last = await repositories.get_roadmap(session, after)
+        if last is None:
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND,
+                f"roadmap {after} (where the page should start) not found; it was deleted: "
+                "list again from the first page",
+            )
+        keyset = (last.created_at, last.id)
+    roadmaps = await repositories.list_roadmaps(
+        session, limit=limit, after=keyset, status=status_, search=q
+    )
     counts = await repositories.progress_by_roadmap(session, [r.id for r in roadmaps])
+    if len(roadmaps) == limit:
+        following = request.url.include_query_params(after=str(roadmaps[-1].id))
+        response.headers["Link"] = f'<{following.path}?{following.query}>; rel="next"'
     return [_summary(r, *counts.get(r.id, (0, 0))) for r in roadmaps]
 
 
@@ -227,6 +286,9 @@ async def get_roadmap(
         status=roadmap.status.value,
         progress=_progress(done_total, total_total),
         stages=stages,
+        failure_message=learner_message(roadmap.error, len(roadmap.failed_concepts), total_total)
+        if roadmap.status is S.failed
+        else None,
         # Stored as the job recorded them ({concept_id, slug, reason}); titles from the tree.
         failed_concepts=[
             FailedConceptOut(
@@ -237,6 +299,45 @@ async def get_roadmap(
             for failed in roadmap.failed_concepts
         ],
         logs=[_from_row(ExecutionLogOut, log) for log in logs],
+    )
+
+
+@router.get(
+    "/{roadmap_id}/export",
+    operation_id="export_roadmap",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The whole roadmap as a file to keep: Markdown (curriculum, "
+            "tutorials, resources, quizzes) or JSON (what `get_roadmap` answers, without logs).",
+            "content": {
+                "text/markdown": {"schema": {"type": "string"}},
+                "application/json": {"schema": {"$ref": "#/components/schemas/RoadmapOut"}},
+            },
+        },
+        **_errors(404),
+    },
+)
+async def export_roadmap(
+    roadmap_id: uuid.UUID,
+    session: SessionDep,
+    format_: Annotated[
+        Literal["markdown", "json"],
+        Query(alias="format", description="`markdown` (default) or `json`."),
+    ] = "markdown",
+) -> Response:
+    """Download the roadmap as Markdown or JSON (`Content-Disposition: attachment`)."""
+    roadmap = await get_roadmap(roadmap_id, session, content=True)
+    name = repositories.slugify(roadmap.title or roadmap.goal)
+    if format_ == "json":
+        body = roadmap.model_copy(update={"logs": []}).model_dump_json(indent=2)
+        media_type, extension = "application/json", "json"
+    else:
+        body, media_type, extension = roadmap_markdown(roadmap), "text/markdown", "md"
+    return Response(
+        body,
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="{name}.{extension}"'},
     )
 
 
@@ -287,10 +388,15 @@ async def review_roadmap(
     responses=_errors(404, 409, 413, 415, 503),
 )
 async def resume_roadmap(
-    roadmap_id: uuid.UUID, session: SessionDep, celery: CeleryDep, events: EventsDep
+    roadmap_id: uuid.UUID,
+    session: SessionDep,
+    celery: CeleryDep,
+    events: EventsDep,
+    settings: SettingsDep,
 ) -> JobAccepted:
-    """Continue an interrupted or failed roadmap from its checkpoint: only concepts without saved
-    content are generated (or the curriculum is redesigned if it never got that far)."""
+    """Continue an interrupted, failed or cancelled roadmap from its checkpoint: only concepts
+    without saved content are generated (or the curriculum is redesigned if it never got that
+    far). Answers 409 while a job is queued or running on it, so pressing it twice is harmless."""
     roadmap = await repositories.get_roadmap(session, roadmap_id)
     if roadmap is None:
         raise _not_found(roadmap_id)
@@ -315,28 +421,150 @@ async def resume_roadmap(
         )
     args: tuple[Any, ...] = ()
     new_status: RoadmapStatus
-    only_from: set[RoadmapStatus]
     if current is S.review_submitted:
-        job, new_status, only_from = "resume_after_review", current, {current}
+        job, new_status = "resume_after_review", current
         args = (bool(roadmap.review_approved), roadmap.feedback)
     elif roadmap.curriculum_ready:
         job, new_status = "resume_from_checkpoint", S.generating_content
-        only_from = {S.failed, S.generating_content}
     else:
         job, new_status = "generate_roadmap", S.pending
-        only_from = {S.pending, S.analyzing, S.designing, S.failed}
-    # `unleased`: a job that took the roadmap since the check above still wins.
+    # A failed or cancelled roadmap has no job. One in flight without a lease has a job queued
+    # (a second resume would only queue a duplicate), unless no worker took it for a lease
+    # period: then it was lost, the sweeper's rule too. `only_from={current}` and `unleased`:
+    # a job or another resume that took the roadmap since it was read above still wins.
+    idle = current in (S.failed, S.cancelled)
     claimed = await repositories.update_roadmap(
-        session, roadmap_id, only_from=only_from, unleased=True, status=new_status, error=None
+        session,
+        roadmap_id,
+        only_from={current},
+        unleased=True,
+        untouched_since=None if idle else repositories.lease_until(-settings.job_lease_s),
+        status=new_status,
+        error=None,
     )
     if not claimed:
         raise HTTPException(
-            status.HTTP_409_CONFLICT, f"roadmap {roadmap_id} changed state meanwhile; try again"
+            status.HTTP_409_CONFLICT,
+            f"roadmap {roadmap_id} already has a job queued or running (status "
+            f"{current.value!r}); watch its events instead — if no worker takes it, it is "
+            "re-queued automatically",
         )
     await session.commit()
     await events.emit(roadmap_id, "status", status=new_status.value, error=None)
     await _queue_or_fail(session, celery, events, roadmap_id, job, *args)
     return JobAccepted(task_id=roadmap_id, status=new_status.value)
+
+
+@router.post(
+    "/{roadmap_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    operation_id="cancel_roadmap",
+    responses=_errors(404, 409, 413, 415),
+)
+async def cancel_roadmap(
+    roadmap_id: uuid.UUID, session: SessionDep, events: EventsDep
+) -> JobAccepted:
+    """Stop generating the roadmap: status `cancelled` at once; a running job stops within about
+    a second, its LLM calls cancelled, and what it had finished is saved. `resume` continues it."""
+    claimed = await repositories.update_roadmap(
+        session, roadmap_id, only_from=set(S) - TERMINAL_STATUSES, status=S.cancelled, error=None
+    )
+    if not claimed:
+        roadmap = await repositories.get_roadmap(session, roadmap_id)
+        if roadmap is None:
+            raise _not_found(roadmap_id)
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"roadmap {roadmap_id} is already {roadmap.status.value!r}; only a roadmap still "
+            "being generated or waiting for a review can be cancelled",
+        )
+    await session.commit()
+    await events.emit(roadmap_id, "status", status=S.cancelled.value, error=None)
+    return JobAccepted(task_id=roadmap_id, status=S.cancelled.value)
+
+
+@router.delete(
+    "/{roadmap_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    operation_id="delete_roadmap",
+    responses=_errors(404, 409, 413, 415),
+)
+async def delete_roadmap(roadmap_id: uuid.UUID, session: SessionDep, events: EventsDep) -> None:
+    """Delete the roadmap with its curriculum, content and logs; refused (409) while a job is
+    running or queued on it: cancel it first."""
+    deleted = await repositories.delete_roadmap(session, roadmap_id, only_from=_DELETABLE)
+    if not deleted:
+        roadmap = await repositories.get_roadmap(session, roadmap_id)
+        if roadmap is None:
+            raise _not_found(roadmap_id)
+        if roadmap.status is S.cancelled:  # refused, so its job still holds the lease
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"roadmap {roadmap_id} is cancelled and its job is still stopping (saving what "
+                "it had finished); try again in a few seconds",
+            )
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"roadmap {roadmap_id} is {roadmap.status.value!r}: a job is running or queued on "
+            f"it; cancel it first (POST /api/v1/roadmaps/{roadmap_id}/cancel), then delete it "
+            "once it has stopped",
+        )
+    await session.commit()
+    # Open event streams of this roadmap end on it.
+    await events.emit(roadmap_id, "deleted")
+
+
+# A job can be running or queued on a roadmap in any other status.
+_DELETABLE = frozenset({S.completed, S.failed, S.cancelled, S.human_review_pending})
+
+
+@router.post(
+    "/{roadmap_id}/concepts/{concept_id}/regenerate",
+    status_code=status.HTTP_202_ACCEPTED,
+    operation_id="regenerate_concept",
+    responses=_errors(404, 409, 413, 415, 503),
+)
+async def regenerate_concept(
+    roadmap_id: uuid.UUID,
+    concept_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
+    session: SessionDep,
+    celery: CeleryDep,
+    events: EventsDep,
+) -> JobAccepted:
+    """Write one concept's tutorial, resources and quiz again (its saved content is replaced);
+    only while no job is running or queued on the roadmap and its curriculum is final."""
+    roadmap = await repositories.get_roadmap(session, roadmap_id)
+    if roadmap is None:
+        raise _not_found(roadmap_id)
+    refusal = (
+        f"roadmap {roadmap_id} is {roadmap.status.value!r}: a concept can be written again once "
+        "the roadmap is completed, failed or cancelled and no job runs on it"
+    )
+    if not roadmap.curriculum_ready:
+        raise HTTPException(status.HTTP_409_CONFLICT, refusal + " (and its curriculum is final)")
+    claimed = await repositories.update_roadmap(
+        session,
+        roadmap_id,
+        only_from=_DELETABLE - {S.human_review_pending},
+        unleased=True,
+        status=S.generating_content,
+        error=None,
+        completed_at=None,
+        failed_concepts=[],
+    )
+    if not claimed:
+        raise HTTPException(status.HTTP_409_CONFLICT, refusal)
+    if not await repositories.delete_content(session, roadmap_id, concept_id):
+        await session.rollback()
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"roadmap {roadmap_id} has no concept {concept_id}"
+        )
+    await session.commit()
+    await events.emit(roadmap_id, "status", status=S.generating_content.value, error=None)
+    # The checkpoint job writes what has no content: now exactly this concept.
+    await _queue_or_fail(session, celery, events, roadmap_id, "resume_from_checkpoint")
+    return JobAccepted(task_id=roadmap_id, status=S.generating_content.value)
 
 
 async def _stream_slot(request: Request, settings: SettingsDep) -> AsyncIterator[None]:
@@ -402,6 +630,8 @@ async def snapshot(roadmap_id: uuid.UUID) -> dict[str, Any]:
 
 
 def _is_terminal(event: dict[str, Any]) -> bool:
+    if event.get("type") == "deleted":
+        return True
     return event.get("type") in ("status", "snapshot") and event.get("status") in {
         s.value for s in TERMINAL_STATUSES
     }
@@ -479,7 +709,11 @@ async def roadmap_events(
                     resubscribe_at = loop.time() + RESUBSCRIBE_INTERVAL_S
             # Read when the subscription was lost, on each poll, and once more when it is back
             # (to catch up with what was published before it).
-            state = await snapshot(roadmap_id)
+            try:
+                state = await snapshot(roadmap_id)
+            except LookupError:
+                yield sse({"type": "deleted", "roadmap_id": str(roadmap_id)})
+                break
             now = (state["status"], state["done"], state["curriculum_version"])
             if now != seen:
                 seen = now

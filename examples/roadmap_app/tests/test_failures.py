@@ -1,0 +1,57 @@
+"""The learner's failure message: one per kind of failure, never the developer's detail."""
+
+from __future__ import annotations
+
+import pytest
+
+from roadmap_app.failures import learner_message
+
+
+@pytest.mark.parametrize(
+    ("error", "failed", "expected"),
+    [
+        (None, 0, None),
+        (
+            "intent: intent analysis failed after 3 attempts: connection refused",
+            0,
+            "We could not analyse your goal: the AI service did not answer in time.",
+        ),
+        (
+            "curriculum: curriculum design failed after 3 attempts: timed out",
+            0,
+            "We could not design a curriculum for your goal",
+        ),
+        (
+            "content: interrupted (time limit or worker shutdown); POST /resume to continue",
+            0,
+            "Generation was interrupted (its worker stopped).",
+        ),
+        (
+            "could not queue generate_roadmap (OperationalError: Error 111); check that the "
+            "broker (REDIS_URL) is reachable, then POST /api/v1/roadmaps/x/resume",
+            0,
+            "The job could not be started: the job queue is unreachable right now.",
+        ),
+        (
+            "content: 2 of 24 concepts failed (debugging, tests); first reason: …; POST /resume "
+            "retries only these",
+            2,
+            "2 of 24 concepts could not be written: the AI service kept failing for them.",
+        ),
+        ("content: 1 of 24 concepts failed (x)", 1, "1 of 24 concept could not be written"),
+        ("mystery: KeyError", 0, "Something went wrong while generating this roadmap."),
+    ],
+)
+def test_each_kind_of_failure_gets_its_own_plain_message(
+    error: str | None, failed: int, expected: str | None
+) -> None:
+    message = learner_message(error, failed, 24)
+    if expected is None:
+        assert message is None
+        return
+    assert message is not None
+    assert message.startswith(expected)
+    # Developer words stay behind the page's "details" toggle.
+    for jargon in ("POST", "/resume", "REDIS_URL", "OperationalError", "KeyError", "attempts"):
+        assert jargon not in message
+    assert "Resume" in message or "Retry failed concepts" in message
