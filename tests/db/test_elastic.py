@@ -20,9 +20,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import text
 
-from loopsafe import PoolExhaustedError
 from loopsafe.__main__ import main as cli
-from loopsafe.db import BudgetPlan, Database, ElasticBudget, Role, RoleBudget
+from loopsafe.db import BudgetPlan, Database, ElasticBudget, PoolExhaustedError, Role, RoleBudget
 from loopsafe.db import metrics as db_metrics
 
 from ..forking import in_child
@@ -325,7 +324,8 @@ async def test_waiting_beyond_pool_timeout_names_the_plan_and_role(
         name=db_name,
         budget=plan.budget_for("worker"),
         pooler="transaction",
-        engine_options={"pool_timeout": 0.3},
+        # Above the 0.5 s a brand-new ledger settles for before its first grant.
+        engine_options={"pool_timeout": 1.0},
     )
     async with db.session():
         with pytest.raises(PoolExhaustedError) as caught:
@@ -333,7 +333,7 @@ async def test_waiting_beyond_pool_timeout_names_the_plan_and_role(
                 pass
     message = str(caught.value)
     assert f"elastic role 'worker' of BudgetPlan '{plan.name}' shares 1 connections" in message
-    assert "pool_timeout=0.3" in message
+    assert "pool_timeout=1 s" in message
     async with db.session() as session:  # the lease came back
         await session.execute(text("SELECT 1"))
     await db.aclose()

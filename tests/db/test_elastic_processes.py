@@ -19,8 +19,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from loopsafe import PoolExhaustedError
-from loopsafe.db import BudgetPlan, Database, Role
+from loopsafe.db import BudgetPlan, Database, PoolExhaustedError, Role
 from loopsafe.testing import EmbeddedRedis
 
 from ..conftest import logged
