@@ -48,14 +48,17 @@ def emitted_in_source() -> dict[str, str | None]:
                 continue
             func = node.func
             first = node.args[0] if node.args else None
-            if (
-                isinstance(func, ast.Attribute)
-                and func.attr in LEVELS
-                and isinstance(first, ast.Constant)
-                and isinstance(first.value, str)
-                and first.value.startswith("loopsafe.")
-            ):
-                events[first.value] = func.attr.upper()
+            # `"loopsafe.a" if x else "loopsafe.b"` names two events.
+            names = [first.body, first.orelse] if isinstance(first, ast.IfExp) else [first]
+            for name in names:
+                if (
+                    isinstance(func, ast.Attribute)
+                    and func.attr in LEVELS
+                    and isinstance(name, ast.Constant)
+                    and isinstance(name.value, str)
+                    and name.value.startswith("loopsafe.")
+                ):
+                    events[name.value] = func.attr.upper()
             for keyword in node.keywords:
                 value = keyword.value
                 if (
