@@ -198,7 +198,10 @@ async def test_a_busy_one_connection_pool_alerts_only_when_a_checkout_waits(
         await db.aclose()
     pressure = logged(caplog, "loopsafe.db.pool_pressure")
     assert len(pressure) == 1
-    assert (pressure[0]["capacity"], pressure[0]["waiting"]) == (1, 1)
+    # One or both of the others: SQLAlchemy < 2.1 lets all three reach the queue before the first
+    # takes its record, so the alert may come with the first checkout, two waiting behind it.
+    assert pressure[0]["capacity"] == 1
+    assert pressure[0]["waiting"] in (1, 2)
 
 
 @pytest.mark.parametrize("variable", ["LOOPSAFE_DB_HELD_ALERT", "LOOPSAFE_DB_USAGE_ALERT"])

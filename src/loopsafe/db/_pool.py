@@ -85,6 +85,8 @@ class PoolContext:
         # reconnecting an emptied record) looked like a held connection (issue #20: 4 reported
         # "checked out" while the server saw 2). Only a record with a connection is held.
         self.out: set[ConnectionPoolEntry] = set()
+        # Checkouts between their wait prediction and their record (one loop: no lock needed).
+        self.getting = 0
         self.checked_out = 0
         self._lock = threading.Lock()
         # Elastic roles: where this process's leases come from, and whether a lease lasts a
@@ -353,10 +355,14 @@ class LoopBoundQueuePool(_LoopBound, AsyncAdaptedQueuePool):
         pressure = context.pressure
         wait = None
         if pressure is not None:
-            if would_wait(self):
+            # Checkouts of this loop still taking their record count against the idle ones:
+            # SQLAlchemy < 2.1 yields to the loop inside the queue's get before it removes the
+            # record, so a second checkout saw one idle record and did not count as waiting.
+            if would_wait(self, ahead=context.getting):
                 wait = pressure.wait_started()
             else:
                 pressure.immediate += 1
+        context.getting += 1
         try:
             record = super()._do_get()
         except exc.TimeoutError:
@@ -365,6 +371,7 @@ class LoopBoundQueuePool(_LoopBound, AsyncAdaptedQueuePool):
                 "checked out"
             ) from None
         finally:
+            context.getting -= 1
             if pressure is not None and wait is not None:
                 pressure.wait_ended(wait)
         context.out.add(record)

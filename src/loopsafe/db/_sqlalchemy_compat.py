@@ -55,10 +55,11 @@ def max_overflow(pool: QueuePool) -> int:
     return int(pool._max_overflow)
 
 
-def would_wait(pool: QueuePool) -> bool:
-    """Whether a checkout now would wait: no idle record and no overflow left to open one."""
+def would_wait(pool: QueuePool, *, ahead: int = 0) -> bool:
+    """Whether a checkout now would wait: no idle record left once the `ahead` checkouts already
+    under way have taken theirs, and no overflow left to open one."""
     overflow_limit = max_overflow(pool)
-    return bool(pool._pool.empty()) and 0 <= overflow_limit <= pool._overflow
+    return pool._pool.qsize() <= ahead and 0 <= overflow_limit <= pool._overflow
 
 
 def dialect_of(pool: Pool) -> Dialect:
