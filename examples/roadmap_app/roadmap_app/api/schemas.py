@@ -39,7 +39,7 @@ Level = Literal["beginner", "intermediate", "advanced"]
 # same in Python and in ECMA-262 (JSON Schema's dialect), so generated clients and fuzzers agree
 # with the API about what is valid (issue 14). Hence no \s or \w, which differ between the two.
 # Text without control characters, C0 or C1 (tab, line feed and carriage return are allowed):
-_NO_CONTROL = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
 # The rest of what Python's str.split() and str.strip() take for white space:
 _SPACE = r"\t\n\r \xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _NOT_SPACE = f"[^{_SPACE}]"
@@ -51,7 +51,7 @@ _INVISIBLE = (
 )
 _SHOWN = f"[^{_SPACE}{_INVISIBLE}]"
 _GOAL_RULES = (
-    (_NO_CONTROL, "goal_control_chars", "goal must not contain control characters"),
+    (NO_CONTROL_CHARACTERS, "goal_control_chars", "goal must not contain control characters"),
     (
         f"{_SHOWN}[{_SPACE}{_INVISIBLE}]*{_SHOWN}[{_SPACE}{_INVISIBLE}]*{_SHOWN}",
         "goal_too_short",
@@ -144,7 +144,7 @@ class ReviewIn(_Input):
     feedback: Annotated[str, StringConstraints(max_length=2000)] | None = Field(
         default=None,
         description="Required when rejecting: what should change. No control characters.",
-        json_schema_extra={"pattern": _NO_CONTROL},
+        json_schema_extra={"pattern": NO_CONTROL_CHARACTERS},
     )
 
     @field_validator("feedback")
@@ -152,7 +152,7 @@ class ReviewIn(_Input):
     def _feedback_is_text(cls, feedback: str | None) -> str | None:
         if feedback is None:
             return None
-        if not re.search(_NO_CONTROL, feedback):
+        if not re.search(NO_CONTROL_CHARACTERS, feedback):
             raise PydanticCustomError(
                 "feedback_control_chars", "feedback must not contain control characters"
             )

@@ -87,6 +87,8 @@ async def test_the_status_filter_and_the_search_combine_and_search_is_literal(
         ({"status": "done"}, "query.status", "Input should be 'pending', 'analyzing'"),
         ({"q": ""}, "query.q", "String should have at least 1 character"),
         ({"q": "x" * 201}, "query.q", "String should have at most 200 characters"),
+        ({"q": "SQL\x00joins"}, "query.q", "String should match pattern"),
+        ({"q": "SQL\x1bjoins"}, "query.q", "String should match pattern"),
         ({"limit": "101"}, "query.limit", "Input should be less than or equal to 100"),
     ],
 )

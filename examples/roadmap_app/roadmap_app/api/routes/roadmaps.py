@@ -20,6 +20,7 @@ from roadmap_app.api.deps import CeleryDep, EventsDep, SessionDep, SettingsDep, 
 from roadmap_app.api.query_guard import reject_unknown_query
 from roadmap_app.api.request_guard import MAX_BODY_BYTES
 from roadmap_app.api.schemas import (
+    NO_CONTROL_CHARACTERS,
     ConceptOut,
     ContentOut,
     ErrorOut,
@@ -205,6 +206,8 @@ async def list_roadmaps(
         Query(
             min_length=1,
             max_length=200,
+            # PostgreSQL's text cannot hold NUL; no goal holds a control character either.
+            pattern=NO_CONTROL_CHARACTERS,
             description="Only roadmaps whose goal or title contains this text (any case).",
         ),
     ] = None,
