@@ -215,15 +215,19 @@ function follow(id) {
 
 function handleEvent(event) {
   switch (event.type) {
-    case "snapshot":
+    case "snapshot": {
+      // Concepts saved after the page read the roadmap and before the stream began come only
+      // as this count: read the roadmap again to tick them.
+      const behind = state.detail && event.done !== state.detail.progress.done;
       state.done = event.done;
       state.total = event.total;
       for (const s of event.stages) state.stages[s.position] = { title: s.title, done: s.done, total: s.total };
       setStatus(event.status, event.error);
-      if (state.detail && event.curriculum_version !== state.detail.curriculum_version) scheduleRefetch();
+      if (behind || (state.detail && event.curriculum_version !== state.detail.curriculum_version)) scheduleRefetch();
       renderProgress();
       renderRecentProgress();
       break;
+    }
     case "status":
       $("recovering-banner").classList.add("hidden");
       setStatus(event.status, event.error);

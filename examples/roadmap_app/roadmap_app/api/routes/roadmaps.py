@@ -693,7 +693,10 @@ async def roadmap_events(
                     if event["type"] == "status":
                         status_now = event["status"]
                     elif event["type"] == "concept_saved":
-                        done_now = max(done_now, int(event["done"]))
+                        if int(event["done"]) <= done_now:
+                            # Saved between the subscription and the snapshot: already counted.
+                            continue
+                        done_now = int(event["done"])
                     elif event["type"] == "curriculum":
                         version_now, done_now = int(event["version"]), 0
                     seen = (status_now, done_now, version_now)
