@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -88,6 +89,66 @@ async def test_typical_goals_get_20_to_40_concepts(goal: str, level: str) -> Non
     assert 20 <= curriculum.concept_count <= 40
     titles = [c.title for s in curriculum.stages for m in s.modules for c in m.concepts]
     assert len(set(titles)) == len(titles)
+
+
+async def test_no_offline_answer_puts_a_before_a_vowel_sound() -> None:
+    """No "A intermediate learner" (issue 22), in module descriptions either."""
+    llm = OfflineProvider()
+    for level in ("intermediate", "advanced"):
+        brief = Brief("Learn Go", level, 5)
+        curriculum = await design_curriculum(
+            llm, brief, await analyze_intent(llm, brief, OPTIONS), OPTIONS
+        )
+        text = curriculum.model_dump_json()
+        assert f"for an {level} learner" in text
+        assert not re.search(r"\b[Aa] (?:intermediate|advanced)\b", text)
+
+
+# A goal in each script the offline model writes, what its answers must be written in, and
+# words of the English templates that must not appear in them.
+LANGUAGES = [
+    ("学习 Python 数据分析", "[\u4e00-\u9fff]", "Python 数据分析"),
+    ("日本語を学ぶ", "[\u3040-\u30ff]", "日本語"),
+    ("Изучить Go для веб-разработки", "[\u0400-\u04ff]", "Go"),
+    ("تعلم البرمجة", "[\u0600-\u06ff]", "البرمجة"),
+    ("Μάθε Python για ανάλυση δεδομένων", "[\u0370-\u03ff]", "Python"),
+]
+ENGLISH_WORDS = re.compile(r"\b(?:learner|Foundations|Why it matters|documentation|example)\b")
+
+
+@pytest.mark.parametrize(("goal", "script", "topic"), LANGUAGES)
+async def test_the_offline_model_answers_in_the_goals_language(
+    goal: str, script: str, topic: str
+) -> None:
+    llm = OfflineProvider()
+    brief = Brief(goal, "intermediate", 5)
+    intent = await analyze_intent(llm, brief, OPTIONS)
+    assert intent.subject == topic
+    curriculum = await design_curriculum(llm, brief, intent, OPTIONS, version=2, feedback="Más")
+    assert 20 <= curriculum.concept_count <= 40
+    concept = curriculum.stages[0].modules[0].concepts[0]
+    ref = ConceptRef(1, "c", concept.title, concept.summary, 1, curriculum.stages[0].title)
+    material = await generate_material(llm, brief, ref, OPTIONS)
+    answers = {
+        "intent": intent.summary + " ".join(intent.outcomes),
+        "curriculum": curriculum.title + curriculum.stages[0].title + concept.summary,
+        "tutorial": material.tutorial.markdown,
+        "resources": " ".join(r.title for r in material.resources.resources),
+        "quiz": " ".join(q.question + " ".join(q.options) for q in material.quiz.questions),
+    }
+    for kind, text in answers.items():
+        assert len(re.findall(script, text)) >= 4, (kind, text)
+        assert not ENGLISH_WORDS.search(text), (kind, text)
+
+
+@pytest.mark.parametrize(
+    "goal", ["Learn Python", "Apprendre le français", "Learn 中文", "Aprender Python 3"]
+)
+async def test_latin_script_and_mostly_latin_goals_get_english(goal: str) -> None:
+    answer = await OfflineProvider().complete_json(
+        _prompt("intent", goal=goal, level="beginner", weekly_hours=5)
+    )
+    assert answer["summary"].startswith("A beginner learner who wants to")
 
 
 async def test_feedback_changes_the_curriculum() -> None:
