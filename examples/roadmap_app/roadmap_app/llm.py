@@ -1,4 +1,5 @@
-"""LLM providers behind one small protocol: a deterministic offline one and any OpenAI-compatible API."""
+"""LLM providers behind one small protocol: a deterministic offline one, any OpenAI-compatible
+API and Anthropic's, one per pipeline stage if asked."""
 
 from __future__ import annotations
 
@@ -13,19 +14,22 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import quote_plus
 
+from anthropic import AnthropicError
 from openai import OpenAIError
 
 import loopsafe.llm
-from roadmap_app.config import Settings, get_settings
+from roadmap_app.config import LLM_STAGES, Settings, get_settings
 from roadmap_app.offline_languages import Language, language_of
 
 __all__ = (
+    "AnthropicProvider",
     "LLMError",
     "LLMProvider",
     "OfflineProvider",
     "OpenAIProvider",
     "Prompt",
     "PromptKind",
+    "StagedProvider",
     "get_provider",
 )
 
@@ -61,7 +65,7 @@ class LLMProvider(Protocol):
 
 
 # --------------------------------------------------------------------------------------------
-# OpenAI-compatible provider
+# Remote providers: OpenAI-compatible and Anthropic
 
 
 def _limit_namespace(settings: Settings) -> str:
@@ -70,41 +74,78 @@ def _limit_namespace(settings: Settings) -> str:
     return f"{namespace}:{os.getpid()}" if settings.llm_limit_scope == "process" else namespace
 
 
-class OpenAIProvider:
-    """Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, LM Studio, …).
+def _remote_providers(settings: Settings) -> list[str]:
+    used = {settings.provider_for(stage) for stage in LLM_STAGES}
+    return sorted(used - {"offline"})
 
-    Each event loop gets its own client from `loopsafe.llm.get_openai()`, closed with the loop.
-    `LLM_CONCURRENCY` is one limit for the whole deployment (every worker process and the API
-    together, coordinated through Redis), and a 429's Retry-After holds back every process. The
-    SDK does not retry: `ask()` is the only retry layer, under one deadline. Making a provider
-    configures `loopsafe.llm` for this process from `settings` (the process has one deployment).
-    """
 
-    name = "openai"
+def _configure_clients(settings: Settings) -> None:
+    """Configure `loopsafe.llm` for every remote provider a stage uses: its key and server, and
+    `LLM_CONCURRENCY` calls in flight per provider across the deployment. The SDKs do not retry:
+    `ask()` is the only retry layer, under one deadline."""
+    remote = _remote_providers(settings)
+    limit = loopsafe.llm.Limit(
+        concurrency=settings.llm_concurrency,
+        max_wait=settings.llm_timeout_s,
+        processes=settings.processes,
+    )
+    openai_used = "openai" in remote
+    loopsafe.llm.configure(
+        openai_api_key=(settings.llm_api_key or "unused") if openai_used else None,
+        openai_base_url=settings.llm_base_url if openai_used else None,
+        anthropic_api_key=settings.anthropic_api_key if "anthropic" in remote else None,
+        anthropic_base_url=settings.anthropic_base_url if "anthropic" in remote else None,
+        providers=remote,
+        timeout=settings.llm_timeout_s,
+        max_retries=0,
+        limits=dict.fromkeys(remote, limit),
+        namespace=_limit_namespace(settings),
+    )
+
+
+def _stage_of(kind: PromptKind) -> str:
+    """The pipeline stage a prompt belongs to: intent, curriculum, or content (tutorial,
+    resources and quiz)."""
+    return kind if kind in ("intent", "curriculum") else "content"
+
+
+def _json_object(kind: PromptKind, text: str) -> dict[str, Any]:
+    """The model's answer as a JSON object; `LLMError` when it is not one."""
+    # Some servers wrap JSON in a markdown fence despite being asked not to.
+    text = re.sub(r"^```(?:json)?\s*|\s*```$", "", text.strip())
+    try:
+        answer = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LLMError(f"{kind}: the model did not answer with JSON: {text[:120]!r}") from exc
+    if not isinstance(answer, dict):
+        raise LLMError(f"{kind}: expected a JSON object, got {type(answer).__name__}")
+    return answer
+
+
+class _RemoteProvider:
+    """What both remote providers share: the model of each stage, and `loopsafe.llm`'s
+    configuration for this process, made from `settings` (the process has one deployment)."""
 
     def __init__(self, settings: Settings) -> None:
         self.model = settings.llm_model
         self.stage_models = dict(settings.llm_stage_models)
-        loopsafe.llm.configure(
-            openai_api_key=settings.llm_api_key or "unused",
-            openai_base_url=settings.llm_base_url,
-            timeout=settings.llm_timeout_s,
-            max_retries=0,
-            limits={
-                "openai": loopsafe.llm.Limit(
-                    concurrency=settings.llm_concurrency,
-                    max_wait=settings.llm_timeout_s,
-                    processes=settings.processes,
-                )
-            },
-            namespace=_limit_namespace(settings),
-        )
+        _configure_clients(settings)
 
     def model_for(self, kind: PromptKind) -> str:
-        """The model of the prompt's stage: intent, curriculum, or content (tutorial,
-        resources and quiz); `LLM_MODEL` for a stage without one of its own."""
-        stage = kind if kind in ("intent", "curriculum") else "content"
-        return self.stage_models.get(stage, self.model)
+        """The model of the prompt's stage (`LLM_MODEL_<STAGE>`); `LLM_MODEL` for a stage
+        without one of its own."""
+        return self.stage_models.get(_stage_of(kind), self.model)
+
+
+class OpenAIProvider(_RemoteProvider):
+    """Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, LM Studio, …).
+
+    Each event loop gets its own client from `loopsafe.llm.get_openai()`, closed with the loop.
+    `LLM_CONCURRENCY` is one limit for the whole deployment (every worker process and the API
+    together, coordinated through Redis), and a 429's Retry-After holds back every process.
+    """
+
+    name = "openai"
 
     async def complete_json(self, prompt: Prompt) -> dict[str, Any]:
         try:
@@ -119,18 +160,43 @@ class OpenAIProvider:
             )
         except (OpenAIError, loopsafe.llm.LimitTimeoutError) as exc:
             raise LLMError(f"{prompt.kind}: {type(exc).__name__}: {exc}") from exc
-        text = (response.choices[0].message.content or "").strip() if response.choices else ""
-        # Some servers wrap JSON in a markdown fence despite response_format.
-        text = re.sub(r"^```(?:json)?\s*|\s*```$", "", text)
+        text = (response.choices[0].message.content or "") if response.choices else ""
+        return _json_object(prompt.kind, text)
+
+
+class AnthropicProvider(_RemoteProvider):
+    """Anthropic's Messages API (Claude), through `loopsafe.llm.get_anthropic()`: a client per
+    event loop, closed with it, under the same deployment-wide `LLM_CONCURRENCY` limit."""
+
+    name = "anthropic"
+    # Enough for the longest answer the pipeline asks for (a curriculum of 40 concepts).
+    max_tokens = 8192
+
+    async def complete_json(self, prompt: Prompt) -> dict[str, Any]:
         try:
-            answer = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise LLMError(
-                f"{prompt.kind}: the model did not answer with JSON: {text[:120]!r}"
-            ) from exc
-        if not isinstance(answer, dict):
-            raise LLMError(f"{prompt.kind}: expected a JSON object, got {type(answer).__name__}")
-        return answer
+            response = await loopsafe.llm.get_anthropic().messages.create(
+                model=self.model_for(prompt.kind),
+                max_tokens=self.max_tokens,
+                system=prompt.system,
+                messages=[{"role": "user", "content": prompt.user}],
+            )
+        except (AnthropicError, loopsafe.llm.LimitTimeoutError) as exc:
+            raise LLMError(f"{prompt.kind}: {type(exc).__name__}: {exc}") from exc
+        text = "".join(block.text for block in response.content if block.type == "text")
+        return _json_object(prompt.kind, text)
+
+
+class StagedProvider:
+    """Each prompt to the provider of its stage (`LLM_PROVIDER_<STAGE>`), e.g. intent analysis
+    on a small local model and the curriculum on Claude."""
+
+    name = "staged"
+
+    def __init__(self, by_stage: Mapping[str, LLMProvider]) -> None:
+        self.by_stage = dict(by_stage)
+
+    async def complete_json(self, prompt: Prompt) -> dict[str, Any]:
+        return await self.by_stage[_stage_of(prompt.kind)].complete_json(prompt)
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,10 +504,24 @@ class OfflineProvider:
 
 
 def get_provider(settings: Settings | None = None) -> LLMProvider:
-    """The provider `settings` ask for (`LLM_PROVIDER`, or `openai` when `LLM_BASE_URL` is set)."""
+    """The provider `settings` ask for (`LLM_PROVIDER`, or `openai` when `LLM_BASE_URL` is set),
+    or a `StagedProvider` when a stage has a provider of its own (`LLM_PROVIDER_<STAGE>`)."""
     settings = settings or get_settings()
-    if settings.llm_provider == "openai":
+    made: dict[str, LLMProvider] = {}
+    by_stage: dict[str, LLMProvider] = {}
+    for stage in LLM_STAGES:
+        name = settings.provider_for(stage)
+        if name not in made:
+            made[name] = _make(name, settings)
+        by_stage[stage] = made[name]
+    return next(iter(made.values())) if len(made) == 1 else StagedProvider(by_stage)
+
+
+def _make(name: str, settings: Settings) -> LLMProvider:
+    if name == "openai":
         return OpenAIProvider(settings)
+    if name == "anthropic":
+        return AnthropicProvider(settings)
     return OfflineProvider(
         latency_ms=settings.llm_latency_ms,
         jitter_ms=settings.llm_jitter_ms,
