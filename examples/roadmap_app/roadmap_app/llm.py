@@ -395,8 +395,9 @@ class OfflineProvider:
                         ),
                         "concepts": [
                             {
-                                "title": words.fill(
-                                    language.reviewer_concept, focus=focus, part=part
+                                # The reviewer's words as typed ("more projects"), not capitalised.
+                                "title": language.reviewer_concept.format(
+                                    focus=focus, part=part, t=words.topic
                                 ),
                                 "summary": words.fill(language.reviewer_summary, focus=focus),
                                 "estimated_hours": hours * 2,
