@@ -242,11 +242,7 @@ class Settings:
             anthropic_base_url=env.get("ANTHROPIC_BASE_URL") or None,
             llm_fail_concepts=fail_concepts,
             database_pooler=(
-                "transaction"
-                if pooler == "transaction"
-                else "session"
-                if pooler == "session"
-                else None
+                "transaction" if pooler == "transaction" else "session" if pooler == "session" else None
             ),
             content_write_mode="per-concept" if write_mode == "per-concept" else "batched",
             database_pool_size=pool_size,
