@@ -10,9 +10,18 @@ from typing import Any, Literal
 
 from loopsafe.db import BudgetPlan
 
-__all__ = ("RENAMED_VARIABLES", "Settings", "SettingsError", "get_settings")
+__all__ = ("LLM_STAGES", "RENAMED_VARIABLES", "Settings", "SettingsError", "get_settings")
 
-LLMProviderName = Literal["offline", "openai"]
+LLMProviderName = Literal["offline", "openai", "anthropic"]
+_PROVIDERS: tuple[LLMProviderName, ...] = ("offline", "openai", "anthropic")
+# The pipeline's stages, each of which may have a model and a provider of its own.
+LLM_STAGES = ("intent", "curriculum", "content")
+# LLM_MODEL's default, by provider.
+_DEFAULT_MODELS = {
+    "offline": "gpt-4o-mini",
+    "openai": "gpt-4o-mini",
+    "anthropic": "claude-haiku-4-5",
+}
 PoolerName = Literal["transaction", "session"]
 ContentWrites = Literal["batched", "per-concept"]
 
@@ -114,6 +123,14 @@ class Settings:
     # LLM_MODEL_INTENT, LLM_MODEL_CURRICULUM, LLM_MODEL_CONTENT: a model per stage (a small one
     # for intent analysis, a strong one for the curriculum…); unset, a stage uses LLM_MODEL.
     llm_stage_models: tuple[tuple[str, str], ...] = ()
+    # LLM_PROVIDER_INTENT, LLM_PROVIDER_CURRICULUM, LLM_PROVIDER_CONTENT: a provider per stage
+    # (LLM_PROVIDER for a stage without one); a stage on another provider than LLM_PROVIDER
+    # names its model in LLM_MODEL_<STAGE>.
+    llm_stage_providers: tuple[tuple[str, LLMProviderName], ...] = ()
+    # The Anthropic provider's key and server (ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL; unset:
+    # Anthropic's API). LLM_API_KEY and LLM_BASE_URL are the OpenAI-compatible provider's.
+    anthropic_api_key: str | None = None
+    anthropic_base_url: str | None = None
     llm_latency_ms: int = 300
     llm_jitter_ms: int = 200
     llm_failure_rate: float = 0.0
@@ -169,16 +186,23 @@ class Settings:
         env = os.environ if env is None else env
         _refuse_renamed(env)
         redis_url = _text(env, "REDIS_URL", cls.redis_url)
-        provider = _text(env, "LLM_PROVIDER", "openai" if env.get("LLM_BASE_URL") else "offline")
-        if provider not in ("offline", "openai"):
-            raise SettingsError(f"LLM_PROVIDER must be 'offline' or 'openai', got {provider!r}")
+        provider = _provider(
+            env, "LLM_PROVIDER", "openai" if env.get("LLM_BASE_URL") else "offline"
+        )
+        stage_providers = tuple(
+            (stage, _provider(env, f"LLM_PROVIDER_{stage.upper()}", provider))
+            for stage in LLM_STAGES
+            if env.get(f"LLM_PROVIDER_{stage.upper()}", "").strip()
+        )
+        stage_models = tuple(
+            (stage, env[f"LLM_MODEL_{stage.upper()}"].strip())
+            for stage in LLM_STAGES
+            if env.get(f"LLM_MODEL_{stage.upper()}", "").strip()
+        )
         api_key = env.get("LLM_API_KEY") or env.get("OPENAI_API_KEY") or None
-        if provider == "openai" and not api_key:
-            raise SettingsError(
-                "LLM_PROVIDER=openai needs LLM_API_KEY (any non-empty value for local servers "
-                "such as Ollama or vLLM); unset LLM_BASE_URL to use the offline provider"
-            )
-        fail_concepts = _fail_concepts(env, provider)
+        _check_providers(env, provider, stage_providers, dict(stage_models), api_key)
+        # Injected into content prompts: they have to reach the offline provider.
+        fail_concepts = _fail_concepts(env, dict(stage_providers).get("content", provider))
         pooler = _text(env, "DATABASE_POOLER", "none")
         if pooler not in ("transaction", "session", "none"):
             raise SettingsError(
@@ -208,15 +232,14 @@ class Settings:
             redis_url=redis_url,
             broker_url=_text(env, "CELERY_BROKER_URL", redis_url),
             key_prefix=env.get("ROADMAP_KEY_PREFIX", "").strip(),
-            llm_provider="openai" if provider == "openai" else "offline",
+            llm_provider=provider,
             llm_base_url=env.get("LLM_BASE_URL") or None,
             llm_api_key=api_key,
-            llm_model=_text(env, "LLM_MODEL", cls.llm_model),
-            llm_stage_models=tuple(
-                (stage, env[f"LLM_MODEL_{stage.upper()}"].strip())
-                for stage in ("intent", "curriculum", "content")
-                if env.get(f"LLM_MODEL_{stage.upper()}", "").strip()
-            ),
+            llm_model=_text(env, "LLM_MODEL", _DEFAULT_MODELS[provider]),
+            llm_stage_models=stage_models,
+            llm_stage_providers=stage_providers,
+            anthropic_api_key=env.get("ANTHROPIC_API_KEY") or None,
+            anthropic_base_url=env.get("ANTHROPIC_BASE_URL") or None,
             llm_fail_concepts=fail_concepts,
             database_pooler=(
                 "transaction" if pooler == "transaction" else "session" if pooler == "session" else None
@@ -230,9 +253,50 @@ class Settings:
             **numbers,
         )
 
+    def provider_for(self, stage: str) -> LLMProviderName:
+        """The provider of one of `LLM_STAGES`: its LLM_PROVIDER_<STAGE>, else LLM_PROVIDER."""
+        return dict(self.llm_stage_providers).get(stage, self.llm_provider)
+
     def channel(self, roadmap_id: object) -> str:
         """The Redis pub/sub channel carrying one roadmap's progress events."""
         return f"{self.key_prefix}roadmap:{roadmap_id}:events"
+
+
+def _provider(env: Mapping[str, str], name: str, default: str) -> LLMProviderName:
+    value = _text(env, name, default)
+    for provider in _PROVIDERS:
+        if value == provider:
+            return provider
+    raise SettingsError(f"{name} must be 'offline', 'openai' or 'anthropic', got {value!r}")
+
+
+def _check_providers(
+    env: Mapping[str, str],
+    provider: LLMProviderName,
+    stage_providers: tuple[tuple[str, LLMProviderName], ...],
+    stage_models: Mapping[str, str],
+    api_key: str | None,
+) -> None:
+    """Every provider a stage uses has its key, and every stage its model."""
+    used = {provider, *(p for _, p in stage_providers)}
+    if "openai" in used and not api_key:
+        raise SettingsError(
+            "LLM_PROVIDER=openai needs LLM_API_KEY (any non-empty value for local servers "
+            "such as Ollama or vLLM); unset LLM_BASE_URL to use the offline provider"
+        )
+    if "anthropic" in used and not env.get("ANTHROPIC_API_KEY"):
+        raise SettingsError("the anthropic provider needs ANTHROPIC_API_KEY")
+    if "anthropic" in used and "openai" not in used and env.get("LLM_BASE_URL"):
+        raise SettingsError(
+            "LLM_BASE_URL is the OpenAI-compatible provider's server, which no stage uses; "
+            "for Anthropic's set ANTHROPIC_BASE_URL"
+        )
+    for stage, stage_provider in stage_providers:
+        if stage_provider not in (provider, "offline") and stage not in stage_models:
+            raise SettingsError(
+                f"LLM_PROVIDER_{stage.upper()}={stage_provider} needs LLM_MODEL_{stage.upper()}: "
+                f"LLM_MODEL names a model of LLM_PROVIDER={provider}"
+            )
 
 
 def _fail_concepts(env: Mapping[str, str], provider: str) -> tuple[str, ...]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ("learner_message",)
+__all__ = ("concept_message", "learner_message")
 
 # The reason a job records starts with its step ("intent: …", "content: 3 of 24 concepts
 # failed …"); the API answers "could not queue …" when the broker is away.
@@ -38,3 +38,20 @@ def learner_message(error: str | None, failed_concepts: int, total: int) -> str 
         return "Generation was interrupted (its worker stopped)." + _NEXT
     opening = _BY_STEP.get(step.strip(), "Something went wrong while generating this roadmap.")
     return opening + _NEXT
+
+
+# A concept's reason is what `ask()` raised: "<part> for '<title>' failed after N attempts: <cause>".
+_PART = {"tutorial": "its tutorial", "resources": "its resources", "quiz": "its quiz"}
+
+
+def concept_message(reason: str) -> str:
+    """Why one concept has no content, in words for the learner (its `reason` is the developer's)."""
+    part = _PART.get(reason.split(" ", 1)[0], "it")
+    cause = reason.partition(" failed after ")[2] or reason
+    if "no answer within" in cause:
+        why = "the AI service did not answer in time"
+    elif "invalid answer" in cause:
+        why = "the AI service's answers could not be used"
+    else:
+        why = "the AI service kept failing"
+    return f"Not written: {why} while writing {part}. “Retry failed concepts” tries it again."

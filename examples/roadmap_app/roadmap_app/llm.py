@@ -1,4 +1,5 @@
-"""LLM providers behind one small protocol: a deterministic offline one and any OpenAI-compatible API."""
+"""LLM providers behind one small protocol: a deterministic offline one, any OpenAI-compatible
+API and Anthropic's, one per pipeline stage if asked."""
 
 from __future__ import annotations
 
@@ -13,18 +14,22 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import quote_plus
 
+from anthropic import AnthropicError
 from openai import OpenAIError
 
 import loopsafe.llm
-from roadmap_app.config import Settings, get_settings
+from roadmap_app.config import LLM_STAGES, Settings, get_settings
+from roadmap_app.offline_languages import Language, language_of
 
 __all__ = (
+    "AnthropicProvider",
     "LLMError",
     "LLMProvider",
     "OfflineProvider",
     "OpenAIProvider",
     "Prompt",
     "PromptKind",
+    "StagedProvider",
     "get_provider",
 )
 
@@ -60,7 +65,7 @@ class LLMProvider(Protocol):
 
 
 # --------------------------------------------------------------------------------------------
-# OpenAI-compatible provider
+# Remote providers: OpenAI-compatible and Anthropic
 
 
 def _limit_namespace(settings: Settings) -> str:
@@ -69,41 +74,78 @@ def _limit_namespace(settings: Settings) -> str:
     return f"{namespace}:{os.getpid()}" if settings.llm_limit_scope == "process" else namespace
 
 
-class OpenAIProvider:
-    """Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, LM Studio, …).
+def _remote_providers(settings: Settings) -> list[str]:
+    used = {settings.provider_for(stage) for stage in LLM_STAGES}
+    return sorted(used - {"offline"})
 
-    Each event loop gets its own client from `loopsafe.llm.get_openai()`, closed with the loop.
-    `LLM_CONCURRENCY` is one limit for the whole deployment (every worker process and the API
-    together, coordinated through Redis), and a 429's Retry-After holds back every process. The
-    SDK does not retry: `ask()` is the only retry layer, under one deadline. Making a provider
-    configures `loopsafe.llm` for this process from `settings` (the process has one deployment).
-    """
 
-    name = "openai"
+def _configure_clients(settings: Settings) -> None:
+    """Configure `loopsafe.llm` for every remote provider a stage uses: its key and server, and
+    `LLM_CONCURRENCY` calls in flight per provider across the deployment. The SDKs do not retry:
+    `ask()` is the only retry layer, under one deadline."""
+    remote = _remote_providers(settings)
+    limit = loopsafe.llm.Limit(
+        concurrency=settings.llm_concurrency,
+        max_wait=settings.llm_timeout_s,
+        processes=settings.processes,
+    )
+    openai_used = "openai" in remote
+    loopsafe.llm.configure(
+        openai_api_key=(settings.llm_api_key or "unused") if openai_used else None,
+        openai_base_url=settings.llm_base_url if openai_used else None,
+        anthropic_api_key=settings.anthropic_api_key if "anthropic" in remote else None,
+        anthropic_base_url=settings.anthropic_base_url if "anthropic" in remote else None,
+        providers=remote,
+        timeout=settings.llm_timeout_s,
+        max_retries=0,
+        limits=dict.fromkeys(remote, limit),
+        namespace=_limit_namespace(settings),
+    )
+
+
+def _stage_of(kind: PromptKind) -> str:
+    """The pipeline stage a prompt belongs to: intent, curriculum, or content (tutorial,
+    resources and quiz)."""
+    return kind if kind in ("intent", "curriculum") else "content"
+
+
+def _json_object(kind: PromptKind, text: str) -> dict[str, Any]:
+    """The model's answer as a JSON object; `LLMError` when it is not one."""
+    # Some servers wrap JSON in a markdown fence despite being asked not to.
+    text = re.sub(r"^```(?:json)?\s*|\s*```$", "", text.strip())
+    try:
+        answer = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LLMError(f"{kind}: the model did not answer with JSON: {text[:120]!r}") from exc
+    if not isinstance(answer, dict):
+        raise LLMError(f"{kind}: expected a JSON object, got {type(answer).__name__}")
+    return answer
+
+
+class _RemoteProvider:
+    """What both remote providers share: the model of each stage, and `loopsafe.llm`'s
+    configuration for this process, made from `settings` (the process has one deployment)."""
 
     def __init__(self, settings: Settings) -> None:
         self.model = settings.llm_model
         self.stage_models = dict(settings.llm_stage_models)
-        loopsafe.llm.configure(
-            openai_api_key=settings.llm_api_key or "unused",
-            openai_base_url=settings.llm_base_url,
-            timeout=settings.llm_timeout_s,
-            max_retries=0,
-            limits={
-                "openai": loopsafe.llm.Limit(
-                    concurrency=settings.llm_concurrency,
-                    max_wait=settings.llm_timeout_s,
-                    processes=settings.processes,
-                )
-            },
-            namespace=_limit_namespace(settings),
-        )
+        _configure_clients(settings)
 
     def model_for(self, kind: PromptKind) -> str:
-        """The model of the prompt's stage: intent, curriculum, or content (tutorial,
-        resources and quiz); `LLM_MODEL` for a stage without one of its own."""
-        stage = kind if kind in ("intent", "curriculum") else "content"
-        return self.stage_models.get(stage, self.model)
+        """The model of the prompt's stage (`LLM_MODEL_<STAGE>`); `LLM_MODEL` for a stage
+        without one of its own."""
+        return self.stage_models.get(_stage_of(kind), self.model)
+
+
+class OpenAIProvider(_RemoteProvider):
+    """Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, LM Studio, …).
+
+    Each event loop gets its own client from `loopsafe.llm.get_openai()`, closed with the loop.
+    `LLM_CONCURRENCY` is one limit for the whole deployment (every worker process and the API
+    together, coordinated through Redis), and a 429's Retry-After holds back every process.
+    """
+
+    name = "openai"
 
     async def complete_json(self, prompt: Prompt) -> dict[str, Any]:
         try:
@@ -118,168 +160,48 @@ class OpenAIProvider:
             )
         except (OpenAIError, loopsafe.llm.LimitTimeoutError) as exc:
             raise LLMError(f"{prompt.kind}: {type(exc).__name__}: {exc}") from exc
-        text = (response.choices[0].message.content or "").strip() if response.choices else ""
-        # Some servers wrap JSON in a markdown fence despite response_format.
-        text = re.sub(r"^```(?:json)?\s*|\s*```$", "", text)
+        text = (response.choices[0].message.content or "") if response.choices else ""
+        return _json_object(prompt.kind, text)
+
+
+class AnthropicProvider(_RemoteProvider):
+    """Anthropic's Messages API (Claude), through `loopsafe.llm.get_anthropic()`: a client per
+    event loop, closed with it, under the same deployment-wide `LLM_CONCURRENCY` limit."""
+
+    name = "anthropic"
+    # Enough for the longest answer the pipeline asks for (a curriculum of 40 concepts).
+    max_tokens = 8192
+
+    async def complete_json(self, prompt: Prompt) -> dict[str, Any]:
         try:
-            answer = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise LLMError(
-                f"{prompt.kind}: the model did not answer with JSON: {text[:120]!r}"
-            ) from exc
-        if not isinstance(answer, dict):
-            raise LLMError(f"{prompt.kind}: expected a JSON object, got {type(answer).__name__}")
-        return answer
+            response = await loopsafe.llm.get_anthropic().messages.create(
+                model=self.model_for(prompt.kind),
+                max_tokens=self.max_tokens,
+                system=prompt.system,
+                messages=[{"role": "user", "content": prompt.user}],
+            )
+        except (AnthropicError, loopsafe.llm.LimitTimeoutError) as exc:
+            raise LLMError(f"{prompt.kind}: {type(exc).__name__}: {exc}") from exc
+        text = "".join(block.text for block in response.content if block.type == "text")
+        return _json_object(prompt.kind, text)
+
+
+class StagedProvider:
+    """Each prompt to the provider of its stage (`LLM_PROVIDER_<STAGE>`), e.g. intent analysis
+    on a small local model and the curriculum on Claude."""
+
+    name = "staged"
+
+    def __init__(self, by_stage: Mapping[str, LLMProvider]) -> None:
+        self.by_stage = dict(by_stage)
+
+    async def complete_json(self, prompt: Prompt) -> dict[str, Any]:
+        return await self.by_stage[_stage_of(prompt.kind)].complete_json(prompt)
 
 
 # --------------------------------------------------------------------------------------------
 # Offline provider
 
-
-_LEAD_WORDS = re.compile(
-    r"^(?:i\s+(?:want|would like)\s+to\s+|i\s+need\s+to\s+|how\s+to\s+)?"
-    r"(?:learn(?:ing)?|master(?:ing)?|study(?:ing)?|understand(?:ing)?|get\s+good\s+at|"
-    r"get\s+better\s+at|improve\s+(?:my|at)|become(?:\s+an?)?|pick\s+up)\s+"
-    r"(?:how\s+to\s+|to\s+)?",
-    re.IGNORECASE,
-)
-_APPLICATION = re.compile(r"\s+(?:for|to|in|with|so\s+i\s+can)\s+", re.IGNORECASE)
-
-# (stage title, stage description, module templates). Each module: (title, concept titles).
-# `{t}` is the short topic ("Python"), `{app}` what it is applied to ("data analysis").
-_STAGES: tuple[tuple[str, str, tuple[tuple[str, tuple[str, str, str]], ...]], ...] = (
-    (
-        "Foundations",
-        "Get oriented and comfortable with the basic vocabulary of {t}.",
-        (
-            (
-                "Orientation",
-                (
-                    "What {t} is and where it is used",
-                    "Setting up a {t} environment",
-                    "Reading {t} documentation effectively",
-                ),
-            ),
-            (
-                "Basic building blocks",
-                (
-                    "Core vocabulary of {t}",
-                    "The smallest useful {t} example",
-                    "Common beginner mistakes in {t}",
-                ),
-            ),
-            (
-                "First steps",
-                (
-                    "A guided {t} exercise",
-                    "Debugging your first {t} problems",
-                    "Building a daily {t} practice habit",
-                ),
-            ),
-        ),
-    ),
-    (
-        "Core skills",
-        "Build the techniques you will use in almost every piece of {t} work.",
-        (
-            (
-                "Essential techniques",
-                (
-                    "Key techniques every {t} learner needs",
-                    "Structuring your {t} work",
-                    "Patterns you will meet again and again in {t}",
-                ),
-            ),
-            (
-                "Tools of the trade",
-                (
-                    "The standard {t} toolkit",
-                    "Choosing the right tool for a {t} task",
-                    "Automating repetitive {t} work",
-                ),
-            ),
-            (
-                "Quality and correctness",
-                (
-                    "Checking your {t} work",
-                    "Feedback loops for {t}",
-                    "Reading other people's {t} work",
-                ),
-            ),
-        ),
-    ),
-    (
-        "Applied practice",
-        "Use {t} on real problems from {app}.",
-        (
-            (
-                "Applying {t} to {app}",
-                (
-                    "Mapping {app} problems onto {t}",
-                    "A first {app} project with {t}",
-                    "Common {app} workflows in {t}",
-                ),
-            ),
-            (
-                "Projects",
-                (
-                    "Scoping a small {t} project",
-                    "Iterating on a {t} project with feedback",
-                    "Presenting your {t} results",
-                ),
-            ),
-            (
-                "Working at scale",
-                (
-                    "Making {t} work faster",
-                    "Handling larger {t} problems",
-                    "Trade-offs in real-world {t}",
-                ),
-            ),
-        ),
-    ),
-    (
-        "Going further",
-        "Deepen your understanding of {t} and plan what comes next.",
-        (
-            (
-                "Advanced topics",
-                (
-                    "Advanced {t} concepts",
-                    "How {t} works under the hood",
-                    "Edge cases and pitfalls in {t}",
-                ),
-            ),
-            (
-                "Ecosystem and community",
-                (
-                    "The {t} ecosystem",
-                    "Learning from the {t} community",
-                    "Staying current with {t}",
-                ),
-            ),
-            (
-                "Capstone",
-                (
-                    "Designing a capstone {t} project",
-                    "Building the capstone",
-                    "Reviewing your progress and next steps",
-                ),
-            ),
-        ),
-    ),
-)
-
-_KEY_IDEAS = (
-    "Start from a concrete example, then name the general rule behind it.",
-    "Most difficulties come from a small number of recurring misunderstandings.",
-    "Write down what you expect before you try something; compare with what happens.",
-    "Small, frequent practice beats long, rare sessions.",
-    "Learn the vocabulary: naming things precisely makes them easier to reason about.",
-    "Every tool has trade-offs; know what you give up as well as what you gain.",
-    "Reading good examples is as valuable as producing your own.",
-    "When stuck, reduce the problem until the smallest failing case is obvious.",
-)
 
 _LEVEL_HOURS = {"beginner": 1.5, "intermediate": 1.0, "advanced": 0.75}
 
@@ -290,33 +212,46 @@ def _rng(*parts: object) -> random.Random:
 
 
 def topic_of(goal: str) -> tuple[str, str]:
-    """Split a goal into (short topic, application): "Learn Python for data analysis" →
-    ("Python", "data analysis"); the application is "" when the goal names none."""
-    subject = _LEAD_WORDS.sub("", goal.strip()).strip(" .!?")
+    """Split a goal into (short topic, application), in the goal's language: "Learn Python for
+    data analysis" → ("Python", "data analysis"), "日本語を学ぶ" → ("日本語", ""); the
+    application is "" when the goal names none."""
+    language = language_of(goal)
+    subject = language.lead.sub("", goal.strip()).strip(" .!?。！？")
     subject = subject or goal.strip()
-    parts = _APPLICATION.split(subject, maxsplit=1)
+    parts = language.application.split(subject, maxsplit=1)
     head = parts[0].strip()
     application = parts[1].strip() if len(parts) > 1 else ""
     # Kept as typed ("machine learning", "SQL"): it mostly appears mid-sentence.
     return head[:60], application[:60]
 
 
-def _topic_and_use(goal: str) -> tuple[str, str]:
-    topic, application = topic_of(goal)
-    return topic, application or "real projects"
-
-
 def _sentence_part(text: str) -> str:
     """`text` to go mid-sentence: first letter lowered unless it starts an acronym or name."""
-    text = text.strip().rstrip(".!?")
+    text = text.strip().rstrip(".!?。！？")
     if len(text) > 1 and text[0].isupper() and not text[1].isupper():
         return text[0].lower() + text[1:]
     return text
 
 
-def _fill(template: str, topic: str, application: str) -> str:
-    text = template.format(t=topic, app=application)
-    return text[:1].upper() + text[1:]
+@dataclass(frozen=True)
+class _Words:
+    """What the offline answers about one goal are written with: its language, topic and use."""
+
+    language: Language
+    topic: str
+    application: str  # as the goal names it, or ""
+
+    @classmethod
+    def of(cls, goal: str) -> _Words:
+        return cls(language_of(goal), *topic_of(goal))
+
+    @property
+    def use(self) -> str:
+        return self.application or self.language.default_use
+
+    def fill(self, template: str, **fields: Any) -> str:
+        text = template.format(t=self.topic, app=self.use, **fields)
+        return text[:1].upper() + text[1:]
 
 
 class OfflineProvider:
@@ -393,26 +328,20 @@ class OfflineProvider:
         goal = str(ctx["goal"])
         level = str(ctx.get("level", "beginner"))
         hours = int(ctx.get("weekly_hours", 5))
-        topic, application = _topic_and_use(goal)
+        words = _Words.of(goal)
+        language = words.language
         rng = _rng("intent", goal, level)
         total_hours = {"beginner": 60, "intermediate": 45, "advanced": 35}.get(level, 50)
         return {
-            "subject": topic,
-            "application": application,
-            "summary": (
-                # "An intermediate", "An advanced": the article follows the level's sound.
-                f"{'An' if level[:1] in 'aeiou' else 'A'} {level} learner who wants to "
-                f"{_sentence_part(goal)}: build solid "
-                f"{topic} fundamentals, then apply them to {application}."
+            "subject": words.topic,
+            "application": words.use,
+            "summary": words.fill(
+                language.intent_summary,
+                learner=language.learner.get(level, language.learner["beginner"]),
+                goal=_sentence_part(goal),
             ),
-            "outcomes": [
-                f"Explain the core ideas of {topic} in your own words",
-                f"Use {topic} confidently for {application}",
-                f"Finish a small {topic} project end to end",
-            ],
-            "prerequisites": rng.sample(
-                ["curiosity", "a computer", "a notebook for notes", "basic arithmetic"], k=2
-            ),
+            "outcomes": [words.fill(outcome) for outcome in language.outcomes],
+            "prerequisites": rng.sample(language.prerequisites, k=2),
             "weeks": max(2, round(total_hours / max(hours, 1))),
         }
 
@@ -422,62 +351,67 @@ class OfflineProvider:
         level = str(ctx.get("level", "beginner"))
         feedback = str(ctx.get("feedback") or "").strip()
         version = int(ctx.get("version", 1))
-        topic, named_use = topic_of(goal)
-        application = named_use or "real projects"
+        words = _Words.of(goal)
+        language = words.language
+        for_learner = language.for_learner.get(level, language.for_learner["beginner"])
         rng = _rng("curriculum", goal, level, version, feedback)
         hours = _LEVEL_HOURS.get(level, 1.0)
         stages: list[dict[str, Any]] = []
-        for stage_no, (stage_title, stage_desc, module_pool) in enumerate(_STAGES):
+        for stage_no, (stage_title, stage_desc, module_pool) in enumerate(language.stages):
             # Two or three modules per stage, three concepts each: 24–36 concepts in total.
             count = rng.choice((2, 3))
             if level == "advanced" and stage_no == 0:
                 count = 2
             chosen = sorted(rng.sample(range(len(module_pool)), k=count))
-            modules = [
-                {
-                    "title": _fill(module_pool[i][0], topic, application),
-                    "description": f"{_fill(module_pool[i][0], topic, application)} "
-                    f"for a {level} learner.",
-                    "concepts": [
-                        {
-                            "title": _fill(concept, topic, application),
-                            "summary": f"{_fill(concept, topic, application)}: what it is, "
-                            f"why it matters for {application}, and how to practise it.",
-                            "estimated_hours": round(hours * rng.choice((1, 1.5, 2)), 2),
-                        }
-                        for concept in module_pool[i][1]
-                    ],
-                }
-                for i in chosen
-            ]
+            modules = []
+            for i in chosen:
+                title = words.fill(module_pool[i][0])
+                modules.append(
+                    {
+                        "title": title,
+                        "description": words.fill(
+                            language.module_description, module=title, for_learner=for_learner
+                        ),
+                        "concepts": [
+                            {
+                                "title": words.fill(concept),
+                                "summary": words.fill(
+                                    language.concept_summary, concept=words.fill(concept)
+                                ),
+                                "estimated_hours": round(hours * rng.choice((1, 1.5, 2)), 2),
+                            }
+                            for concept in module_pool[i][1]
+                        ],
+                    }
+                )
             if feedback and stage_no == 2:
                 focus = feedback[:60].rstrip(" .")
                 modules.insert(
                     0,
                     {
-                        "title": f"Reviewer focus: {focus}",
-                        "description": f"Added after review feedback: {feedback[:200]}",
+                        "title": words.fill(language.reviewer_module, focus=focus),
+                        "description": words.fill(
+                            language.reviewer_description, feedback=feedback[:200]
+                        ),
                         "concepts": [
                             {
-                                "title": f"{focus}: {part} ({topic})",
-                                "summary": f"Addresses the reviewer's request '{focus}'.",
+                                # The reviewer's words as typed ("more projects"), not capitalised.
+                                "title": language.reviewer_concept.format(
+                                    focus=focus, part=part, t=words.topic
+                                ),
+                                "summary": words.fill(language.reviewer_summary, focus=focus),
                                 "estimated_hours": hours * 2,
                             }
-                            for part in ("fundamentals", "in practice")
+                            for part in language.reviewer_parts
                         ],
                     },
                 )
             stages.append(
-                {
-                    "title": stage_title,
-                    "description": _fill(stage_desc, topic, application),
-                    "modules": modules,
-                }
+                {"title": stage_title, "description": words.fill(stage_desc), "modules": modules}
             )
         return {
-            "title": _fill("{t} roadmap", topic, named_use)
-            + (f" for {named_use}" if named_use else ""),
-            "summary": f"From first steps to confident, independent work with {topic}.",
+            "title": words.fill(language.title_for if words.application else language.title),
+            "summary": words.fill(language.curriculum_summary),
             "stages": stages,
         }
 
@@ -486,33 +420,34 @@ class OfflineProvider:
         goal = str(ctx["goal"])
         concept = str(ctx["concept"])
         level = str(ctx.get("level", "beginner"))
-        topic, application = _topic_and_use(goal)
+        words = _Words.of(goal)
+        language = words.language
         rng = _rng("tutorial", goal, concept)
-        ideas = rng.sample(_KEY_IDEAS, k=3)
+        ideas = rng.sample(language.key_ideas, k=3)
         minutes = rng.choice((20, 30, 45))
+        why, key_ideas, example, practice = language.headings
         markdown = "\n".join(
             [
                 f"## {concept}",
                 "",
                 f"{ctx.get('summary') or concept}",
                 "",
-                "### Why it matters",
-                f"Your goal is to {_sentence_part(goal)}. At the {level} level, "
-                f"*{_sentence_part(concept)}* is one of the pieces that makes the rest of {topic} "
-                f"easier to learn and to apply to {application}.",
+                f"### {why}",
+                words.fill(
+                    language.why,
+                    goal=_sentence_part(goal),
+                    level=language.level_name.get(level, level),
+                    concept=_sentence_part(concept),
+                ),
                 "",
-                "### Key ideas",
+                f"### {key_ideas}",
                 *(f"- {idea}" for idea in ideas),
                 "",
-                "### Worked example",
-                f"1. Pick a tiny, real task from {application}.",
-                f"2. Solve it using only what this concept covers in {topic}.",
-                "3. Explain each step out loud, as if teaching someone else.",
-                "4. Change one detail of the task and predict what changes in the solution.",
+                f"### {example}",
+                *(f"{n}. {words.fill(step)}" for n, step in enumerate(language.steps, start=1)),
                 "",
-                "### Practice",
-                f"Spend {minutes} minutes on a variation of the example above, then write three "
-                "sentences about what surprised you.",
+                f"### {practice}",
+                words.fill(language.practice, minutes=minutes),
             ]
         )
         return {"markdown": markdown}
@@ -521,22 +456,26 @@ class OfflineProvider:
     def _resources(ctx: Mapping[str, Any]) -> dict[str, Any]:
         goal = str(ctx["goal"])
         concept = str(ctx["concept"])
-        topic, _ = topic_of(goal)
+        words = _Words.of(goal)
+        language = words.language
+        topic = words.topic
         query = quote_plus(f"{topic} {concept}")
+        documentation, article, video = language.resources
         return {
             "resources": [
                 {
-                    "title": f"Official {topic} documentation",
-                    "url": f"https://duckduckgo.com/?q={quote_plus(topic + ' documentation')}",
+                    "title": words.fill(documentation),
+                    "url": "https://duckduckgo.com/?q="
+                    + quote_plus(f"{topic} {language.documentation}"),
                     "kind": "documentation",
                 },
                 {
-                    "title": f"Encyclopedia: {concept}",
-                    "url": f"https://en.wikipedia.org/w/index.php?search={query}",
+                    "title": words.fill(article, concept=concept),
+                    "url": f"https://{language.code}.wikipedia.org/w/index.php?search={query}",
                     "kind": "article",
                 },
                 {
-                    "title": f"Video walkthroughs: {concept}",
+                    "title": words.fill(video, concept=concept),
                     "url": f"https://www.youtube.com/results?search_query={query}",
                     "kind": "video",
                 },
@@ -547,57 +486,43 @@ class OfflineProvider:
     def _quiz(ctx: Mapping[str, Any]) -> dict[str, Any]:
         goal = str(ctx["goal"])
         concept = str(ctx["concept"])
-        topic, application = _topic_and_use(goal)
+        words = _Words.of(goal)
         rng = _rng("quiz", goal, concept)
         questions: list[dict[str, Any]] = []
-        stems: Sequence[tuple[str, str, tuple[str, str, str]]] = (
-            (
-                f"What is the best first step when learning '{concept}'?",
-                "Work through one small concrete example",
-                (
-                    "Memorise every detail first",
-                    "Skip it and come back later",
-                    "Read about it without trying anything",
-                ),
-            ),
-            (
-                f"How does '{concept}' help with {application}?",
-                f"It is a building block that later {topic} skills rely on",
-                (
-                    "It has no practical use",
-                    "It replaces every other skill",
-                    "It only matters for experts",
-                ),
-            ),
-            (
-                "You are stuck on an exercise. What should you do?",
-                "Reduce it to the smallest case that still fails",
-                (
-                    "Start over from scratch",
-                    "Wait until inspiration strikes",
-                    "Copy a solution without reading it",
-                ),
-            ),
-        )
-        for question, right, wrong in stems:
-            options = [right, *wrong]
+        for question, right_template, wrong in words.language.quiz:
+            right = words.fill(right_template)
+            options = [right, *(words.fill(w) for w in wrong)]
             rng.shuffle(options)
             questions.append(
                 {
-                    "question": question,
+                    "question": words.fill(question, concept=concept),
                     "options": options,
                     "answer": options.index(right),
-                    "explanation": right + ".",
+                    "explanation": right + words.language.full_stop,
                 }
             )
         return {"questions": questions}
 
 
 def get_provider(settings: Settings | None = None) -> LLMProvider:
-    """The provider `settings` ask for (`LLM_PROVIDER`, or `openai` when `LLM_BASE_URL` is set)."""
+    """The provider `settings` ask for (`LLM_PROVIDER`, or `openai` when `LLM_BASE_URL` is set),
+    or a `StagedProvider` when a stage has a provider of its own (`LLM_PROVIDER_<STAGE>`)."""
     settings = settings or get_settings()
-    if settings.llm_provider == "openai":
+    made: dict[str, LLMProvider] = {}
+    by_stage: dict[str, LLMProvider] = {}
+    for stage in LLM_STAGES:
+        name = settings.provider_for(stage)
+        if name not in made:
+            made[name] = _make(name, settings)
+        by_stage[stage] = made[name]
+    return next(iter(made.values())) if len(made) == 1 else StagedProvider(by_stage)
+
+
+def _make(name: str, settings: Settings) -> LLMProvider:
+    if name == "openai":
         return OpenAIProvider(settings)
+    if name == "anthropic":
+        return AnthropicProvider(settings)
     return OfflineProvider(
         latency_ms=settings.llm_latency_ms,
         jitter_ms=settings.llm_jitter_ms,

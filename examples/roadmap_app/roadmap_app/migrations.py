@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from roadmap_app.models import Base
+from roadmap_app.models import Base, CurriculumVersion
 
 __all__ = ("MIGRATIONS", "SCHEMA_VERSION", "Migration", "current_version", "migrate")
 
@@ -39,9 +39,16 @@ async def _job_leases(conn: AsyncConnection) -> None:
     )
 
 
+async def _curriculum_versions(conn: AsyncConnection) -> None:
+    # create_all skips what exists: a database created by a newer `initial schema` has it.
+    table = Base.metadata.tables[CurriculumVersion.__tablename__]
+    await conn.run_sync(Base.metadata.create_all, tables=[table])
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema", _initial_schema),
     Migration(2, "job leases and failed concepts", _job_leases),
+    Migration(3, "curriculum versions with the reviewer's feedback", _curriculum_versions),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -29,6 +29,7 @@ __all__ = (
     "Base",
     "Concept",
     "ConceptContent",
+    "CurriculumVersion",
     "ExecutionLog",
     "Module",
     "Roadmap",
@@ -205,6 +206,29 @@ class ConceptContent(Base):
     created_at: Mapped[dt.datetime] = _now_column()
 
     concept: Mapped[Concept] = relationship(back_populates="content")
+
+
+class CurriculumVersion(Base):
+    """One designed curriculum of a roadmap, kept when a review asks for a new one.
+
+    The roadmap's stages → modules → concepts are always the newest version; this keeps each
+    version as designed (its stages as nested JSON) with the reviewer's feedback that produced
+    it, so a rejected curriculum is not lost.
+    """
+
+    __tablename__ = "curriculum_versions"
+
+    roadmap_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("roadmaps.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    title: Mapped[str] = mapped_column(String(300))
+    summary: Mapped[str] = mapped_column(Text, default="")
+    # The reviewer's words that asked for this version; null for the first design.
+    feedback: Mapped[str | None] = mapped_column(Text, default=None)
+    concepts: Mapped[int] = mapped_column(Integer)
+    stages: Mapped[list[Any]] = mapped_column()
+    created_at: Mapped[dt.datetime] = _now_column()
 
 
 class ExecutionLog(Base):

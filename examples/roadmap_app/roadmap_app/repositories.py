@@ -17,6 +17,7 @@ from sqlalchemy.orm import selectinload
 from roadmap_app.models import (
     Concept,
     ConceptContent,
+    CurriculumVersion,
     ExecutionLog,
     Module,
     Roadmap,
@@ -39,10 +40,12 @@ __all__ = (
     "get_roadmap_tree",
     "lease_holder",
     "lease_until",
+    "list_curriculum_versions",
     "list_execution_logs",
     "list_roadmaps",
     "progress",
     "progress_by_roadmap",
+    "record_curriculum_version",
     "replace_curriculum",
     "save_content",
     "slugify",
@@ -331,6 +334,48 @@ async def replace_curriculum(
         session.add(stage)
     await session.flush()
     return count
+
+
+async def record_curriculum_version(
+    session: AsyncSession,
+    roadmap_id: uuid.UUID,
+    version: int,
+    *,
+    title: str,
+    summary: str,
+    feedback: str | None,
+    stages: Sequence[Mapping[str, Any]],
+    concepts: int,
+) -> None:
+    """Keep a designed curriculum as `version`, with the feedback that asked for it.
+
+    A version already recorded is left as it was: only the job that designed it writes it.
+    """
+    await session.execute(
+        insert(CurriculumVersion)
+        .values(
+            roadmap_id=roadmap_id,
+            version=version,
+            title=title,
+            summary=summary,
+            feedback=feedback,
+            stages=list(stages),
+            concepts=concepts,
+        )
+        .on_conflict_do_nothing(index_elements=["roadmap_id", "version"])
+    )
+
+
+async def list_curriculum_versions(
+    session: AsyncSession, roadmap_id: uuid.UUID
+) -> list[CurriculumVersion]:
+    """The roadmap's curriculum versions, oldest first."""
+    result = await session.scalars(
+        select(CurriculumVersion)
+        .where(CurriculumVersion.roadmap_id == roadmap_id)
+        .order_by(CurriculumVersion.version)
+    )
+    return list(result)
 
 
 async def concepts_without_content(

@@ -1,4 +1,6 @@
-"""A minimal OpenAI-compatible chat-completions server for the OpenAI provider's tests.
+"""A minimal OpenAI-compatible chat-completions server for the OpenAI provider's tests, which
+also speaks Anthropic's Messages API (``POST /v1/messages``; the Anthropic SDK's base URL is the
+server's root) for the Anthropic provider's.
 
 It answers with the offline provider's JSON for the prompt kind named in the system message (the
 pipeline's own prompts, or a test's ``kind=…`` with the context as JSON), or
@@ -30,8 +32,9 @@ KINDS: tuple[PromptKind, ...] = ("intent", "curriculum", "tutorial", "resources"
 _MAX_CONCURRENCY = int(os.environ.get("FAKE_OPENAI_MAX_CONCURRENCY") or 0)
 _LATENCY_S = int(os.environ.get("FAKE_OPENAI_LATENCY_MS") or 0) / 1000
 _calls: collections.Counter[str] = collections.Counter()
-# The model named by the last call with each user message.
+# The model named by the last call with each user message, and the API it came through.
 _models: dict[str, str] = {}
+_apis: dict[str, str] = {}
 _stats = {"served": 0, "rejected": 0, "max_in_flight": 0}
 _in_flight = 0
 
@@ -44,6 +47,11 @@ async def calls(user: str) -> int:
 @app.get("/v1/model")
 async def model(user: str) -> str | None:
     return _models.get(user)
+
+
+@app.get("/v1/api")
+async def api(user: str) -> str | None:
+    return _apis.get(user)
 
 
 @app.get("/v1/stats")
@@ -97,17 +105,24 @@ def _read_prompt(system: str, user: str) -> tuple[PromptKind, dict[str, Any]]:
     return kind, context
 
 
-async def _answer(body: dict[str, Any]) -> dict[str, Any] | JSONResponse:
-    system, user = body["messages"][0]["content"], body["messages"][1]["content"]
+async def _reply(system: str, user: str, model: str, api: str) -> str | JSONResponse:
+    """The answer's text for a prompt, or the error response the user message asks for."""
     _calls[user] += 1
-    _models[user] = str(body["model"])
+    _models[user] = model
+    _apis[user] = api
     if "ALWAYS 500" in user:
         return JSONResponse({"error": {"message": "server error"}}, status_code=500)
     if "NOT JSON" in user:
-        text = "Sorry, I can only answer in prose."
-    else:
-        kind, context = _read_prompt(system, user)
-        text = json.dumps(await _offline.complete_json(Prompt(kind, system, user, context)))
+        return "Sorry, I can only answer in prose."
+    kind, context = _read_prompt(system, user)
+    return json.dumps(await _offline.complete_json(Prompt(kind, system, user, context)))
+
+
+async def _answer(body: dict[str, Any]) -> dict[str, Any] | JSONResponse:
+    system, user = body["messages"][0]["content"], body["messages"][1]["content"]
+    text = await _reply(system, user, str(body["model"]), "openai")
+    if isinstance(text, JSONResponse):
+        return text
     return {
         "id": "chatcmpl-test",
         "object": "chat.completion",
@@ -117,4 +132,32 @@ async def _answer(body: dict[str, Any]) -> dict[str, Any] | JSONResponse:
             {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
         ],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
+@app.post("/v1/messages", response_model=None)
+async def messages(request: Request) -> dict[str, Any] | JSONResponse:
+    """Anthropic's Messages API: `system` beside the messages, the answer in content blocks."""
+    body = await request.json()
+    # A key (`x-api-key`, or a bearer token from newer SDKs), the API version and max_tokens are
+    # what the real API refuses a request without.
+    keyed = request.headers.get("x-api-key") or request.headers.get("authorization")
+    if not keyed or not request.headers.get("anthropic-version") or "max_tokens" not in body:
+        error = {"type": "invalid_request_error", "message": "key, version, max_tokens required"}
+        return JSONResponse({"type": "error", "error": error}, status_code=400)
+    user = body["messages"][0]["content"]
+    text = await _reply(body.get("system", ""), user, str(body["model"]), "anthropic")
+    if isinstance(text, JSONResponse):
+        error = {"type": "api_error", "message": "server error"}
+        return JSONResponse({"type": "error", "error": error}, status_code=text.status_code)
+    _stats["served"] += 1
+    return {
+        "id": "msg_test",
+        "type": "message",
+        "role": "assistant",
+        "model": body["model"],
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 1, "output_tokens": 1},
     }

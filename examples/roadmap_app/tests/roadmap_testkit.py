@@ -38,7 +38,18 @@ FAST_LLM = {
 FULL_TIER = os.environ.get("LOOPSAFE_TEST_TIER", "") == "full"
 SLOW_TIER_REASON = "slow tier: runs with LOOPSAFE_TEST_TIER=full (as CI does)"
 
-_SCRUBBED = ("LLM_BASE_URL", "LLM_API_KEY", "OPENAI_API_KEY", "CELERY_BROKER_URL")
+# A developer's own provider settings must not reach the app the tests start.
+_SCRUBBED = (
+    "LLM_BASE_URL",
+    "LLM_API_KEY",
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_BASE_URL",
+    "LLM_PROVIDER_INTENT",
+    "LLM_PROVIDER_CURRICULUM",
+    "LLM_PROVIDER_CONTENT",
+    "CELERY_BROKER_URL",
+)
 
 
 @contextlib.contextmanager

@@ -44,6 +44,30 @@ def test_an_llm_base_url_selects_the_openai_provider() -> None:
     assert settings.llm_base_url == "http://localhost:11434/v1"
 
 
+def test_anthropic_is_a_provider_for_every_stage_or_for_one() -> None:
+    claude = Settings.from_env({"LLM_PROVIDER": "anthropic", "ANTHROPIC_API_KEY": "a"})
+    assert claude.llm_provider == "anthropic"
+    assert claude.llm_model == "claude-haiku-4-5"  # LLM_MODEL's default follows the provider
+    assert claude.anthropic_api_key == "a"
+    assert [claude.provider_for(s) for s in ("intent", "curriculum", "content")] == [
+        "anthropic"
+    ] * 3
+    mixed = Settings.from_env(
+        {
+            "ANTHROPIC_API_KEY": "a",
+            "ANTHROPIC_BASE_URL": "http://claude.internal",
+            "LLM_PROVIDER_CURRICULUM": "anthropic",
+            "LLM_MODEL_CURRICULUM": "claude-sonnet-4-6",
+        }
+    )
+    assert [mixed.provider_for(s) for s in ("intent", "curriculum", "content")] == [
+        "offline",
+        "anthropic",
+        "offline",
+    ]
+    assert mixed.anthropic_base_url == "http://claude.internal"
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -61,7 +85,36 @@ def test_an_llm_base_url_selects_the_openai_provider() -> None:
             {"DATABASE_MAX_CONNECTIONS": "1"},
             "DATABASE_MAX_CONNECTIONS must be between 2 and 100000",
         ),
-        ({"LLM_PROVIDER": "claude"}, "LLM_PROVIDER must be 'offline' or 'openai', got 'claude'"),
+        (
+            {"LLM_PROVIDER": "claude"},
+            "LLM_PROVIDER must be 'offline', 'openai' or 'anthropic', got 'claude'",
+        ),
+        (
+            {"LLM_PROVIDER_CURRICULUM": "claude"},
+            "LLM_PROVIDER_CURRICULUM must be 'offline', 'openai' or 'anthropic', got 'claude'",
+        ),
+        ({"LLM_PROVIDER": "anthropic"}, "the anthropic provider needs ANTHROPIC_API_KEY"),
+        (
+            {"LLM_PROVIDER_CONTENT": "anthropic", "LLM_MODEL_CONTENT": "claude-haiku-4-5"},
+            "the anthropic provider needs ANTHROPIC_API_KEY",
+        ),
+        (
+            {"LLM_PROVIDER_CONTENT": "openai", "LLM_MODEL_CONTENT": "m"},
+            "LLM_PROVIDER=openai needs LLM_API_KEY",
+        ),
+        (
+            {"LLM_PROVIDER_INTENT": "anthropic", "ANTHROPIC_API_KEY": "a"},
+            "LLM_PROVIDER_INTENT=anthropic needs LLM_MODEL_INTENT: LLM_MODEL names a model of "
+            "LLM_PROVIDER=offline",
+        ),
+        (
+            {"LLM_PROVIDER": "anthropic", "ANTHROPIC_API_KEY": "a", "LLM_BASE_URL": "http://x"},
+            "LLM_BASE_URL is the OpenAI-compatible provider's server, which no stage uses",
+        ),
+        (
+            {"LLM_PROVIDER": "anthropic", "ANTHROPIC_API_KEY": "a", "LLM_FAIL_CONCEPTS": "Go"},
+            "LLM_FAIL_CONCEPTS injects failures into the offline provider only",
+        ),
         ({"DATABASE_POOLER": "statement"}, "DATABASE_POOLER must be 'transaction', 'session' or"),
         ({"CONTENT_WRITE_MODE": "eager"}, "CONTENT_WRITE_MODE must be 'batched' or 'per-concept'"),
         ({"CONTENT_DB_SEMAPHORE": "0"}, "CONTENT_DB_SEMAPHORE must be between 1 and 1000"),

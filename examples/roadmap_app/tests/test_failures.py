@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from roadmap_app.failures import learner_message
+from roadmap_app.failures import concept_message, learner_message
 
 
 @pytest.mark.parametrize(
@@ -55,3 +55,34 @@ def test_each_kind_of_failure_gets_its_own_plain_message(
     for jargon in ("POST", "/resume", "REDIS_URL", "OperationalError", "KeyError", "attempts"):
         assert jargon not in message
     assert "Resume" in message or "Retry failed concepts" in message
+
+
+@pytest.mark.parametrize(
+    ("reason", "expected"),
+    [
+        (
+            "tutorial for 'Goroutines' failed after 3 attempts: offline provider: injected "
+            "permanent failure (LLM_FAIL_CONCEPTS contains 'Gor')",
+            "Not written: the AI service kept failing while writing its tutorial.",
+        ),
+        (
+            "quiz for 'Invalid answer handling' failed after 1 attempt: no answer within 60 s "
+            "(LLM_TIMEOUT_S)",
+            "Not written: the AI service did not answer in time while writing its quiz.",
+        ),
+        (
+            "resources for 'No answer within reach' failed after 3 attempts: invalid answer "
+            "(resources.0.url: Field required)",
+            "Not written: the AI service's answers could not be used while writing its resources.",
+        ),
+        ("KeyError: 'markdown'", "Not written: the AI service kept failing while writing it."),
+    ],
+)
+def test_a_failed_concept_gets_a_plain_reason_naming_the_part_that_failed(
+    reason: str, expected: str
+) -> None:
+    message = concept_message(reason)
+    assert message.startswith(expected)
+    assert message.endswith("“Retry failed concepts” tries it again.")
+    for jargon in ("LLM_", "attempt", "KeyError", "Field required"):
+        assert jargon not in message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -17,10 +18,12 @@ from roadmap_testkit import fake_openai
 import loopsafe.llm
 from roadmap_app.config import Settings
 from roadmap_app.llm import (
+    AnthropicProvider,
     LLMError,
     OfflineProvider,
     OpenAIProvider,
     Prompt,
+    StagedProvider,
     get_provider,
     topic_of,
 )
@@ -88,6 +91,66 @@ async def test_typical_goals_get_20_to_40_concepts(goal: str, level: str) -> Non
     assert 20 <= curriculum.concept_count <= 40
     titles = [c.title for s in curriculum.stages for m in s.modules for c in m.concepts]
     assert len(set(titles)) == len(titles)
+
+
+async def test_no_offline_answer_puts_a_before_a_vowel_sound() -> None:
+    """No "A intermediate learner" (issue 22), in module descriptions either."""
+    llm = OfflineProvider()
+    for level in ("intermediate", "advanced"):
+        brief = Brief("Learn Go", level, 5)
+        curriculum = await design_curriculum(
+            llm, brief, await analyze_intent(llm, brief, OPTIONS), OPTIONS
+        )
+        text = curriculum.model_dump_json()
+        assert f"for an {level} learner" in text
+        assert not re.search(r"\b[Aa] (?:intermediate|advanced)\b", text)
+
+
+# A goal in each script the offline model writes, what its answers must be written in, and
+# words of the English templates that must not appear in them.
+LANGUAGES = [
+    ("学习 Python 数据分析", "[\u4e00-\u9fff]", "Python 数据分析"),
+    ("日本語を学ぶ", "[\u3040-\u30ff]", "日本語"),
+    ("Изучить Go для веб-разработки", "[\u0400-\u04ff]", "Go"),
+    ("تعلم البرمجة", "[\u0600-\u06ff]", "البرمجة"),
+    ("Μάθε Python για ανάλυση δεδομένων", "[\u0370-\u03ff]", "Python"),
+]
+ENGLISH_WORDS = re.compile(r"\b(?:learner|Foundations|Why it matters|documentation|example)\b")
+
+
+@pytest.mark.parametrize(("goal", "script", "topic"), LANGUAGES)
+async def test_the_offline_model_answers_in_the_goals_language(
+    goal: str, script: str, topic: str
+) -> None:
+    llm = OfflineProvider()
+    brief = Brief(goal, "intermediate", 5)
+    intent = await analyze_intent(llm, brief, OPTIONS)
+    assert intent.subject == topic
+    curriculum = await design_curriculum(llm, brief, intent, OPTIONS, version=2, feedback="Más")
+    assert 20 <= curriculum.concept_count <= 40
+    concept = curriculum.stages[0].modules[0].concepts[0]
+    ref = ConceptRef(1, "c", concept.title, concept.summary, 1, curriculum.stages[0].title)
+    material = await generate_material(llm, brief, ref, OPTIONS)
+    answers = {
+        "intent": intent.summary + " ".join(intent.outcomes),
+        "curriculum": curriculum.title + curriculum.stages[0].title + concept.summary,
+        "tutorial": material.tutorial.markdown,
+        "resources": " ".join(r.title for r in material.resources.resources),
+        "quiz": " ".join(q.question + " ".join(q.options) for q in material.quiz.questions),
+    }
+    for kind, text in answers.items():
+        assert len(re.findall(script, text)) >= 4, (kind, text)
+        assert not ENGLISH_WORDS.search(text), (kind, text)
+
+
+@pytest.mark.parametrize(
+    "goal", ["Learn Python", "Apprendre le français", "Learn 中文", "Aprender Python 3"]
+)
+async def test_latin_script_and_mostly_latin_goals_get_english(goal: str) -> None:
+    answer = await OfflineProvider().complete_json(
+        _prompt("intent", goal=goal, level="beginner", weekly_hours=5)
+    )
+    assert answer["summary"].startswith("A beginner learner who wants to")
 
 
 async def test_feedback_changes_the_curriculum() -> None:
@@ -343,3 +406,100 @@ def test_stage_models_are_read_from_the_environment() -> None:
     )
     assert settings.llm_model == "m"
     assert settings.llm_stage_models == (("curriculum", "big"),)
+
+
+@pytest.fixture
+def anthropic_app_settings(openai_server: str, configured: Settings) -> Settings:
+    """Settings for the Anthropic provider, against the fake server's Messages API."""
+    return dataclasses.replace(
+        configured,
+        llm_provider="anthropic",
+        llm_model="claude-haiku-4-5",
+        anthropic_api_key="injected-anthropic-key",
+        anthropic_base_url=openai_server.removesuffix("/v1"),
+        llm_timeout_s=7.0,
+    )
+
+
+async def _asked(server: str, prompt: Prompt) -> tuple[str, str]:
+    """The API and the model the fake server was asked `prompt` through."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        api = (await http.get(f"{server}/api", params={"user": prompt.user})).json()
+        model = (await http.get(f"{server}/model", params={"user": prompt.user})).json()
+    return api, model
+
+
+async def test_anthropic_provider_answers_through_the_messages_api(
+    anthropic_app_settings: Settings, openai_server: str
+) -> None:
+    provider = get_provider(anthropic_app_settings)
+    assert isinstance(provider, AnthropicProvider)
+    prompt = _prompt("tutorial", goal="Learn Go", concept=f"Maps {uuid.uuid4().hex}")
+    answer = await provider.complete_json(prompt)
+    assert "Maps" in answer["markdown"]
+    assert await _asked(openai_server, prompt) == ("anthropic", "claude-haiku-4-5")
+    client = loopsafe.llm.get_anthropic()
+    assert client.api_key == "injected-anthropic-key"
+    assert str(client.base_url).rstrip("/") == openai_server.removesuffix("/v1")
+    assert client.max_retries == 0  # ask() is the only retry layer
+
+
+async def test_anthropic_provider_failures_become_llm_errors_that_ask_retries(
+    anthropic_app_settings: Settings, openai_server: str
+) -> None:
+    provider = get_provider(anthropic_app_settings)
+    user = f"ALWAYS 500 {uuid.uuid4().hex}"
+    with pytest.raises(
+        LLMError, match=r"^tutorial failed after 3 attempts: tutorial: InternalServerError"
+    ):
+        await ask(
+            provider,
+            Prompt("tutorial", "kind=tutorial", user, {}),
+            Tutorial,
+            OPTIONS,
+            what="tutorial",
+        )
+    assert calls(openai_server, user) == 3
+    with pytest.raises(LLMError, match=r"tutorial: the model did not answer with JSON: 'Sorry"):
+        await provider.complete_json(Prompt("tutorial", "kind=tutorial", "NOT JSON please", {}))
+    unreachable = dataclasses.replace(
+        anthropic_app_settings, anthropic_base_url=f"http://127.0.0.1:{free_port()}"
+    )
+    with pytest.raises(LLMError, match=r"^intent: APIConnectionError"):
+        await get_provider(unreachable).complete_json(_prompt("intent", goal="x"))
+
+
+async def test_each_stage_can_have_a_provider_of_its_own(
+    openai_app_settings: Settings, openai_server: str
+) -> None:
+    """LLM_PROVIDER=openai, the curriculum on Anthropic, the content offline."""
+    env = {
+        "LLM_BASE_URL": openai_server,
+        "LLM_API_KEY": "k",
+        "LLM_MODEL": "general-model",
+        "LLM_PROVIDER_CURRICULUM": "anthropic",
+        "LLM_MODEL_CURRICULUM": "claude-sonnet-4-6",
+        "ANTHROPIC_API_KEY": "a",
+        "ANTHROPIC_BASE_URL": openai_server.removesuffix("/v1"),
+        "LLM_PROVIDER_CONTENT": "offline",
+        "LLM_LATENCY_MS": "0",
+        "LLM_JITTER_MS": "0",
+    }
+    settings = dataclasses.replace(
+        Settings.from_env(env),
+        redis_url=openai_app_settings.redis_url,
+        key_prefix=openai_app_settings.key_prefix,
+    )
+    provider = get_provider(settings)
+    assert isinstance(provider, StagedProvider)
+    goal = f"Learn Zig {uuid.uuid4().hex}"
+    asked = {}
+    for kind in ("intent", "curriculum", "tutorial"):
+        prompt = _prompt(kind, goal=goal, concept=f"Slices for {kind}")  # a user text per kind
+        assert await provider.complete_json(prompt)
+        asked[kind] = await _asked(openai_server, prompt)
+    assert asked == {
+        "intent": ("openai", "general-model"),
+        "curriculum": ("anthropic", "claude-sonnet-4-6"),
+        "tutorial": (None, None),  # answered offline: the server never saw it
+    }

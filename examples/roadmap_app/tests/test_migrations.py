@@ -20,7 +20,11 @@ def test_migrating_again_applies_nothing_and_the_version_is_recorded(database_ur
     assert migrate_database(database_url) == []
     assert query(
         database_url, "SELECT version, description FROM schema_version ORDER BY version"
-    ) == [(1, "initial schema"), (SCHEMA_VERSION, "job leases and failed concepts")]
+    ) == [
+        (1, "initial schema"),
+        (2, "job leases and failed concepts"),
+        (SCHEMA_VERSION, "curriculum versions with the reviewer's feedback"),
+    ]
     tables = {
         name
         for (name,) in query(
@@ -34,7 +38,34 @@ def test_migrating_again_applies_nothing_and_the_version_is_recorded(database_ur
         "concepts",
         "concept_content",
         "execution_logs",
+        "curriculum_versions",
     } <= tables
+
+
+def test_a_database_at_version_2_gets_the_curriculum_versions_table(database_url: str) -> None:
+    # As a database migrated before issue 22's curriculum versions left it.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM schema_version WHERE version = 3")
+        conn.execute("DROP TABLE curriculum_versions")
+    assert migrate_database(database_url) == [3]
+    assert query(
+        database_url,
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_name = 'curriculum_versions' ORDER BY ordinal_position",
+    ) == [
+        (name,)
+        for name in (
+            "roadmap_id",
+            "version",
+            "title",
+            "summary",
+            "feedback",
+            "concepts",
+            "stages",
+            "created_at",
+        )
+    ]
+    assert migrate_database(database_url) == []
 
 
 def test_the_migrate_command_reports_what_it_did(database_url: str) -> None:

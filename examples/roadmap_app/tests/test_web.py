@@ -156,6 +156,16 @@ def test_review_is_approved_from_the_page(stack: Stack, browser: object) -> None
         page.wait_for_selector("#review-panel:not(.hidden)", timeout=30_000)
         page.click("#reject")  # rejecting needs feedback
         assert "Say what should change" in page.inner_text("#review-error")
+        # The header is read again once the review is asked for: wait for that.
+        page.wait_for_selector("#rm-version-number:text-is('Curriculum version 1')")
+        assert page.inner_text("#rm-version-feedback") == ""
+        # Requesting changes: version 2, shown with the feedback that produced it.
+        page.fill("#feedback", "More small projects")
+        page.click("#reject")
+        # (A selector, not wait_for_function: the page's CSP refuses eval.)
+        page.wait_for_selector("#rm-version-number:text-is('Curriculum version 2')", timeout=30_000)
+        assert "More small projects" in page.inner_text("#rm-version-feedback")
+        page.wait_for_selector("#review-panel:not(.hidden)", timeout=30_000)
         page.click("#approve")
         wait_for_progress_to_reach_100(page)
         page.wait_for_selector("#rm-status.completed", timeout=15_000)

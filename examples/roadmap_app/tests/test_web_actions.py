@@ -198,7 +198,12 @@ def test_a_failed_roadmap_shows_failed_concepts_a_plain_message_and_a_retry_butt
         assert "LLM_FAIL_CONCEPTS" in page.inner_text("#failed-reason")
         concept = page.locator(f'.concept[data-concept="{concept_id}"]')
         assert "failed" in (concept.get_attribute("class") or "").split()
-        assert concept.get_attribute("title") == reason
+        # The learner's reason under the concept, the developer's only behind "Details".
+        shown = concept.locator(".reason").inner_text()
+        assert shown.startswith(
+            "Not written: the AI service kept failing while writing its tutorial"
+        )
+        assert "LLM_FAIL_CONCEPTS" not in shown
         assert page.inner_text("#resume") == "Retry failed concepts"
         page.screenshot(path=str(ARTIFACTS / "roadmap-failed.png"), animations="disabled")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import unicodedata
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -21,6 +22,7 @@ from pydantic_core import PydanticCustomError
 __all__ = (
     "ConceptOut",
     "ContentOut",
+    "CurriculumVersionOut",
     "ErrorOut",
     "ExecutionLogOut",
     "FailedConceptOut",
@@ -50,6 +52,36 @@ _INVISIBLE = (
     r"\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0"
 )
 _SHOWN = f"[^{_SPACE}{_INVISIBLE}]"
+# Hangul fillers are letters to Unicode, yet show nothing.
+_INVISIBLE_LETTERS = frozenset({0x115F, 0x1160, 0x3164, 0xFFA0})
+
+
+def _letters_of_the_basic_plane() -> str:
+    """A character class of every letter (Unicode category L*: Latin, Cyrillic, Greek, Arabic,
+    Hebrew, Devanagari, CJK, kana, Hangul…) in the Basic Multilingual Plane, as ranges.
+
+    Listed rather than negated: ECMA-262 without the `u` flag sees a character beyond the BMP as
+    two surrogates, which a negated class would count as letters ("🐍🐍🐍" was a valid goal);
+    a class of BMP ranges matches no surrogate, and reads alike in Python and ECMA-262.
+    """
+    ranges: list[str] = []
+    start: int | None = None
+    for code in range(0x10001):
+        is_letter = (
+            code < 0x10000
+            and code not in _INVISIBLE_LETTERS
+            and unicodedata.category(chr(code)).startswith("L")
+        )
+        if is_letter and start is None:
+            start = code
+        elif not is_letter and start is not None:
+            last = code - 1
+            ranges.append(f"\\u{start:04x}" + (f"-\\u{last:04x}" if last > start else ""))
+            start = None
+    return "[" + "".join(ranges) + "]"
+
+
+_LETTER = _letters_of_the_basic_plane()
 _GOAL_RULES = (
     (NO_CONTROL_CHARACTERS, "goal_control_chars", "goal must not contain control characters"),
     (
@@ -58,15 +90,10 @@ _GOAL_RULES = (
         "goal should have at least 3 characters besides spaces",
     ),
     (
-        # A letter: ASCII's, or a character beyond ASCII that is not punctuation, a symbol
-        # (U+2000–U+2BFF: arrows, maths, box drawing, dingbats…), CJK punctuation, invisible or a
-        # private-use or special code. Every range is in the Basic Multilingual Plane, so
-        # Python's and ECMA-262's regular expressions read it alike.
-        r"[^\x00-\x40\x5b-\x60\x7b-\xbf\xd7\xf7\u2000-\u2bff\u3000-\u303f"
-        r"\ue000-\uf8ff\ufe00-\ufe0f\ufe10-\ufe6f\uff00-\uff20\uff3b-\uff40\uff5b-\uff65"
-        r"\ufff0-\uffff\xad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u3164\uffa0]",
+        _LETTER,
         "goal_without_words",
-        "goal must describe what you want to learn in words, e.g. 'Learn Python'",
+        "goal must describe what you want to learn in words, e.g. 'Learn Python': it needs a "
+        "letter (of any script); emoji, symbols and digits alone are not a goal",
     ),
 )
 
@@ -204,6 +231,12 @@ class ConceptOut(BaseModel):
     summary: str
     estimated_hours: float
     has_content: bool
+    failure_reason: str | None = Field(
+        default=None,
+        description="Why this concept has no content, in words for the learner, when its "
+        "generation failed for good in the last run (`failed_concepts` keeps the developer's "
+        "reason); null otherwise.",
+    )
     content: ContentOut | None = None
 
 
@@ -233,6 +266,18 @@ class ExecutionLogOut(BaseModel):
     created_at: dt.datetime
 
 
+class CurriculumVersionOut(BaseModel):
+    """A curriculum the roadmap had: the first design, or one a reviewer's feedback asked for."""
+
+    version: int
+    title: str
+    concepts: int
+    feedback: str | None = Field(
+        description="The reviewer's feedback that produced this version; null for the first."
+    )
+    created_at: dt.datetime
+
+
 class FailedConceptOut(BaseModel):
     """A concept whose content failed for good in the last run; `POST …/resume` retries it."""
 
@@ -259,6 +304,11 @@ class RoadmapOut(RoadmapSummary):
     feedback: str | None
     intent: dict[str, Any] | None
     curriculum_version: int
+    curriculum_versions: list[CurriculumVersionOut] = Field(
+        description="Every curriculum designed for this roadmap, oldest first; the last is the "
+        "current one (`stages`). A rejected version is kept here with the feedback that "
+        "replaced it in the next one."
+    )
     updated_at: dt.datetime
     completed_at: dt.datetime | None
     stages: list[StageOut]

@@ -433,7 +433,19 @@ async def _design(
             curriculum_ready=not review,
             status=next_status,
         )
-        total = await repositories.replace_curriculum(session, roadmap_id, curriculum.as_rows())
+        stages = curriculum.as_rows()
+        total = await repositories.replace_curriculum(session, roadmap_id, stages)
+        # The replaced version stays readable: every design is kept with what asked for it.
+        await repositories.record_curriculum_version(
+            session,
+            roadmap_id,
+            version,
+            title=curriculum.title,
+            summary=curriculum.summary,
+            feedback=feedback,
+            stages=stages,
+            concepts=total,
+        )
     await rt.events.emit(
         roadmap_id,
         "curriculum",

@@ -294,6 +294,13 @@ function renderHeader() {
   $("rm-title").textContent = d.title || d.goal;
   $("rm-goal").textContent = `${d.goal} · ${d.level} · ${d.weekly_hours} h/week`;
   $("rm-summary").textContent = d.summary || "";
+  // Which curriculum this is, and the reviewer's words that asked for it (issue 22).
+  const current = d.curriculum_versions?.at(-1);
+  $("rm-version").classList.toggle("hidden", !d.curriculum_version);
+  $("rm-version-number").textContent = `Curriculum version ${d.curriculum_version}`;
+  $("rm-version-feedback").textContent = current?.version === d.curriculum_version && current.feedback
+    ? `— redesigned after the feedback “${current.feedback}”`
+    : "";
   const badge = $("rm-status");
   badge.textContent = d.status.replace(/_/g, " ");
   badge.className = `badge ${d.status}`;
@@ -334,8 +341,6 @@ function renderCurriculum() {
   const d = state.detail;
   const container = $("curriculum");
   if (!d.stages.length) { container.innerHTML = ""; return; }
-  // Concepts whose generation failed for good look failed (with the reason on hover), not pending.
-  const failed = new Map((d.failed_concepts || []).map((f) => [f.id, f.reason]));
   container.innerHTML = d.stages.map((stage) => `
     <section class="stage">
       <h3><span class="num">${stage.position}</span>${escapeHtml(stage.title)}</h3>
@@ -344,14 +349,16 @@ function renderCurriculum() {
         <div class="module">
           <h4>${escapeHtml(module.title)}</h4>
           <ul class="concepts">${module.concepts.map((c) => {
+            // A concept whose generation failed for good looks failed, with the learner's reason.
             const done = c.has_content || state.saved.has(c.id);
-            const reason = done ? undefined : failed.get(c.id);
-            const kind = done ? "done" : reason !== undefined ? "failed" : "";
+            const reason = done ? null : c.failure_reason;
+            const kind = done ? "done" : reason ? "failed" : "";
             return `
-            <li class="concept ${kind}" data-concept="${c.id}" title="${escapeHtml(reason ?? c.summary)}">
+            <li class="concept ${kind}" data-concept="${c.id}" title="${escapeHtml(reason || c.summary)}">
               <span class="state"></span><span class="name">${escapeHtml(c.title)}</span>
-              ${reason !== undefined ? '<span class="why">failed</span>' : ""}
+              ${reason ? '<span class="why">failed</span>' : ""}
               <span class="hours" data-hours="${c.estimated_hours}h">${c.estimated_hours}h</span>
+              ${reason ? `<p class="reason">${escapeHtml(reason)}</p>` : ""}
             </li>`;
           }).join("")}
           </ul>

@@ -56,6 +56,12 @@ BAD_BODIES: list[tuple[Any, str, str]] = [
     # The limit counts what was sent, as the schema's maxLength does, not what is kept.
     ({"goal": " " + "x" * 200}, "body.goal", "String should have at most 200 characters"),
     ({"goal": "1234 5678"}, "body.goal", "goal must describe what you want to learn in words"),
+    # Emoji are not letters, nor are digits of other scripts or a Hangul filler, which shows
+    # nothing (issue 22: "🐍🐍🐍" was accepted).
+    ({"goal": "🐍🐍🐍"}, "body.goal", "it needs a letter (of any script)"),
+    ({"goal": "🐍 3.12 🚀"}, "body.goal", "goal must describe what you want to learn in words"),
+    ({"goal": "٣٤٥ ١٢"}, "body.goal", "goal must describe what you want to learn in words"),
+    ({"goal": "\u3164 1 2 3"}, "body.goal", "goal must describe what you want to learn in words"),
     ({"goal": "Learn\x00 C"}, "body.goal", "goal must not contain control characters"),
     (
         {"goal": "Learn Go", "level": "expert"},
@@ -134,6 +140,9 @@ async def test_valid_request_creates_a_pending_roadmap_and_answers_202(
         "Learn C++ → Rust",
         "日本語を学ぶ",
         "Ñandú 101",
+        "Μάθε ελληνικά",
+        "🐍 Python 🐍",
+        "한국어 배우기",
     ],
 )
 async def test_goals_in_any_script_with_a_letter_are_accepted(
@@ -322,6 +331,8 @@ async def test_a_roadmap_lists_the_concepts_that_failed_with_their_reason(
     body = (await client.get(f"/api/v1/roadmaps/{roadmap_id}", params={"content": False})).json()
     assert body["failed_concepts"] == []
     words, effects = (c for s in body["stages"] for m in s["modules"] for c in m["concepts"])
+    assert words["failure_reason"] is None
+    assert effects["failure_reason"] is None
 
     reason = "tutorial for 'Stack effects' failed after 3 attempts: the model is down"
     async with loopsafe.db.session() as session:
@@ -338,5 +349,12 @@ async def test_a_roadmap_lists_the_concepts_that_failed_with_their_reason(
     assert body["failed_concepts"] == [
         {"id": effects["id"], "title": "Stack effects", "reason": reason}
     ]
+    words, effects = (c for s in body["stages"] for m in s["modules"] for c in m["concepts"])
     assert not effects["has_content"]
     assert words["title"] == "Words"
+    # The concept's own reason, in the learner's words; a concept that did not fail has none.
+    assert effects["failure_reason"] == (
+        "Not written: the AI service kept failing while writing its tutorial. "
+        "“Retry failed concepts” tries it again."
+    )
+    assert words["failure_reason"] is None

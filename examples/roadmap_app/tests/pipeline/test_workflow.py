@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from roadmap_testkit import query
@@ -117,7 +118,7 @@ async def test_without_review_the_curriculum_is_designed_and_content_queued(
 
 
 async def test_review_rejection_redesigns_with_feedback_and_approval_queues_content(
-    configured: Settings, database_url: str
+    configured: Settings, database_url: str, client: httpx.AsyncClient
 ) -> None:
     recorder = Recorder(database_url)
     roadmap_id = await _new(review=True)
@@ -143,6 +144,30 @@ async def test_review_rejection_redesigns_with_feedback_and_approval_queues_cont
         )
     ]
     assert any(t.startswith("more projects") for t in titles)
+    # The rejected curriculum is kept, as designed, and the API lists both versions with the
+    # feedback that produced the second.
+    body = (await client.get(f"/api/v1/roadmaps/{roadmap_id}", params={"content": False})).json()
+    assert body["curriculum_version"] == 2
+    first, second = body["curriculum_versions"]
+    assert (first["version"], first["feedback"], second["version"], second["feedback"]) == (
+        1,
+        None,
+        2,
+        "more projects",
+    )
+    assert second["concepts"] == len(titles)
+    assert first["created_at"] <= second["created_at"]
+    assert first["title"] == second["title"] == body["title"]
+    kept = query(
+        database_url,
+        "SELECT version, jsonb_path_query_array(stages, '$[*].modules[*].concepts[*].title')"
+        " FROM curriculum_versions WHERE roadmap_id = %(i)s ORDER BY version",
+        {"i": roadmap_id},
+    )
+    assert [v for v, _ in kept] == [1, 2]
+    assert sorted(kept[1][1]) == sorted(titles)
+    assert first["concepts"] == len(kept[0][1])
+    assert not any(t.startswith("more projects") for t in kept[0][1])
 
     async with loopsafe.db.session() as session:
         await repositories.update_roadmap(session, roadmap_id, status=S.review_submitted)

@@ -23,6 +23,7 @@ from roadmap_app.api.schemas import (
     NO_CONTROL_CHARACTERS,
     ConceptOut,
     ContentOut,
+    CurriculumVersionOut,
     ErrorOut,
     ExecutionLogOut,
     FailedConceptOut,
@@ -39,7 +40,7 @@ from roadmap_app.api.tutorial_html import tutorial_html
 from roadmap_app.config import Settings
 from roadmap_app.events import EventPublisher, EventStream
 from roadmap_app.export import roadmap_markdown
-from roadmap_app.failures import learner_message
+from roadmap_app.failures import concept_message, learner_message
 from roadmap_app.models import TERMINAL_STATUSES, Roadmap, RoadmapStatus, Stage
 
 __all__ = ("router",)
@@ -252,8 +253,11 @@ async def get_roadmap(
     if roadmap is None:
         raise _not_found(roadmap_id)
     logs = await repositories.list_execution_logs(session, roadmap_id)
+    versions = await repositories.list_curriculum_versions(session, roadmap_id)
     stages: list[StageOut] = []
     titles: dict[int, str] = {}
+    # Stored as the job recorded them: {concept_id, slug, reason}.
+    failures = {failed["concept_id"]: failed["reason"] for failed in roadmap.failed_concepts}
     done_total = total_total = 0
     for stage in roadmap.stages:
         modules: list[ModuleOut] = []
@@ -270,6 +274,9 @@ async def get_roadmap(
                         ConceptOut,
                         concept,
                         has_content=saved is not None,
+                        failure_reason=concept_message(failures[concept.id])
+                        if saved is None and concept.id in failures
+                        else None,
                         content=_from_row(
                             ContentOut,
                             saved,
@@ -292,7 +299,6 @@ async def get_roadmap(
         failure_message=learner_message(roadmap.error, len(roadmap.failed_concepts), total_total)
         if roadmap.status is S.failed
         else None,
-        # Stored as the job recorded them ({concept_id, slug, reason}); titles from the tree.
         failed_concepts=[
             FailedConceptOut(
                 id=failed["concept_id"],
@@ -301,6 +307,7 @@ async def get_roadmap(
             )
             for failed in roadmap.failed_concepts
         ],
+        curriculum_versions=[_from_row(CurriculumVersionOut, v) for v in versions],
         logs=[_from_row(ExecutionLogOut, log) for log in logs],
     )
 
