@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-__all__ = ("IdleRunner", "register", "run_while_idle")
+__all__ = ("IdleRunner", "owned", "register", "run_while_idle")
 
 #: Starts running the coroutine `make()` returns on `loop` if the runner owns `loop` and nothing
 #: runs it: True if it did, False if it owns `loop` but a call runs it, None if not its loop.
@@ -22,11 +22,19 @@ IdleRunner = Callable[
 ]
 
 _runners: list[IdleRunner] = []
+_owners: list[Callable[[asyncio.AbstractEventLoop], bool]] = []
 
 
-def register(runner: IdleRunner) -> None:
+def register(runner: IdleRunner, owns: Callable[[asyncio.AbstractEventLoop], bool]) -> None:
+    """Add a runner of idle loops, and how to tell the loops it owns."""
     if runner not in _runners:
         _runners.append(runner)
+        _owners.append(owns)
+
+
+def owned(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether `loop` is one that a registered runner leaves idle between calls."""
+    return any(owns(loop) for owns in _owners)
 
 
 def run_while_idle(

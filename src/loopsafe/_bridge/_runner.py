@@ -418,9 +418,8 @@ def _run_idle(
 ) -> bool | None:
     """Run `make()` on `loop` from a thread of its own if `loop` is a per-thread loop that no call
     runs now (see `loopsafe._idle`); False if a call runs it, None if it is not one."""
-    with _records_lock:
-        record = next((each for each in _records if each.loop is loop), None)
-    if record is None or record.pid != os.getpid():
+    record = _record_of(loop)
+    if record is None:
         return None
     if not record.lock.acquire(blocking=False):
         return False
@@ -448,7 +447,13 @@ def _run_locked_idle(record: ThreadLoop, make: Callable[[], Coroutine[Any, Any, 
         record.lock.release()
 
 
-_idle.register(_run_idle)
+def _record_of(loop: asyncio.AbstractEventLoop) -> ThreadLoop | None:
+    with _records_lock:
+        record = next((each for each in _records if each.loop is loop), None)
+    return record if record is not None and record.pid == os.getpid() else None
+
+
+_idle.register(_run_idle, lambda loop: _record_of(loop) is not None)
 
 
 # --- threads that end ---------------------------------------------------------------------------

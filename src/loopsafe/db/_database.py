@@ -27,6 +27,7 @@ from sqlalchemy.util import greenlet_spawn
 from .. import _fork, _idle, _validate
 from .._errors import ConfigurationError, ConfigurationTypeError, DatabaseNotConfiguredError
 from .._log import get_logger, redact_dsn
+from .._quota import ConnectionQuota
 from .._registry import LoopLocal
 from ._budget import PoolBudget
 from ._plan import ElasticBudget
@@ -39,7 +40,6 @@ from ._pooler import (
     refuse_autocommit,
 )
 from ._pressure import PoolPressure, PressureAlerts
-from ._quota import ConnectionQuota
 from ._retry import backoff, is_retryable_connect_error, is_retryable_transaction_error
 from ._sqlalchemy_compat import max_overflow
 from ._status import LedgerStatus, PoolStatus

@@ -18,11 +18,11 @@ from sqlalchemy.pool.base import ConnectionPoolEntry
 from .._errors import BoundExceededError, PoolExhaustedError
 from .._log import get_logger
 from .._owner import LoopOwner
+from .._quota import ConnectionQuota
 from ._abandon import abandon_connection
 from ._asyncpg_compat import transport_of
 from ._budget import PoolBudget
 from ._pressure import PoolPressure
-from ._quota import ConnectionQuota
 from ._sqlalchemy_compat import (
     CreatorFn,
     await_in_greenlet,

@@ -9,8 +9,8 @@ import threading
 import weakref
 from collections.abc import Callable
 
-from .._errors import BoundExceededError
-from .._fork import on_fork_in_child
+from ._errors import BoundExceededError
+from ._fork import on_fork_in_child
 
 __all__ = ("ConnectionQuota",)
 
