@@ -29,7 +29,6 @@ from ._release import release_without_io
 
 __all__ = (
     "DEFAULT_URL",
-    "PER_THREAD_LOOPS_LIMIT",
     "LoopClients",
     "configure",
     "get_redis",
