@@ -141,3 +141,34 @@ def test_plain_script_thread_per_call_leaves_no_connection(
     assert "failures=0" in result.stdout
     for forbidden in FORBIDDEN_IN_LOG:
         assert forbidden not in result.stderr, result.stderr[-3000:]
+
+
+def test_thread_per_call_at_20_concurrent_holds_one_pool_without_a_budget(
+    postgres_url: str, redis_url: str
+) -> None:
+    """A thread per call, 300 calls 20 at a time, per-thread loops and no budget: more threads
+    than one pool has connections, yet the process holds one pool's worth at most (15: the loops
+    share SQLAlchemy's 5 + 10) and as many Redis connections (loopsafe.redis's limit for
+    per-thread loops); the threads beyond wait instead of failing (21 connections before)."""
+    name = new_name()
+    env = recipe_env(postgres_url, redis_url, name)
+    watcher = Watcher(postgres_url, redis_url, name)
+    try:
+        with watcher.watching() as peak:
+            result = subprocess.run(
+                [sys.executable, "-m", "tests.bridge.apps.script", "300", "20"],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=150,
+            )
+        assert 1 <= peak.postgres <= ONE_POOL, peak
+        assert 1 <= peak.redis <= ONE_POOL, peak
+        assert watcher.wait_for(0, 0, within=10) == (0, 0)
+    finally:
+        watcher.close()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "failures=0" in result.stdout
+    for forbidden in FORBIDDEN_IN_LOG:
+        assert forbidden not in result.stderr, result.stderr[-3000:]

@@ -191,6 +191,12 @@ def test_url_defaults_to_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
             "conflicts with budget",
         ),
         ({"poolclass": "null", "engine_options": {"max_overflow": 3}}, ValueError, "no meaning"),
+        (
+            {"engine_options": {"pool_size": "5"}},
+            TypeError,
+            r"engine_options\['pool_size'\] must be a whole number, got '5'",
+        ),
+        ({"engine_options": {"max_overflow": 2.5}}, TypeError, "max_overflow'] must be a whole"),
         ({"session_options": {"bind": None}}, ValueError, "cannot bind sessions"),
         ({"session_options": 3}, TypeError, "session_options must be a mapping"),
     ],

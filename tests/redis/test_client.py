@@ -295,3 +295,50 @@ def test_rediss_urls_connect_over_tls(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_run_async_thread_loops_share_one_limit_of_connections(
+    redis_url: str, observer: redis.Redis
+) -> None:
+    """8 threads, each on its own run_async loop with its own client, hold a connection at once:
+    the process holds max_connections (3) at most, the others wait their turn and succeed."""
+    name = f"loopsafe-limit-{os.getpid()}-{threading.get_ident()}"
+    configure(redis_url, client_name=name, max_connections=3)
+
+    def connected() -> int:
+        return sum(1 for client in observer.client_list() if client.get("name") == name)
+
+    peak = 0
+    stop = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not stop.wait(0.01):
+            peak = max(peak, connected())
+
+    async def hold() -> None:
+        await get_redis().blpop([f"{name}-empty"], timeout=0.3)  # holds its connection 0.3 s
+
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            loopsafe.run_async(hold(), timeout=20)
+        except BaseException as exc:
+            failures.append(exc)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        stop.set()
+        watcher.join()
+        loopsafe.close_all_loops()
+    assert failures == []
+    assert 1 <= peak <= 3, peak
+    wait_until(lambda: connected() == 0, what="every connection closed with its loop")

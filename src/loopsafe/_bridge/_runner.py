@@ -37,7 +37,7 @@ from collections.abc import Callable, Coroutine
 from queue import Empty, SimpleQueue
 from typing import Any, NoReturn, TypeVar
 
-from .. import _fork
+from .. import _fork, _idle
 from .._bound import await_bounded
 from .._errors import BoundExceededError
 from .._log import get_logger
@@ -408,6 +408,52 @@ def close_record(record: ThreadLoop, timeout: float, *, idle_for: float | None =
         return True
     finally:
         record.lock.release()
+
+
+# --- work on loops nobody runs ------------------------------------------------------------------
+
+
+def _run_idle(
+    loop: asyncio.AbstractEventLoop, make: Callable[[], Coroutine[Any, Any, object]]
+) -> bool | None:
+    """Run `make()` on `loop` from a thread of its own if `loop` is a per-thread loop that no call
+    runs now (see `loopsafe._idle`); False if a call runs it, None if it is not one."""
+    record = _record_of(loop)
+    if record is None:
+        return None
+    if not record.lock.acquire(blocking=False):
+        return False
+    if record.closed or loop.is_running():
+        record.lock.release()
+        return False
+    try:
+        threading.Thread(
+            target=_run_locked_idle, args=(record, make), name="loopsafe-idle-loop", daemon=True
+        ).start()
+    except BaseException:  # pragma: no cover - no thread to be had
+        record.lock.release()
+        raise
+    return True
+
+
+def _run_locked_idle(record: ThreadLoop, make: Callable[[], Coroutine[Any, Any, object]]) -> None:
+    # The record's lock was taken for us: its thread's next call waits until this is done, and
+    # nobody closes the loop under us. last_used stays: this is not the thread's use.
+    try:
+        record.loop.run_until_complete(await_bounded(make(), _limits.DEFAULT_SHUTDOWN_TIMEOUT))
+    except Exception as exc:
+        _log.debug("loopsafe.run_async_idle_work_failed", loop=record.description, error=repr(exc))
+    finally:
+        record.lock.release()
+
+
+def _record_of(loop: asyncio.AbstractEventLoop) -> ThreadLoop | None:
+    with _records_lock:
+        record = next((each for each in _records if each.loop is loop), None)
+    return record if record is not None and record.pid == os.getpid() else None
+
+
+_idle.register(_run_idle, lambda loop: _record_of(loop) is not None)
 
 
 # --- threads that end ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import os
 import threading
@@ -12,7 +13,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
-from sqlalchemy import event
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -24,9 +24,10 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.util import greenlet_spawn
 
-from .. import _fork, _validate
+from .. import _fork, _idle, _validate
 from .._errors import ConfigurationError, ConfigurationTypeError, DatabaseNotConfiguredError
 from .._log import get_logger, redact_dsn
+from .._quota import ConnectionQuota
 from .._registry import LoopLocal
 from ._budget import PoolBudget
 from ._plan import ElasticBudget
@@ -39,7 +40,6 @@ from ._pooler import (
     refuse_autocommit,
 )
 from ._pressure import PoolPressure, PressureAlerts
-from ._quota import ConnectionQuota
 from ._retry import backoff, is_retryable_connect_error, is_retryable_transaction_error
 from ._sqlalchemy_compat import max_overflow
 from ._status import LedgerStatus, PoolStatus
@@ -54,6 +54,9 @@ T = TypeVar("T")
 _log = get_logger("loopsafe.db")
 
 _DEFAULT_POOL_TIMEOUT = 30.0
+# SQLAlchemy's QueuePool defaults, which also bound a process without a budget.
+_DEFAULT_POOL_SIZE = 5
+_DEFAULT_MAX_OVERFLOW = 10
 
 _databases: weakref.WeakSet[Database] = weakref.WeakSet()
 
@@ -150,9 +153,19 @@ class Database:
         self.pooler = pooler
         self.poolclass = poolclass
         self.connect_retries = connect_retries
-        self._quota = (
-            ConnectionQuota(budget.per_process, on_pressure=self._relieve_pressure)
+        limit = (
+            budget.per_process
             if budget is not None
+            else _one_pool(self._engine_options)
+            if poolclass == "queue"
+            else None
+        )
+        # Without a budget the process still holds one pool's worth at most, whatever number of
+        # loops share it: a thread per request gives each live thread a loop and a pool, and 20
+        # threads opened 21 connections where SQLAlchemy's one pool allows 15 (issue #24).
+        self._quota = (
+            ConnectionQuota(limit, on_pressure=self._relieve_pressure)
+            if limit is not None
             else None
         )
         self._elastic = budget if isinstance(budget, ElasticBudget) else None
@@ -222,10 +235,9 @@ class Database:
         assert isinstance(pool, (LoopBoundQueuePool, LoopBoundNullPool))
         context.pressure = self._pressure
         pool.loopsafe = context
-        if self._quota is not None and isinstance(pool, LoopBoundQueuePool):
-            event.listen(engine.sync_engine, "checkin", self._on_checkin_under_budget)
         maker = async_sessionmaker(engine, **self._session_options)
         bound = _Bound(engine, maker, context)
+        context.shed_later = functools.partial(self._shed_soon, bound)
         with self._live_lock:
             self._live.add(bound)
         _log.info(
@@ -285,16 +297,6 @@ class Database:
 
     # -- keeping a process-wide budget fair between loops ------------------------------------
 
-    def _on_checkin_under_budget(self, dbapi_connection: Any, record: Any) -> None:
-        # Another loop waits for a slot: this loop gives up an idle connection rather than keep
-        # a share it is not using. Scheduled, not done inline: check-in can run outside a
-        # greenlet (garbage collection), where the driver cannot be awaited.
-        if self._quota is None or not self._quota.waiting:
-            return
-        bound = self._bound.peek()
-        if bound is not None:
-            self._shed_soon(bound)
-
     def _relieve_pressure(self) -> None:
         """A loop waits for a slot: ask another loop that has idle connections to close one."""
         try:
@@ -303,17 +305,29 @@ class Database:
             here = None
         with self._live_lock:
             bounds = list(self._live)
+        idle_first: list[tuple[bool, asyncio.AbstractEventLoop, _Bound]] = []
         for bound in bounds:
             loop = bound.context.owner.loop_ref()
             pool = bound.engine.sync_engine.pool
             if loop is None or loop is here or loop.is_closed():
                 continue
             if isinstance(pool, LoopBoundQueuePool) and pool.checkedin() > 0:
-                try:
-                    loop.call_soon_threadsafe(self._shed_soon, bound)
-                except RuntimeError:  # closed meanwhile
-                    continue
+                idle_first.append((loop.is_running(), loop, bound))
+        # A loop nobody runs (a run_async thread between calls, or ended) would run a callback
+        # only at its next call: its runner runs the shedding now instead. Those go first, as
+        # their connections are the least likely to be wanted back.
+        idle_first.sort(key=lambda candidate: candidate[0])
+        for _, loop, bound in idle_first:
+            taken = _idle.run_while_idle(loop, functools.partial(self._shed, bound))
+            if taken:
                 return
+            if taken is False:  # a run_async call runs it: it sheds itself at its next check-in
+                continue
+            try:
+                loop.call_soon_threadsafe(self._shed_soon, bound)
+            except RuntimeError:  # closed meanwhile
+                continue
+            return
 
     def _shed_soon(self, bound: _Bound) -> None:
         """On `bound`'s own loop: start closing one of its idle connections."""
@@ -555,6 +569,21 @@ def _require_redis(database: str) -> None:
             f"loopsafe.db Database {database!r} has an elastic budget, whose ledger lives in "
             "Redis: pip install 'loopsafe[db,redis]'"
         ) from exc
+
+
+def _one_pool(options: Mapping[str, Any]) -> int | None:
+    """``pool_size + max_overflow`` of `options` (SQLAlchemy's defaults 5 and 10); None where the
+    pool itself is unbounded (``pool_size=0`` or ``max_overflow=-1``)."""
+    size = options.get("pool_size", _DEFAULT_POOL_SIZE)
+    overflow = options.get("max_overflow", _DEFAULT_MAX_OVERFLOW)
+    for key, value in (("pool_size", size), ("max_overflow", overflow)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigurationTypeError(
+                f"engine_options[{key!r}] must be a whole number, got {value!r}"
+            )
+    if size <= 0 or overflow < 0:
+        return None
+    return int(size + overflow)
 
 
 def _check_engine_options(

@@ -16,17 +16,19 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool, Pool
 from sqlalchemy.pool.base import ConnectionPoolEntry
 
 from .._errors import BoundExceededError, PoolExhaustedError
+from .._log import get_logger
 from .._owner import LoopOwner
+from .._quota import ConnectionQuota
 from ._abandon import abandon_connection
 from ._asyncpg_compat import transport_of
 from ._budget import PoolBudget
 from ._pressure import PoolPressure
-from ._quota import ConnectionQuota
 from ._sqlalchemy_compat import (
     CreatorFn,
     await_in_greenlet,
     checkin_failed,
     dialect_of,
+    in_greenlet,
     max_overflow,
     take_idle_records,
     would_wait,
@@ -42,6 +44,7 @@ __all__ = ("LoopBoundNullPool", "LoopBoundQueuePool", "PoolContext", "context_of
 #: pay only a non-blocking poll() of their socket, which catches servers that closed them.
 PING_AFTER_IDLE = 0.5
 _CHECKED_IN_AT = "loopsafe_checked_in_at"
+_log = get_logger("loopsafe.db")
 _CHECKED_OUT_AT = "loopsafe_checked_out_at"
 
 
@@ -85,6 +88,8 @@ class PoolContext:
         # reconnecting an emptied record) looked like a held connection (issue #20: 4 reported
         # "checked out" while the server saw 2). Only a record with a connection is held.
         self.out: set[ConnectionPoolEntry] = set()
+        # Closes one idle connection soon, on this loop (set by the `Database`).
+        self.shed_later: Callable[[], None] | None = None
         # Checkouts between their wait prediction and their record (one loop: no lock needed).
         self.getting = 0
         self.checked_out = 0
@@ -206,6 +211,11 @@ class PoolContext:
             )
         else:
             share = "the pool has no PoolBudget; its own pool_size + max_overflow is the limit"
+            if self.quota is not None:
+                share += (
+                    f", and all loops of this process together hold {self.quota.limit} at most "
+                    "(one pool's size); a PoolBudget sizes one pool per loop instead"
+                )
         return PoolExhaustedError(
             f"No connection became free within pool_timeout={self.pool_timeout:g} s for loopsafe "
             f"Database {self.database!r} on {self.owner.description} ({cause}): {share}. "
@@ -398,6 +408,23 @@ class LoopBoundQueuePool(_LoopBound, AsyncAdaptedQueuePool):
         finally:
             if context is not None and context.lease_per_checkout:
                 context.checked_in(record)
+        if context is not None and context.quota is not None and context.quota.waiting:
+            self._shed_for_waiter(context)
+
+    def _shed_for_waiter(self, context: PoolContext) -> None:
+        # Another loop waits for a slot: give up an idle connection rather than keep a share
+        # this loop is not using. Here and now when the check-in runs in SQLAlchemy's greenlet
+        # (a session's close): a task left closing it could outlive a run_async call and be
+        # resumed by another thread, which a greenlet cannot be. Outside one (garbage
+        # collection) the driver cannot be awaited: scheduled instead.
+        if not in_greenlet():
+            if context.shed_later is not None:
+                context.shed_later()
+            return
+        try:
+            self.close_one_idle()
+        except Exception as error:  # a failed close still released its slot
+            _log.debug("loopsafe.db.shed_failed", database=context.database, error=repr(error))
 
     def _invalidate_if_dead(self, record: ConnectionPoolEntry) -> None:
         """Invalidate a connection the server closed while it sat idle in the pool.

@@ -21,6 +21,7 @@ from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.pool import Pool, QueuePool
 from sqlalchemy.pool.base import ConnectionPoolEntry, _ConnectionRecord
 from sqlalchemy.pool.base import _CreatorWRecFnType as CreatorFn
+from sqlalchemy.util import concurrency as _sa_concurrency
 from sqlalchemy.util import queue as _sa_queue
 
 __all__ = (
@@ -30,6 +31,7 @@ __all__ = (
     "await_in_greenlet",
     "checkin_failed",
     "dialect_of",
+    "in_greenlet",
     "max_overflow",
     "take_idle_records",
     "would_wait",
@@ -43,6 +45,9 @@ OVERRIDDEN_POOL_HOOKS = ("_do_get", "_do_return_conn", "_close_connection", "_in
 await_in_greenlet: Callable[[Awaitable[Any]], Any] = (
     getattr(_sa_util, "await_", None) or _sa_util.await_only
 )
+
+#: Whether sync code runs inside SQLAlchemy's greenlet, where `await_in_greenlet` works.
+in_greenlet: Callable[[], bool] = _sa_concurrency.in_greenlet
 
 
 def async_dialect_class(url: URL) -> type[Dialect]:

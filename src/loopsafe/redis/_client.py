@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -14,21 +15,39 @@ from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from .._errors import ConfigurationError, ConfigurationTypeError
+from .. import _idle
+from .._errors import BoundExceededError, ConfigurationError, ConfigurationTypeError
 from .._log import get_logger, redact_dsn
 from .._owner import LoopOwner
+from .._quota import ConnectionQuota
 from .._registry import LoopLocal
 from ._deadline import Deadlines
+from ._redis_compat import close_socket_now
 from ._release import release_without_io
 
-__all__ = ("DEFAULT_URL", "LoopClients", "configure", "get_redis", "loop_clients")
+__all__ = (
+    "DEFAULT_URL",
+    "LoopClients",
+    "configure",
+    "get_redis",
+    "loop_clients",
+)
 
 #: Used when neither `configure(url)` nor ``$REDIS_URL`` says where Redis is (redis-py's default).
 DEFAULT_URL = "redis://localhost:6379/0"
 _SCHEMES = ("redis://", "rediss://", "unix://")
 
 _log = get_logger("loopsafe.redis")
+
+#: The Redis connections that `run_async`'s per-thread loops of one process hold together, unless
+#: `configure()` gets ``max_connections`` (then that many): as many as one SQLAlchemy pool (5 +
+#: 10). Each loop has its own client and pool, so a thread per request held one connection per
+#: live thread (up to 19 at 20 concurrent requests, issue #24).
+PER_THREAD_LOOPS_LIMIT = 15
+#: Seconds a command on a per-thread loop waits for a connection that other loops hold.
+CONNECTION_WAIT = 30.0
 
 
 def _default_options() -> dict[str, Any]:
@@ -57,8 +76,15 @@ def configure(url: str | None = None, **client_options: Any) -> None:
     ``rediss://`` (TLS) and ``unix://`` URLs are accepted. `client_options` are keyword arguments
     of `redis.asyncio.Redis` / its connection pool (``decode_responses``, ``max_connections``,
     ``socket_timeout``, ``retry``, ``health_check_interval``, ``ssl_ca_certs``, …); loopsafe
-    changes one redis-py default: ``retry`` gives up after three quick retries. Nothing connects here, but the URL and options are
-    checked now, so a typo fails at start-up instead of on the first publish.
+    changes one redis-py default: ``retry`` gives up after three quick retries. Nothing connects
+    here, but the URL and options are checked now, so a typo fails at start-up instead of on the
+    first publish.
+
+    The per-thread loops of `loopsafe.run_async` share one limit of ``max_connections``
+    connections (`PER_THREAD_LOOPS_LIMIT` without it) across the process: a command waits up to
+    `CONNECTION_WAIT` seconds for one that another thread's loop gives back (an idle one is
+    closed for it), then raises ``redis.exceptions.ConnectionError``. Other loops' clients keep
+    redis-py's per-client ``max_connections``.
 
     Clients that loops already made keep working with the old settings until their loop ends.
 
@@ -71,6 +97,7 @@ def configure(url: str | None = None, **client_options: Any) -> None:
     resolved = _resolve_url(url)
     options = {**_default_options(), **client_options}
     _validate(resolved, options)
+    _quota.limit = options.get("max_connections") or PER_THREAD_LOOPS_LIMIT
     with _settings_lock:
         _version += 1
         _settings = _Settings(resolved, MappingProxyType(options), _version)
@@ -124,8 +151,18 @@ class _OwnedPool(ConnectionPool):
     """
 
     _loopsafe_owner: LoopOwner | None = None
+    # The process-wide limit of per-thread loops, the slots this pool holds of it (one per
+    # connection it made), and its commands between taking a slot and their connection.
+    _loopsafe_quota: ConnectionQuota | None = None
+    _loopsafe_slots = 0
+    _loopsafe_getting = 0
+    _loopsafe_pid = 0
 
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+    def bind(self, loop: asyncio.AbstractEventLoop, quota: ConnectionQuota | None = None) -> None:
+        if quota is not None:
+            self._loopsafe_quota = quota
+            self._loopsafe_pid = os.getpid()
+            _limited_pools.add(self)
         self._loopsafe_owner = LoopOwner(
             loop,
             what="This Redis client from loopsafe.redis.get_redis()",
@@ -144,6 +181,85 @@ class _OwnedPool(ConnectionPool):
             owner.check()
         connection: AbstractConnection = super().get_available_connection()  # type: ignore[no-untyped-call]  # unannotated in redis-py
         return connection
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
+        quota = self._loopsafe_quota
+        if quota is None:
+            return await self._get_connection(*args, **kwargs)
+        if not self._available_connections:  # it will make one: a slot first
+            try:
+                await quota.acquire(CONNECTION_WAIT)
+            except BoundExceededError:
+                raise RedisConnectionError(
+                    f"loopsafe.redis: no connection became free within {CONNECTION_WAIT:g} s: "
+                    f"the per-thread run_async loops of this process hold all {quota.limit} "
+                    "they may share. Hold fewer at once (a subscription holds one), or raise "
+                    "the limit with loopsafe.redis.configure(max_connections=...)."
+                ) from None
+            self._loopsafe_slots += 1
+        self._loopsafe_getting += 1
+        try:
+            return await self._get_connection(*args, **kwargs)
+        finally:
+            self._loopsafe_getting -= 1
+            # A slot taken for a connection another command gave back meanwhile goes back.
+            made = len(self._available_connections) + len(self._in_use_connections)
+            while self._loopsafe_slots > made + self._loopsafe_getting:
+                self._loopsafe_slots -= 1
+                quota.release()
+
+    async def _get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
+        connection: AbstractConnection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]  # unannotated in redis-py
+        return connection
+
+    async def release(self, connection: AbstractConnection) -> None:
+        await super().release(connection)
+        quota = self._loopsafe_quota
+        if quota is not None and quota.waiting:
+            await self.shed_idle()  # another thread's loop waits: not later, see loopsafe._idle
+
+    async def shed_idle(self) -> None:
+        """Close one idle connection and give its slot to a loop that waits (on this loop)."""
+        quota = self._loopsafe_quota
+        if quota is None or not self._available_connections or self._loopsafe_slots == 0:
+            return
+        connection = self._available_connections.pop(0)
+        try:
+            await connection.disconnect()
+        except Exception:  # closed without a goodbye: the slot is free all the same
+            close_socket_now(connection)
+        finally:
+            self._loopsafe_slots -= 1
+            quota.release()
+
+    def give_back_slots(self) -> None:
+        """The pool is closed: its slots go back (not in a forked child: the parent's)."""
+        quota = self._loopsafe_quota
+        if quota is None or self._loopsafe_pid != os.getpid():
+            return
+        while self._loopsafe_slots > 0:
+            self._loopsafe_slots -= 1
+            quota.release()
+
+
+def _relieve_pressure() -> None:
+    """A per-thread loop waits for a slot: have an idle loop close one of its idle connections."""
+    try:
+        here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        here = None
+    for pool in list(_limited_pools):
+        owner = pool._loopsafe_owner
+        loop = owner.loop_ref() if owner is not None else None
+        if loop is None or loop is here or loop.is_closed() or not pool._available_connections:
+            continue
+        # False: a call runs that loop, and its next release sheds (see _OwnedPool.release).
+        if _idle.run_while_idle(loop, pool.shed_idle):
+            return
+
+
+_quota = ConnectionQuota(PER_THREAD_LOOPS_LIMIT, on_pressure=_relieve_pressure)
+_limited_pools: weakref.WeakSet[_OwnedPool] = weakref.WeakSet()
 
 
 class LoopClients:
@@ -172,7 +288,8 @@ class LoopClients:
 
     def make(self, settings: _Settings) -> Redis:
         pool = _OwnedPool.from_url(settings.url, **settings.options)
-        pool.bind(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        pool.bind(loop, _quota if _idle.owned(loop) else None)
         client = Redis.from_pool(pool)
         self.clients.append(client)
         self.current = client
@@ -190,6 +307,8 @@ async def _aclose_clients(holder: LoopClients) -> None:
         except Exception as exc:  # one bad client must not keep the others open
             release_without_io(client)
             failure = failure or exc
+        finally:
+            _give_back_slots(client)
     holder.clients.clear()
     holder.current = None
     if failure is not None:
@@ -200,8 +319,15 @@ def _drop_clients(holder: LoopClients) -> None:
     holder.closed = True
     for client in holder.clients:
         release_without_io(client)
+        _give_back_slots(client)
     holder.clients.clear()
     holder.current = None
+
+
+def _give_back_slots(client: Redis) -> None:
+    pool = client.connection_pool
+    if isinstance(pool, _OwnedPool):
+        pool.give_back_slots()
 
 
 _loop_clients: LoopLocal[LoopClients] = LoopLocal(

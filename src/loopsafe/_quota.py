@@ -9,12 +9,14 @@ import threading
 import weakref
 from collections.abc import Callable
 
-from .._bound import await_bounded
-from .._fork import on_fork_in_child
+from ._errors import BoundExceededError
+from ._fork import on_fork_in_child
 
 __all__ = ("ConnectionQuota",)
 
 _quotas: weakref.WeakSet[ConnectionQuota] = weakref.WeakSet()
+#: Seconds between two requests of a waiting loop for another loop to close an idle connection.
+RELIEF_EVERY = 0.1
 
 
 class ConnectionQuota:
@@ -57,12 +59,27 @@ class ConnectionQuota:
                 return
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiters.append((loop, waiter))
-        if self._on_pressure is not None:
-            self._on_pressure()
+        deadline = loop.time() + timeout
         try:
-            await await_bounded(waiter, timeout)
+            while True:
+                if self._on_pressure is not None:
+                    self._on_pressure()
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise BoundExceededError(timeout, 0.0, settled=True)
+                # Asked again and again: one request can land on a loop that closes nothing (its
+                # idle connection went to another waiter, or it started a call meanwhile).
+                done, _ = await asyncio.wait((waiter,), timeout=min(remaining, RELIEF_EVERY))
+                if done:
+                    return
         except BaseException:  # the wait is over (BoundExceededError) or was cancelled
-            self._forget(loop, waiter)
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot just now: pass it on
+            else:
+                # Cancelled first: a release that already picked this waiter finds it done in
+                # _hand_over and passes the slot on.
+                waiter.cancel()
+                self._forget(loop, waiter)
             raise
 
     def _forget(self, loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[None]) -> None:
