@@ -43,6 +43,28 @@ SENDER_THREADS = 16
 _inherited: list[object] = []
 
 
+def _skip_result_subscription(app: Any) -> None:
+    """In a new sender thread: stop ``apply_async`` subscribing to each task's result channel.
+
+    Celery's Redis result backend subscribes, in the sending thread, to the channel of every task
+    it sends, for an ``AsyncResult.get()`` in that thread. Nothing waits in a sender thread (the
+    caller gets its own ``AsyncResult`` and `result` has its own connection), so that costs each
+    send a SUBSCRIBE and an UNSUBSCRIBE, and each sender thread a pub/sub connection whose replies
+    nobody reads. The backend of this thread is its own (Celery keeps one per thread unless
+    ``result_backend_thread_safe`` shares one), so only publishes from this thread change; the
+    message does not. A shared backend is left as it is.
+    """
+    from celery.backends.redis import RedisBackend
+
+    backend = app.backend  # this thread's instance
+    if isinstance(backend, RedisBackend) and not backend.thread_safe:
+        backend.on_task_call = _no_subscription
+
+
+def _no_subscription(producer: Any, task_id: str) -> None:
+    """``on_task_call`` of a sender thread's Redis result backend: nothing to subscribe to."""
+
+
 class _Sender:
     """One loop's publishing threads and producer pool for one Celery app."""
 
@@ -52,7 +74,10 @@ class _Sender:
         pools: Any = kombu.pools  # untyped: keep mypy from checking calls into it
         self.app = app
         self.executor = ThreadPoolExecutor(
-            SENDER_THREADS, thread_name_prefix=f"loopsafe-send-{app.main or 'celery'}"
+            SENDER_THREADS,
+            thread_name_prefix=f"loopsafe-send-{app.main or 'celery'}",
+            initializer=_skip_result_subscription,
+            initargs=(app,),
         )
         self.connections = app.connection_for_write().Pool(limit=SENDER_THREADS)
         self.producers: Any = pools.ProducerPool(
