@@ -485,6 +485,20 @@ async def test_sending_opens_no_result_backend_connection(redis_url: str) -> Non
             app.close()
 
 
+async def test_a_backend_shared_by_all_threads_keeps_its_subscriptions(redis_url: str) -> None:
+    """With ``result_backend_thread_safe`` every thread uses one backend: send() must not change
+    it, or a blocking ``AsyncResult.get()`` elsewhere in the process would lose its subscription."""
+    app = make_app(redis_url, redis_url, f"shared-{uuid.uuid4().hex[:8]}")
+    app.conf.result_backend_thread_safe = True
+    try:
+        await send(app.tasks["client.add"], 1, 2)
+        shared = app.backend
+        assert shared is await asyncio.to_thread(lambda: app.backend)
+        assert "on_task_call" not in vars(shared)
+    finally:
+        app.close()
+
+
 @pytest.mark.parametrize("broker", BROKERS)
 async def test_send_recovers_after_a_broker_restart(
     broker: str, redis_url: str, workers: Any

@@ -44,7 +44,7 @@ _inherited: list[object] = []
 
 
 def _skip_result_subscription(app: Any) -> None:
-    """In a new sender thread: stop ``apply_async`` subscribing to each task's result channel.
+    """In a sender thread: stop ``apply_async`` subscribing to each task's result channel.
 
     Celery's Redis result backend subscribes, in the sending thread, to the channel of every task
     it sends, for an ``AsyncResult.get()`` in that thread. Nothing waits in a sender thread (the
@@ -52,7 +52,9 @@ def _skip_result_subscription(app: Any) -> None:
     send a SUBSCRIBE and an UNSUBSCRIBE, and each sender thread a pub/sub connection whose replies
     nobody reads. The backend of this thread is its own (Celery keeps one per thread unless
     ``result_backend_thread_safe`` shares one), so only publishes from this thread change; the
-    message does not. A shared backend is left as it is.
+    message does not. A shared backend is left as it is. Done before each publish rather than once
+    per thread: a backend that cannot be created then fails that send, as in ``apply_async``,
+    instead of breaking the thread pool (an executor whose initializer raised refuses all work).
     """
     from celery.backends.redis import RedisBackend
 
@@ -74,10 +76,7 @@ class _Sender:
         pools: Any = kombu.pools  # untyped: keep mypy from checking calls into it
         self.app = app
         self.executor = ThreadPoolExecutor(
-            SENDER_THREADS,
-            thread_name_prefix=f"loopsafe-send-{app.main or 'celery'}",
-            initializer=_skip_result_subscription,
-            initargs=(app,),
+            SENDER_THREADS, thread_name_prefix=f"loopsafe-send-{app.main or 'celery'}"
         )
         self.connections = app.connection_for_write().Pool(limit=SENDER_THREADS)
         self.producers: Any = pools.ProducerPool(
@@ -87,6 +86,7 @@ class _Sender:
 
     def publish(self, signature: Any, options: dict[str, Any]) -> str:
         """In a sender thread: ``apply_async`` through a pooled producer; returns the task id."""
+        _skip_result_subscription(self.app)
         with self.producers.acquire(block=True) as producer:
             result = signature.apply_async(producer=producer, **options)
         task_id: str = result.id
