@@ -6,14 +6,17 @@ Three measurements, one run:
    open loop at 200 requests/s, to a Redis broker behind a TCP proxy on localhost that adds 10 ms
    each way (20 ms per round trip). Meanwhile ``GET /cheap`` is probed at 20 requests/s, open loop;
    its p99 (from the probe's scheduled time, so a stalled loop is not hidden) is compared with its
-   p99 on the idle server. Side by side: ``await send(task, …)``, ``task.delay()`` on the loop, and
+   p99 on the idle server. The first 2 s on each fresh server (publishing threads starting,
+   broker connections opening) are measured apart as the cold start. Side by side: ``await send(task, …)``, ``task.delay()`` on the loop, and
    ``await run_in_threadpool(task.delay, …)``. Goal: ``send`` ≤ 2× idle p99.
 2. **Send throughput from one loop**, straight to Redis and to RabbitMQ (no proxy): ``send`` with
    up to 64 in flight vs ``.delay()`` in a plain loop on one thread. Goal: ≥ 80 %.
 3. **Result latency.** 500 tasks on a real worker (threads pool), each sleeping 0–2 s and
    returning its wall-clock finish time; 500 concurrent ``await result(...)`` on one loop vs 500
-   ``ready()`` poll loops at 100 ms (each poll in a thread). Latency = wake-up − finish. Also the
-   Redis connections the waiters held. Goal: p50 ≤ 5 ms, no connection per waiter.
+   ``ready()`` poll loops at 100 ms (each poll in a thread). Latency = wake-up − finish, split at
+   the worker's store (``date_done``) and at the PUBLISH (seen by a separate subscriber process,
+   `_celery_result_watch.py`). Also the Redis connections the waiters held. Goal: p50 ≤ 5 ms, no
+   connection per waiter.
 
 Servers: ``$LOOPSAFE_BENCH_REDIS_URL`` (else ``$LOOPSAFE_TEST_REDIS_URL``, else a private
 embedded Redis); RabbitMQ at ``$LOOPSAFE_BENCH_AMQP_URL`` (else ``$LOOPSAFE_TEST_AMQP_URL``, else
@@ -62,6 +65,8 @@ SEND_RATE = 200.0
 #: The client name of the connections `loopsafe.celery.result` opens (pub/sub and reads).
 HUB_NAME = "loopsafe-celery-results"
 MODES = ("idle", "send", "delay", "threadpool")
+#: Seconds of load on a fresh server before the measured window (reported apart).
+COLD_START = 2.0
 PROBE_RATE = 20.0
 
 
@@ -234,34 +239,46 @@ def port_open(port: int) -> bool:
 
 async def load(
     port: int, mode: str, seconds: float, rate: float
-) -> tuple[list[float], list[float], Counter[str]]:
-    """Probe /cheap (and, unless idle, send on /send) open loop; (probes, sends, failures)."""
+) -> tuple[list[float], list[float], Counter[str], list[float]]:
+    """Probe /cheap (and, unless idle, send on /send) open loop, first for `COLD_START` seconds
+    on the fresh server, then, once those requests are answered, for `seconds`; (probes, sends,
+    failures, probes of the cold start)."""
     client = RawClient(port)
     try:
-        # Warm both endpoints (connections, the first send's producer).
         await client.request("GET", "/cheap")
         if mode != "idle":
             await client.request("POST", "/send")
+
+        async def phase(
+            length: float, probes: list[float], sends: list[float], failures: Counter[str]
+        ) -> None:
+            jobs = [open_loop(client, "GET", "/cheap", PROBE_RATE, length, probes, failures)]
+            if mode != "idle":
+                jobs.append(open_loop(client, "POST", "/send", rate, length, sends, failures))
+            await asyncio.gather(*jobs)
+
+        # The first seconds at full rate start the publishing threads and open their broker
+        # connections (several round trips each through the proxy): measured apart, then the
+        # steady state.
+        cold: list[float] = []
+        await phase(COLD_START, cold, [], Counter())
         probes: list[float] = []
         sends: list[float] = []
         failures: Counter[str] = Counter()
-        jobs = [open_loop(client, "GET", "/cheap", PROBE_RATE, seconds, probes, failures)]
-        if mode != "idle":
-            jobs.append(open_loop(client, "POST", "/send", rate, seconds, sends, failures))
-        await asyncio.gather(*jobs)
-        return probes, sends, failures
+        await phase(seconds, probes, sends, failures)
+        return probes, sends, failures, cold
     finally:
         await client.aclose()
 
 
 def endpoint_latency(
     redis_url: str, seconds: float, rate: float, rounds: int
-) -> dict[str, list[tuple[list[float], list[float], Counter[str]]]]:
+) -> dict[str, list[tuple[list[float], list[float], Counter[str], list[float]]]]:
     """Per mode, one (probe latencies, send latencies, failures) per round; rounds interleave
     the modes, so a burst of load from other processes on the machine hits them all alike."""
     import httpx
 
-    runs: dict[str, list[tuple[list[float], list[float], Counter[str]]]] = {
+    runs: dict[str, list[tuple[list[float], list[float], Counter[str], list[float]]]] = {
         mode: [] for mode in MODES
     }
     target = urlsplit(redis_url)
@@ -287,7 +304,7 @@ def endpoint_latency(
                     sys.executable, "-m", "uvicorn", "_celery_client_app:api",
                     "--app-dir", str(HERE), "--host", "127.0.0.1", "--port", str(port),
                     "--workers", "1", "--loop", "asyncio", "--no-access-log",
-                    "--log-level", "warning",
+                    "--log-level", "warning", "--timeout-keep-alive", "300",
                 ]  # fmt: skip
 
                 def ready(port: int = port) -> bool:
@@ -370,6 +387,12 @@ async def poll(one: Any) -> Any:
         await asyncio.sleep(0.1)
 
 
+def watch(what: str, redis_url: str, out: Path, *extra: str) -> Any:
+    """A `_celery_result_watch` process (`what`: publishes or clients) writing to `out`."""
+    command = [sys.executable, str(HERE / "_celery_result_watch.py"), what, redis_url, str(out)]
+    return child([*command, *extra], dict(os.environ), out.exists, f"result watcher ({what})")
+
+
 def result_latency(redis_url: str, waiters: int) -> dict[str, Any]:
     import random
 
@@ -396,14 +419,11 @@ def result_latency(redis_url: str, waiters: int) -> dict[str, Any]:
         return bool(probe.ready())
 
     try:
-        with child(command, env, probe_done, "celery worker"):
+        with child(command, env, probe_done, "celery worker"), tempfile.TemporaryDirectory() as tmp:
             for how in ("await result", "ready() poll 100 ms"):
                 rng = random.Random(7)
 
-                async def run(
-                    how: str = how, rng: Any = rng
-                ) -> tuple[list[float], list[float], int, int]:
-                    peak = peak_named = 0
+                async def run(how: str = how, rng: Any = rng) -> tuple[list[float], list[Any]]:
                     latencies: list[float] = []
                     woken: list[tuple[Any, float]] = []
 
@@ -417,29 +437,29 @@ def result_latency(redis_url: str, waiters: int) -> dict[str, Any]:
                         latencies.append(now - finished)
                         woken.append((sent, now))
 
-                    async def sample() -> None:
-                        nonlocal peak, peak_named
-                        while True:
-                            clients = await asyncio.to_thread(admin.client_list)
-                            peak = max(peak, len(clients))
-                            named = [c for c in clients if c.get("name") == HUB_NAME]
-                            peak_named = max(peak_named, len(named))
-                            await asyncio.sleep(0.2)
-
-                    sampler = asyncio.create_task(sample())
                     # Every task sleeps 1-3 s: its waiter is in place before it finishes.
                     await asyncio.gather(*(one(rng.uniform(1, 3)) for _ in range(waiters)))
-                    sampler.cancel()
-                    # When the worker stored each outcome (Celery's date_done, set just before
-                    # it writes and publishes it): read afterwards, off the clock.
-                    stored = await asyncio.to_thread(
-                        lambda: [now - one.date_done.timestamp() for one, now in woken]
-                    )
-                    return latencies, stored, peak, peak_named
+                    return latencies, woken
 
                 baseline = len(admin.client_list())
-                latencies, stored, peak, named = asyncio.run(run())
-                out[how] = (latencies, stored, max(0, peak - baseline), named)
+                published = Path(tmp, f"published-{len(out)}")
+                peaks = Path(tmp, f"clients-{len(out)}")
+                with (
+                    watch("publishes", redis_url, published),
+                    watch("clients", redis_url, peaks, HUB_NAME),
+                ):
+                    latencies, woken = asyncio.run(run())
+                # When the worker stored each outcome (Celery's date_done, set just before it
+                # writes and publishes it), and when Redis published it: read afterwards.
+                stored = [now - task.date_done.timestamp() for task, now in woken]
+                seen = dict(line.split() for line in published.read_text().splitlines()[1:] if line)
+                after_publish = [
+                    now - float(seen[task.id]) for task, now in woken if task.id in seen
+                ]
+                peak, named = (int(n) for n in peaks.read_text().split())
+                # The watchers' own two connections are not the waiters'.
+                extra = max(0, peak - baseline - 2)
+                out[how] = (latencies, stored, after_publish, extra, named)
     finally:
         purge(redis_url, redis_url, queue)
         admin.close()
@@ -477,9 +497,9 @@ def main() -> None:
     values: list[float] = []
     for rate, runs in latency_runs.items():
         # Per round: each mode's /cheap p99 over the idle server's p99 in the same round.
-        idle = [percentile(probes, 99) for probes, _, _ in runs["idle"]]
+        idle = [percentile(probes, 99) for probes, _, _, _ in runs["idle"]]
         for mode in MODES:
-            p99s = [percentile(probes, 99) for probes, _, _ in runs[mode]]
+            p99s = [percentile(probes, 99) for probes, _, _, _ in runs[mode]]
             ratios = [one / base for one, base in zip(p99s, idle, strict=True)]
             ratio = statistics.median(ratios)
             name = {
@@ -491,16 +511,19 @@ def main() -> None:
             goal = ""
             if mode == "send" and rate == SEND_RATE:
                 goal = f" (goal ≤ 2×: {'met' if ratio <= 2 else 'MISSED'})"
-            sent = [latency for _, sends, _ in runs[mode] for latency in sends]
-            failures: Counter[str] = sum((failed for _, _, failed in runs[mode]), Counter())
+            sent = [latency for _, sends, _, _ in runs[mode] for latency in sends]
+            failures: Counter[str] = sum((failed for _, _, failed, _ in runs[mode]), Counter())
             failed = ", ".join(f"{count} {reason}" for reason, count in failures.most_common())
+            cold = ", ".join(
+                f"{percentile(probes, 99) * 1000:.0f}" for _, _, _, probes in runs[mode]
+            )
             detail = (
                 f"/send p50 {percentile(sent, 50) * 1000:.0f} ms, p99 "
                 f"{percentile(sent, 99) * 1000:.0f} ms; {len(sent)} ok"
                 + (f"; failed: {failed}" if failed else "")
                 if mode != "idle"
-                else f"{sum(len(probes) for probes, _, _ in runs[mode])} probes"
-            )
+                else f"{sum(len(probes) for probes, _, _, _ in runs[mode])} probes"
+            ) + f"; first {COLD_START:g} s (cold start, not counted): /cheap p99 {cold} ms"
             rows.append(
                 [
                     f"1 · /cheap p99 under {rate:.0f} sends/s, broker +20 ms RTT",
@@ -526,7 +549,7 @@ def main() -> None:
         )
         labels.append(f"2: send / .delay(), {broker} (ratio)")
         values.append(ratio)
-    for how, (latencies, stored, extra, named) in waits.items():
+    for how, (latencies, stored, after_publish, extra, named) in waits.items():
         p50 = percentile(latencies, 50) * 1000
         goal = ""
         if how == "await result":
@@ -551,6 +574,16 @@ def main() -> None:
                 "from the result's date_done (the worker's Celery bookkeeping excluded)",
             ]
         )
+        rows.append(
+            [
+                f"3 · wake-up after Redis published the outcome, {waiters} waiters",
+                how,
+                f"p50 {percentile(after_publish, 50) * 1000:.1f} ms",
+                f"p99 {percentile(after_publish, 99) * 1000:.1f} ms",
+                "from the PUBLISH as a separate subscriber process saw it: the waiters' side "
+                f"alone ({len(after_publish)} of {len(latencies)} seen)",
+            ]
+        )
         labels.append(f"3: p50 ms, {how}")
         values.append(p50)
     if not amqp_reachable():
@@ -570,12 +603,14 @@ def main() -> None:
         chart_xlabel="ratio (1, 2) or milliseconds (3)",
         notes=(
             "1: one uvicorn worker (asyncio loop); open-loop load (latency counted from each "
-            "request's scheduled time); a TCP proxy adds 10 ms each way between the API and "
+            "request's scheduled time) for 10 s after a 2 s cold start on the fresh server (its "
+            "p99 in the detail column); a TCP proxy adds 10 ms each way between the API and "
             "Redis (the broker). Tasks are not consumed during this part. 2: no proxy. 3: a real "
             "worker (threads pool, concurrency 100); connections: the peak of Redis's CLIENT LIST "
-            "during the wait minus before it (the publishing side's, Celery's own result "
-            "subscription from apply_async, included), and how many of them result() opened "
-            "(client name loopsafe-celery-results: one pub/sub + at most 4 for reads)."
+            "during the wait minus before it (the worker's threads' own included; sampled, like "
+            "the PUBLISH times, by a separate process whose connections are not counted), and "
+            "how many of them result() opened (client name loopsafe-celery-results: one pub/sub "
+            "+ at most 4 for reads)."
         ),
     )
 

@@ -437,6 +437,68 @@ async def test_a_waiter_survives_a_result_backend_restart() -> None:
             app.close()
 
 
+async def test_an_outcome_stored_while_the_subscription_was_down_is_found() -> None:
+    """The pub/sub connection drops and the outcome is published while it is down: once the
+    subscription is restored the waiter re-reads the key and returns."""
+    with EmbeddedRedis() as backend_server, tcp_proxy("127.0.0.1", backend_server.port) as proxy:
+        through_proxy = f"redis://127.0.0.1:{proxy.port}/0"
+        app = make_app(through_proxy, through_proxy, f"resub-{uuid.uuid4().hex[:8]}")
+        direct = make_app(backend_server.url, backend_server.url, "resub-direct")
+        try:
+            pending = app.AsyncResult(str(uuid.uuid4()))
+            channel = app.backend.get_key_for_task(pending.id).decode()
+            waiter = asyncio.create_task(result(pending, timeout=120))
+            await asyncio.to_thread(
+                wait_until, lambda: subscribers(backend_server.url, channel) == 1
+            )
+            await asyncio.to_thread(proxy.cut, stop_listening=True)
+            await asyncio.to_thread(
+                wait_until, lambda: subscribers(backend_server.url, channel) == 0
+            )
+            # Published to nobody: only a re-read after re-subscribing can find it.
+            await asyncio.to_thread(direct.backend.store_result, pending.id, "missed", "SUCCESS")
+            await asyncio.to_thread(proxy.listen)
+            # A deadline, not a speed goal: without the re-read the waiter sleeps until the
+            # safety net (_RECHECK_INTERVAL, 30 s) or its own timeout.
+            done, _ = await asyncio.wait({waiter}, timeout=20)
+            assert waiter in done, "the restored subscription did not wake the waiter"
+            assert waiter.result() == "missed"
+        finally:
+            direct.close()
+            app.close()
+
+
+async def test_sending_opens_no_result_backend_connection(redis_url: str) -> None:
+    """Celery subscribes to a task's result channel in the thread that sends it; send() does not
+    (result() has its own connection), so the result backend sees no connection from sends."""
+    with EmbeddedRedis() as backend_server:
+        app = make_app(redis_url, backend_server.url, f"nosub-{uuid.uuid4().hex[:8]}")
+        try:
+            with redis.Redis.from_url(backend_server.url) as admin:
+                before = len(admin.client_list())
+                sent = await asyncio.gather(
+                    *(send(app.tasks["client.add"], n, n) for n in range(40))
+                )
+                assert len({one.id for one in sent}) == 40
+                assert len(admin.client_list()) == before
+        finally:
+            app.close()
+
+
+async def test_a_backend_shared_by_all_threads_keeps_its_subscriptions(redis_url: str) -> None:
+    """With ``result_backend_thread_safe`` every thread uses one backend: send() must not change
+    it, or a blocking ``AsyncResult.get()`` elsewhere in the process would lose its subscription."""
+    app = make_app(redis_url, redis_url, f"shared-{uuid.uuid4().hex[:8]}")
+    app.conf.result_backend_thread_safe = True
+    try:
+        await send(app.tasks["client.add"], 1, 2)
+        shared = app.backend
+        assert shared is await asyncio.to_thread(lambda: app.backend)
+        assert "on_task_call" not in vars(shared)
+    finally:
+        app.close()
+
+
 @pytest.mark.parametrize("broker", BROKERS)
 async def test_send_recovers_after_a_broker_restart(
     broker: str, redis_url: str, workers: Any

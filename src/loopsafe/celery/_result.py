@@ -28,9 +28,11 @@ _log = get_logger("loopsafe.celery")
 
 #: Poll fallback: first interval, growth factor and ceiling, in seconds.
 POLL_INTERVALS = (0.01, 2.0, 1.0)
-#: A waiter re-reads the stored outcome this often even without a notification: an outcome
-#: published while the pub/sub connection was being restored is still found.
-_RECHECK_INTERVAL = 5.0
+#: A waiter re-reads the stored outcome this often even without a notification, a safety net
+#: only: after a lost connection every waiter re-reads once its channel is subscribed again (the
+#: confirmation of the restored subscription). Long, because the waiters that joined together
+#: re-read together: 500 GETs every few seconds delayed the wake-ups of the other waiters.
+_RECHECK_INTERVAL = 30.0
 #: Connections for the stored-outcome reads of one loop (the pub/sub connection is separate).
 _READ_CONNECTIONS = 4
 #: How long a new waiter waits for the server to confirm its SUBSCRIBE before reading the key.
@@ -122,14 +124,17 @@ class _Hub:
                 self.pubsub.channels.pop(key, None)
             _log.debug("loopsafe.celery_result_unsubscribe_failed", error=repr(exc))
 
-    def _wake_all(self) -> None:
+    def _release_joiners(self) -> None:
+        # A waiter joining while the connection is down reads the key at once (and retries it),
+        # instead of waiting out _CONFIRM_TIMEOUT for a confirmation that cannot come.
         for confirmed in self.confirmations.values():
             if not confirmed.done():
                 confirmed.set_result(None)
-        for waiters in self.waiters.values():
-            for future in waiters:
-                if not future.done():
-                    future.set_result(None)  # "re-read the stored outcome"
+
+    def _wake(self, channel: bytes) -> None:
+        for future in self.waiters.get(channel, ()):
+            if not future.done():
+                future.set_result(None)  # "re-read the stored outcome"
 
     async def _read(self) -> None:
         from redis.exceptions import ConnectionError as RedisConnectionError
@@ -141,9 +146,10 @@ class _Hub:
                 message = await self.pubsub.get_message(timeout=1.0)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 # The next get_message reconnects and re-subscribes every channel; what was
-                # published meanwhile is lost, so every waiter re-reads its key.
+                # published meanwhile is lost: each channel's waiters re-read their key when its
+                # re-subscription is confirmed (below), when no outcome can slip between the two.
                 _log.warning("loopsafe.celery_result_connection_lost", error=repr(exc))
-                self._wake_all()
+                self._release_joiners()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
@@ -152,7 +158,11 @@ class _Hub:
                 continue
             if message["type"] == "subscribe":
                 confirmed = self.confirmations.get(message["channel"])
-                if confirmed is not None and not confirmed.done():
+                if confirmed is None or confirmed.done():
+                    # A restored subscription (or a first one confirmed after its joiner stopped
+                    # waiting for it): its waiters may have missed the outcome.
+                    self._wake(message["channel"])
+                else:
                     confirmed.set_result(None)
                 continue
             if message["type"] != "message":

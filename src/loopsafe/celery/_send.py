@@ -43,6 +43,30 @@ SENDER_THREADS = 16
 _inherited: list[object] = []
 
 
+def _skip_result_subscription(app: Any) -> None:
+    """In a sender thread: stop ``apply_async`` subscribing to each task's result channel.
+
+    Celery's Redis result backend subscribes, in the sending thread, to the channel of every task
+    it sends, for an ``AsyncResult.get()`` in that thread. Nothing waits in a sender thread (the
+    caller gets its own ``AsyncResult`` and `result` has its own connection), so that costs each
+    send a SUBSCRIBE and an UNSUBSCRIBE, and each sender thread a pub/sub connection whose replies
+    nobody reads. The backend of this thread is its own (Celery keeps one per thread unless
+    ``result_backend_thread_safe`` shares one), so only publishes from this thread change; the
+    message does not. A shared backend is left as it is. Done before each publish rather than once
+    per thread: a backend that cannot be created then fails that send, as in ``apply_async``,
+    instead of breaking the thread pool (an executor whose initializer raised refuses all work).
+    """
+    from celery.backends.redis import RedisBackend
+
+    backend = app.backend  # this thread's instance
+    if isinstance(backend, RedisBackend) and not backend.thread_safe:
+        backend.on_task_call = _no_subscription
+
+
+def _no_subscription(producer: Any, task_id: str) -> None:
+    """``on_task_call`` of a sender thread's Redis result backend: nothing to subscribe to."""
+
+
 class _Sender:
     """One loop's publishing threads and producer pool for one Celery app."""
 
@@ -62,6 +86,7 @@ class _Sender:
 
     def publish(self, signature: Any, options: dict[str, Any]) -> str:
         """In a sender thread: ``apply_async`` through a pooled producer; returns the task id."""
+        _skip_result_subscription(self.app)
         with self.producers.acquire(block=True) as producer:
             result = signature.apply_async(producer=producer, **options)
         task_id: str = result.id
