@@ -526,16 +526,34 @@ def run_row(lab: Lab, row: str, idle_s: float, load_s: float, warmup_s: float = 
             fleet.kill_all()
         sampler.join(5)
     windows = {"idle": idle, "load": load}
+    return _row_result(fleet, sampler, windows, api_results, worker_results, written=["load"])
+
+
+def _row_result(
+    fleet: Fleet,
+    sampler: Sampler,
+    windows: dict[str, tuple[float, float]],
+    api_results: list[dict[str, Any]],
+    worker_results: list[dict[str, Any]],
+    *,
+    written: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> RowResult:
+    """What a finished run measured: API requests, the rows written in each of the `written`
+    windows (all of them by default), the pooler's samples and the processes' log events."""
     return RowResult(
-        row=row,
+        row=fleet.row,
         requests=_requests(api_results),
         windows=windows,
-        writes={"load": lab.writes_between(*load)},
+        writes={
+            name: fleet.lab.writes_between(*windows[name]) for name in (written or list(windows))
+        },
         worker_errors=merge_errors(worker_results),
         samples=sampler.samples,
-        server_pool=bouncer.default_pool_size,
-        shares=_shares(plan, row),
+        server_pool=fleet.bouncer.default_pool_size,
+        shares=_shares(fleet.plan, fleet.row),  # an elastic row's name starts with "elastic"
         events=fleet.log_events(),
+        extra=extra or {},
     )
 
 
@@ -592,17 +610,7 @@ def run_autoscale(lab: Lab, phase_s: float, low: int = 2, high: int = 12) -> Row
             fleet.kill_all()
         sampler.join(5)
     windows["whole run"] = (windows[f"{low} workers"][0], windows[f"{low} workers again"][1])
-    return RowResult(
-        row=row,
-        requests=_requests(api_results),
-        windows=windows,
-        writes={name: lab.writes_between(*span) for name, span in windows.items()},
-        worker_errors=merge_errors(results),
-        samples=sampler.samples,
-        server_pool=bouncer.default_pool_size,
-        shares=_shares(plan, "elastic"),
-        events=fleet.log_events(),
-    )
+    return _row_result(fleet, sampler, windows, api_results, results)
 
 
 # -- faults ---------------------------------------------------------------------------------------
@@ -666,18 +674,7 @@ def run_faults(lab: Lab, steady_s: float, outage_s: float) -> RowResult:
         "Redis back": (extra["redis_started_at"], end),
         "whole run": (before[0], end),
     }
-    return RowResult(
-        row=row,
-        requests=_requests(api_results),
-        windows=windows,
-        writes={name: lab.writes_between(*span) for name, span in windows.items()},
-        worker_errors=merge_errors(results),
-        samples=sampler.samples,
-        server_pool=bouncer.default_pool_size,
-        shares=_shares(plan, "elastic"),
-        events=fleet.log_events(),
-        extra=extra,
-    )
+    return _row_result(fleet, sampler, windows, api_results, results, extra=extra)
 
 
 # -- report ---------------------------------------------------------------------------------------
