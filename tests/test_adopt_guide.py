@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from loopsafe.testing import EmbeddedRedis, free_port
+from tests.loop_failures import LOOP_FAILURES
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.celery, pytest.mark.slow]
 
@@ -40,15 +41,7 @@ EXPECTED = {
     "tests/test_notes.py",
 }
 #: What the app's processes must never log: the failures the guide's changes remove.
-FORBIDDEN_IN_LOG = (
-    "different loop",
-    "Event loop is closed",
-    "another operation is in progress",
-    "loopsafe.instance_abandoned",
-    "was never awaited",
-    "unclosed",
-    "Traceback",
-)
+FORBIDDEN_IN_LOG = (*LOOP_FAILURES, "Traceback")
 _BLOCK = re.compile(r"^```(?:python|toml)\n# (?P<path>[\w./]+\.(?:py|toml))\n(?P<body>.*?)^```$",
                     re.MULTILINE | re.DOTALL)  # fmt: skip
 

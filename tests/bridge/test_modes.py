@@ -21,15 +21,8 @@ import loopsafe
 import loopsafe.celery
 from loopsafe import LoopLocal, close_all_loops, close_thread_loop, run_async, use_process_loop
 from loopsafe._bridge import _limits, _run_async, _runner
+from tests.bridge.conftest import eventually
 from tests.conftest import LOOP_FACTORIES
-
-
-def eventually(condition: Callable[[], bool], what: str, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {within} s: {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture(params=list(LOOP_FACTORIES))

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +22,6 @@ pytestmark = [
 STALL = 60.0
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Never download a browser: use the system Chromium, headless, without network side traffic.
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-default-apps",
-    "--disable-extensions",
-    "--disable-sync",
-    "--no-first-run",
-    "--metrics-recording-only",
-]
-
-playwright_sync = pytest.importorskip("playwright.sync_api")
 
 
 def wait_for_progress_to_reach_100(page: Any, stall: float = STALL) -> list[str]:
@@ -72,18 +53,6 @@ def wait_for_progress_to_reach_100(page: Any, stall: float = STALL) -> list[str]
                 f"(seen: {seen}, statuses: {statuses})"
             )
         page.wait_for_timeout(250)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    with playwright_sync.sync_playwright() as driver:
-        instance = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield instance
-        finally:
-            instance.close()
 
 
 def test_submit_a_goal_watch_progress_reach_100_and_open_a_tutorial(
