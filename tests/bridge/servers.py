@@ -40,7 +40,11 @@ def server_command(recipe: str, port: int) -> list[str]:
     python = sys.executable
     bind = f"127.0.0.1:{port}"
     flask_app = f"{APPS}.flask_app:app"
-    gunicorn = [python, "-m", "gunicorn", "-b", bind, "--graceful-timeout", "10"]
+    # The config ignores the one ResourceWarning gunicorn's sync workers cause (see the module).
+    gunicorn = [
+        *(python, "-m", "gunicorn", "-c", f"python:{APPS}.gunicorn_conf"),
+        *("-b", bind, "--graceful-timeout", "10"),
+    ]
     commands = {
         "flask": [
             python,
