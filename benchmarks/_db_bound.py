@@ -572,6 +572,19 @@ def merge_errors(results: list[dict[str, Any]]) -> dict[str, int]:
 # -- autoscaling ----------------------------------------------------------------------------------
 
 
+def _start_all(fleet: Fleet, sampler: Sampler, workers: int) -> tuple[list[str], list[str]]:
+    """Start the API processes and `workers` workers, start sampling, let them all go and ramp up
+    for 3 s; their apps: (API, workers)."""
+    apis = [fleet.start("api", i) for i in range(API_PROCESSES)]
+    started = [fleet.start("worker", i) for i in range(workers)]
+    fleet.wait_ready(apis + started)
+    sampler.start()
+    fleet.go("api")
+    fleet.go("worker")
+    time.sleep(3.0)
+    return apis, started
+
+
 def run_autoscale(lab: Lab, phase_s: float, low: int = 2, high: int = 12) -> RowResult:
     """Elastic: the API and `low` workers, then `high` (new processes join), then `low` again
     (the extra ones leave on SIGTERM), with one plan that never changes."""
@@ -582,13 +595,7 @@ def run_autoscale(lab: Lab, phase_s: float, low: int = 2, high: int = 12) -> Row
         sampler = Sampler(bouncer, lab.database_url)
         results: list[dict[str, Any]] = []
         try:
-            apis = [fleet.start("api", i) for i in range(API_PROCESSES)]
-            first = [fleet.start("worker", i) for i in range(low)]
-            fleet.wait_ready(apis + first)
-            sampler.start()
-            fleet.go("api")
-            fleet.go("worker")
-            time.sleep(3.0)
+            apis, first = _start_all(fleet, sampler, low)
             windows = {f"{low} workers": (time.time(), time.time() + phase_s)}
             time.sleep(phase_s)
             joined = [fleet.start("worker", i) for i in range(low, high)]
@@ -626,13 +633,7 @@ def run_faults(lab: Lab, steady_s: float, outage_s: float) -> RowResult:
         sampler = Sampler(bouncer, lab.database_url)
         extra: dict[str, Any] = {}
         try:
-            apis = [fleet.start("api", i) for i in range(API_PROCESSES)]
-            workers = [fleet.start("worker", i) for i in range(WORKER_PROCESSES)]
-            fleet.wait_ready(apis + workers)
-            sampler.start()
-            fleet.go("api")
-            fleet.go("worker")
-            time.sleep(3.0)
+            apis, workers = _start_all(fleet, sampler, WORKER_PROCESSES)
             before = (time.time(), time.time() + steady_s)
             time.sleep(steady_s)
             latest = sampler.samples[-1]
