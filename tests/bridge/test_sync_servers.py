@@ -124,36 +124,6 @@ def test_recipe_serves_within_its_bound_and_leaves_nothing(
         assert forbidden not in text, f"{forbidden!r} in the log:\n{text[-3000:]}"
 
 
-@pytest.mark.parametrize("mode", ["thread", "process"])
-def test_plain_script_thread_per_call_leaves_no_connection(
-    mode: str, postgres_url: str, redis_url: str
-) -> None:
-    """A script starting a thread per call, 10 at a time: no failure, no pile-up of loops (their
-    connections stay within one pool: ended threads' loops are reused or closed at once), every
-    loop closed at exit."""
-    name = new_name()
-    env = recipe_env(postgres_url, redis_url, name, {"LOOPSAFE_RUN_ASYNC_LOOP": mode})
-    watcher = Watcher(postgres_url, redis_url, name)
-    try:
-        with watcher.watching() as peak:
-            result = subprocess.run(
-                [sys.executable, "-m", "tests.bridge.apps.script", "100", "10"],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-        assert 1 <= peak.postgres <= ONE_POOL, peak
-        assert watcher.wait_for(0, 0, within=10) == (0, 0)
-    finally:
-        watcher.close()
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "failures=0" in result.stdout
-    for forbidden in FORBIDDEN_IN_LOG:
-        assert forbidden not in result.stderr, result.stderr[-3000:]
-
-
 @pytest.mark.parametrize("config", [False, True], ids=["gunicorn-alone", "recipe-config"])
 def test_gunicorn_sync_workers_leave_their_listeners_unclosed(config: bool, tmp_path: Path) -> None:
     """gunicorn's leak, not loopsafe's: serving an app without loopsafe under dev mode, each sync
@@ -186,3 +156,33 @@ def test_gunicorn_sync_workers_leave_their_listeners_unclosed(config: bool, tmp_
     else:
         assert len(unclosed) == 2, text
         assert all(re.fullmatch(listener, found) for found in unclosed), text
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_plain_script_thread_per_call_leaves_no_connection(
+    mode: str, postgres_url: str, redis_url: str
+) -> None:
+    """A script starting a thread per call, 10 at a time: no failure, no pile-up of loops (their
+    connections stay within one pool: ended threads' loops are reused or closed at once), every
+    loop closed at exit."""
+    name = new_name()
+    env = recipe_env(postgres_url, redis_url, name, {"LOOPSAFE_RUN_ASYNC_LOOP": mode})
+    watcher = Watcher(postgres_url, redis_url, name)
+    try:
+        with watcher.watching() as peak:
+            result = subprocess.run(
+                [sys.executable, "-m", "tests.bridge.apps.script", "100", "10"],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        assert 1 <= peak.postgres <= ONE_POOL, peak
+        assert watcher.wait_for(0, 0, within=10) == (0, 0)
+    finally:
+        watcher.close()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "failures=0" in result.stdout
+    for forbidden in FORBIDDEN_IN_LOG:
+        assert forbidden not in result.stderr, result.stderr[-3000:]
