@@ -18,7 +18,8 @@ install: $(STAMP)
 
 test: install  ## the whole suite, on embedded servers unless LOOPSAFE_TEST_*_URL are set
 	@# PYTEST_ARGS passes extra pytest options, e.g. PYTEST_ARGS='-k fork -x'
-	@# LOOPSAFE_TEST_TIER=full adds the slow tier (the fault suite, schemathesis's full budget), as CI does
+	@# LOOPSAFE_TEST_TIER=full adds the slow tier (the fault suite, schemathesis's full budget, the
+	@# demo, the adoption guide's app, the browser tour, shared-loop workers served), as CI does
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install  ## the roadmap app end to end on embedded PostgreSQL + Redis

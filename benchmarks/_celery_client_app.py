@@ -12,25 +12,13 @@ import os
 import time
 from typing import Any
 
-from celery import Celery
+# The same isolated app as the async client's tests (the repository root is on the path).
+from tests.celery.client_app import isolated_app
 
 
 def make_celery(broker: str, backend: str, queue: str) -> Any:
-    app = Celery("loopsafe_bench_client", broker=broker, backend=backend, set_as_current=False)
-    transport: dict[str, Any] = {}
-    if broker.startswith("redis"):
-        transport["global_keyprefix"] = f"{queue}:"
-    app.conf.update(
-        task_default_queue=queue,
-        broker_transport_options=transport,
-        broker_connection_retry_on_startup=True,
-        worker_prefetch_multiplier=16,
-        worker_enable_remote_control=False,
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
-        result_expires=600,
+    app = isolated_app(
+        "loopsafe_bench_client", broker, backend, queue, worker_prefetch_multiplier=16
     )
 
     @app.task(name="bench.noop", shared=False)  # type: ignore[untyped-decorator]  # untyped Celery

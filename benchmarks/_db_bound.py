@@ -526,16 +526,34 @@ def run_row(lab: Lab, row: str, idle_s: float, load_s: float, warmup_s: float = 
             fleet.kill_all()
         sampler.join(5)
     windows = {"idle": idle, "load": load}
+    return _row_result(fleet, sampler, windows, api_results, worker_results, written=["load"])
+
+
+def _row_result(
+    fleet: Fleet,
+    sampler: Sampler,
+    windows: dict[str, tuple[float, float]],
+    api_results: list[dict[str, Any]],
+    worker_results: list[dict[str, Any]],
+    *,
+    written: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> RowResult:
+    """What a finished run measured: API requests, the rows written in each of the `written`
+    windows (all of them by default), the pooler's samples and the processes' log events."""
     return RowResult(
-        row=row,
+        row=fleet.row,
         requests=_requests(api_results),
         windows=windows,
-        writes={"load": lab.writes_between(*load)},
+        writes={
+            name: fleet.lab.writes_between(*windows[name]) for name in (written or list(windows))
+        },
         worker_errors=merge_errors(worker_results),
         samples=sampler.samples,
-        server_pool=bouncer.default_pool_size,
-        shares=_shares(plan, row),
+        server_pool=fleet.bouncer.default_pool_size,
+        shares=_shares(fleet.plan, fleet.row),  # an elastic row's name starts with "elastic"
         events=fleet.log_events(),
+        extra=extra or {},
     )
 
 
@@ -554,6 +572,19 @@ def merge_errors(results: list[dict[str, Any]]) -> dict[str, int]:
 # -- autoscaling ----------------------------------------------------------------------------------
 
 
+def _start_all(fleet: Fleet, sampler: Sampler, workers: int) -> tuple[list[str], list[str]]:
+    """Start the API processes and `workers` workers, start sampling, let them all go and ramp up
+    for 3 s; their apps: (API, workers)."""
+    apis = [fleet.start("api", i) for i in range(API_PROCESSES)]
+    started = [fleet.start("worker", i) for i in range(workers)]
+    fleet.wait_ready(apis + started)
+    sampler.start()
+    fleet.go("api")
+    fleet.go("worker")
+    time.sleep(3.0)
+    return apis, started
+
+
 def run_autoscale(lab: Lab, phase_s: float, low: int = 2, high: int = 12) -> RowResult:
     """Elastic: the API and `low` workers, then `high` (new processes join), then `low` again
     (the extra ones leave on SIGTERM), with one plan that never changes."""
@@ -564,13 +595,7 @@ def run_autoscale(lab: Lab, phase_s: float, low: int = 2, high: int = 12) -> Row
         sampler = Sampler(bouncer, lab.database_url)
         results: list[dict[str, Any]] = []
         try:
-            apis = [fleet.start("api", i) for i in range(API_PROCESSES)]
-            first = [fleet.start("worker", i) for i in range(low)]
-            fleet.wait_ready(apis + first)
-            sampler.start()
-            fleet.go("api")
-            fleet.go("worker")
-            time.sleep(3.0)
+            apis, first = _start_all(fleet, sampler, low)
             windows = {f"{low} workers": (time.time(), time.time() + phase_s)}
             time.sleep(phase_s)
             joined = [fleet.start("worker", i) for i in range(low, high)]
@@ -592,17 +617,7 @@ def run_autoscale(lab: Lab, phase_s: float, low: int = 2, high: int = 12) -> Row
             fleet.kill_all()
         sampler.join(5)
     windows["whole run"] = (windows[f"{low} workers"][0], windows[f"{low} workers again"][1])
-    return RowResult(
-        row=row,
-        requests=_requests(api_results),
-        windows=windows,
-        writes={name: lab.writes_between(*span) for name, span in windows.items()},
-        worker_errors=merge_errors(results),
-        samples=sampler.samples,
-        server_pool=bouncer.default_pool_size,
-        shares=_shares(plan, "elastic"),
-        events=fleet.log_events(),
-    )
+    return _row_result(fleet, sampler, windows, api_results, results)
 
 
 # -- faults ---------------------------------------------------------------------------------------
@@ -618,13 +633,7 @@ def run_faults(lab: Lab, steady_s: float, outage_s: float) -> RowResult:
         sampler = Sampler(bouncer, lab.database_url)
         extra: dict[str, Any] = {}
         try:
-            apis = [fleet.start("api", i) for i in range(API_PROCESSES)]
-            workers = [fleet.start("worker", i) for i in range(WORKER_PROCESSES)]
-            fleet.wait_ready(apis + workers)
-            sampler.start()
-            fleet.go("api")
-            fleet.go("worker")
-            time.sleep(3.0)
+            apis, workers = _start_all(fleet, sampler, WORKER_PROCESSES)
             before = (time.time(), time.time() + steady_s)
             time.sleep(steady_s)
             latest = sampler.samples[-1]
@@ -666,18 +675,7 @@ def run_faults(lab: Lab, steady_s: float, outage_s: float) -> RowResult:
         "Redis back": (extra["redis_started_at"], end),
         "whole run": (before[0], end),
     }
-    return RowResult(
-        row=row,
-        requests=_requests(api_results),
-        windows=windows,
-        writes={name: lab.writes_between(*span) for name, span in windows.items()},
-        worker_errors=merge_errors(results),
-        samples=sampler.samples,
-        server_pool=bouncer.default_pool_size,
-        shares=_shares(plan, "elastic"),
-        events=fleet.log_events(),
-        extra=extra,
-    )
+    return _row_result(fleet, sampler, windows, api_results, results, extra=extra)
 
 
 # -- report ---------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Coroutine, Mapping
@@ -19,6 +20,14 @@ import loopsafe
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 T = TypeVar("T")
+
+#: ``LOOPSAFE_TEST_TIER=full`` (CI's first suite stage) also runs the slow tier: tests whose
+#: ground the quick tier covers more cheaply. ``make test`` alone runs the quick tier. The example
+#: app's tests read the same variable (``roadmap_testkit.FULL_TIER``).
+FULL_TIER = os.environ.get("LOOPSAFE_TEST_TIER", "") == "full"
+slow_tier = pytest.mark.skipif(
+    not FULL_TIER, reason="slow tier: runs with LOOPSAFE_TEST_TIER=full (as CI does)"
+)
 
 
 def _factories() -> dict[str, LoopFactory]:

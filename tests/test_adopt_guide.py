@@ -24,6 +24,8 @@ import httpx
 import pytest
 
 from loopsafe.testing import EmbeddedRedis, free_port
+from tests.conftest import slow_tier
+from tests.loop_failures import LOOP_FAILURES
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.celery, pytest.mark.slow]
 
@@ -40,15 +42,7 @@ EXPECTED = {
     "tests/test_notes.py",
 }
 #: What the app's processes must never log: the failures the guide's changes remove.
-FORBIDDEN_IN_LOG = (
-    "different loop",
-    "Event loop is closed",
-    "another operation is in progress",
-    "loopsafe.instance_abandoned",
-    "was never awaited",
-    "unclosed",
-    "Traceback",
-)
+FORBIDDEN_IN_LOG = (*LOOP_FAILURES, "Traceback")
 _BLOCK = re.compile(r"^```(?:python|toml)\n# (?P<path>[\w./]+\.(?:py|toml))\n(?P<body>.*?)^```$",
                     re.MULTILINE | re.DOTALL)  # fmt: skip
 
@@ -153,6 +147,9 @@ def write_project(project: Path, files: dict[str, str]) -> None:
         (project / path).write_text(content)
 
 
+# The slow tier: the guide's files are checked in the quick tier (above); running its whole app
+# (a project of its own, migrations, servers, workers) is CI's full tier.
+@slow_tier
 def test_the_guides_alembic_migration_creates_the_tables(tmp_path: Path, database_url: str) -> None:
     """`alembic init -t async`, the guide's env.py, then autogenerate and upgrade, as written."""
     project = tmp_path / "project"
@@ -187,6 +184,7 @@ def test_the_guides_alembic_migration_creates_the_tables(tmp_path: Path, databas
     assert len(version) == 1
 
 
+@slow_tier
 def test_the_guides_app_runs_on_real_servers(tmp_path: Path, database_url: str) -> None:
     project = tmp_path / "project"
     write_project(project, guide_files(GUIDE.read_text()))

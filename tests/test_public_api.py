@@ -133,6 +133,14 @@ DEPRECATED: dict[str, tuple[Callable[[], Any], str]] = {
         lambda: importlib.import_module("loopsafe.llm").get_http,
         "loopsafe.http.get_http",
     ),
+    "loopsafe.celery.close_all_loops": (
+        lambda: importlib.import_module("loopsafe.celery").close_all_loops,
+        "loopsafe.close_all_loops",
+    ),
+    "loopsafe.celery.close_thread_loop": (
+        lambda: importlib.import_module("loopsafe.celery").close_thread_loop,
+        "loopsafe.close_thread_loop",
+    ),
 }
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from loopsafe import LoopLocal, close_all_loops, close_thread_loop, run_async
 from loopsafe._bridge import _limits, _run_async, _runner
+from tests.bridge.conftest import eventually
 from tests.conftest import LOOP_FACTORIES
 
 from ..forking import FORKS, in_child
@@ -65,14 +66,6 @@ async def use_resource() -> Resource:
 async def other_tasks() -> list[asyncio.Task[Any]]:
     current = asyncio.current_task()
     return [task for task in asyncio.all_tasks() if task is not current]
-
-
-def eventually(condition: Callable[[], bool], what: str, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {within} s: {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture(params=list(LOOP_FACTORIES))

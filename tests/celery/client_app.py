@@ -14,9 +14,10 @@ from typing import Any
 from celery import Celery, Task
 
 
-def make_app(broker: str, backend: str, queue: str) -> Any:
-    """The app as both sides configure it; `queue` isolates one test run's messages and keys."""
-    app = Celery("loopsafe_client_tests", broker=broker, backend=backend, set_as_current=False)
+def isolated_app(name: str, broker: str, backend: str, queue: str, **settings: Any) -> Any:
+    """A JSON-only Celery app whose messages and Redis keys stay in `queue` (one run's own), with
+    `settings` on top; ``benchmarks/_celery_client_app.py`` builds on it too."""
+    app = Celery(name, broker=broker, backend=backend, set_as_current=False)
     transport: dict[str, Any] = {}
     if broker.startswith("redis"):
         transport["global_keyprefix"] = f"{queue}:"
@@ -24,14 +25,26 @@ def make_app(broker: str, backend: str, queue: str) -> Any:
         task_default_queue=queue,
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
-        broker_connection_timeout=2,
-        worker_prefetch_multiplier=4,
         worker_enable_remote_control=False,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
         result_accept_content=["json"],
         result_expires=600,
+        **settings,
+    )
+    return app
+
+
+def make_app(broker: str, backend: str, queue: str) -> Any:
+    """The app as both sides configure it; `queue` isolates one test run's messages and keys."""
+    app = isolated_app(
+        "loopsafe_client_tests",
+        broker,
+        backend,
+        queue,
+        broker_connection_timeout=2,
+        worker_prefetch_multiplier=4,
     )
 
     @app.task(name="client.add", shared=False)  # type: ignore[untyped-decorator]  # Celery is untyped

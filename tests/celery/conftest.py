@@ -18,29 +18,15 @@ from urllib.parse import urlsplit
 import pytest
 from celery import Celery
 
-from loopsafe import close_all_loops
+# Autouse here too: every Celery test starts and ends without run_async loops.
+from tests.bridge.conftest import _fresh_run_async_loops  # noqa: F401
+from tests.loop_failures import LOOP_FAILURES
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_APP = "tests.celery.worker_app"
 AMQP_URL = os.environ.get("LOOPSAFE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-#: What a worker's log must never contain: the failures loopsafe exists to prevent.
-FORBIDDEN_IN_LOG = (
-    "different loop",
-    "Event loop is closed",
-    "another operation is in progress",
-    "loopsafe.instance_abandoned",
-    "Task exception was never retrieved",
-    "was never awaited",
-    "unclosed",  # ResourceWarning (shown: the workers run with PYTHONWARNINGS), asyncio's too
-)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_run_async_loops() -> Iterator[None]:
-    """Every test starts without run_async loops and leaves none behind (closed cleanly)."""
-    close_all_loops()
-    yield
-    close_all_loops()
+#: What a worker's log must never contain (tracebacks of tasks that fail on purpose may be there).
+FORBIDDEN_IN_LOG = LOOP_FAILURES
 
 
 @dataclass

@@ -34,7 +34,8 @@ FAST_LLM = {
     "CONTENT_BATCH_SIZE": "4",
 }
 #: ``LOOPSAFE_TEST_TIER=full`` (CI's first suite stage) also runs the slow tier: the fault suite,
-#: and schemathesis with its whole budget. ``make test`` alone runs the quick tier.
+#: schemathesis with its whole budget, and end-to-end runs whose ground the quick tier covers
+#: more cheaply. ``make test`` alone runs the quick tier.
 FULL_TIER = os.environ.get("LOOPSAFE_TEST_TIER", "") == "full"
 SLOW_TIER_REASON = "slow tier: runs with LOOPSAFE_TEST_TIER=full (as CI does)"
 

@@ -12,7 +12,14 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from roadmap_testkit import delete_keys, make_env, wait_for, wait_for_status
+from roadmap_testkit import (
+    FULL_TIER,
+    SLOW_TIER_REASON,
+    delete_keys,
+    make_env,
+    wait_for,
+    wait_for_status,
+)
 
 from loopsafe.db import BudgetPlan
 from roadmap_app.config import Settings, SettingsError
@@ -158,6 +165,9 @@ def test_serve_runs_the_whole_layout_with_role_budgets_and_stops_cleanly(
 @pytest.mark.redis
 @pytest.mark.celery
 @pytest.mark.slow
+# The quick tier serves the whole layout (above) and loads the shared-loop worker app (below);
+# running that layout through a roadmap is the slow tier's.
+@pytest.mark.skipif(not FULL_TIER, reason=SLOW_TIER_REASON)
 def test_serve_runs_shared_loop_workers_one_process_per_queue(
     database_url: str, redis_url: str, tmp_path: Path
 ) -> None:

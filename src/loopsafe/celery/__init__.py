@@ -4,9 +4,11 @@ Importing it does not import Celery. `run_async` is ``loopsafe.run_async`` (the 
 re-exported here; `install` and `async_task` need the extra: ``pip install 'loopsafe[celery]'``.
 """
 
-import warnings as _warnings
+import typing as _typing
 
+from .._bridge import _run_async
 from .._bridge._run_async import run_async as run_async
+from .._deprecated import deprecated_names
 from .._errors import BrokerUnavailableError as BrokerUnavailableError
 from .._errors import ResultTimeoutError as ResultTimeoutError
 from .._public import claim_public_names
@@ -32,25 +34,21 @@ __all__ = (
 )
 
 claim_public_names(__name__, globals(), __all__)
-del claim_public_names
 
-#: Names that moved to the core package with the bridge; removed in the next minor version.
-_MOVED = {
-    "close_all_loops": "loopsafe.close_all_loops",
-    "close_thread_loop": "loopsafe.close_thread_loop",
-}
-
-
-def __getattr__(name: str) -> object:
-    replacement = _MOVED.get(name)
-    if replacement is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    _warnings.warn(
-        f"loopsafe.celery.{name} is deprecated and will be removed in the next minor version: use "
-        f"{replacement} (the same function; run_async's loops are not Celery's).",
-        DeprecationWarning,
-        stacklevel=2,
+# Moved to the core package with the bridge (run_async's loops are not Celery's); removed in
+# 0.2.0. Typed for type checkers, served with a warning at run time (see loopsafe/__init__.py).
+if _typing.TYPE_CHECKING:
+    from .._bridge._run_async import close_all_loops as close_all_loops
+    from .._bridge._run_async import close_thread_loop as close_thread_loop
+else:
+    __getattr__ = deprecated_names(
+        __name__,
+        {
+            "close_all_loops": ("loopsafe.close_all_loops", lambda: _run_async.close_all_loops),
+            "close_thread_loop": (
+                "loopsafe.close_thread_loop",
+                lambda: _run_async.close_thread_loop,
+            ),
+        },
     )
-    from .. import _bridge
-
-    return getattr(_bridge._run_async, name)
+del claim_public_names, deprecated_names

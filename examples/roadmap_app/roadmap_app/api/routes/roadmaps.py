@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
@@ -122,6 +122,17 @@ def _from_row(schema: type[_Out], row: object, **computed: Any) -> _Out:
 
 def _not_found(roadmap_id: uuid.UUID) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"roadmap {roadmap_id} not found")
+
+
+async def _claim_refused(
+    session: AsyncSession, roadmap_id: uuid.UUID, why: Callable[[Roadmap], str]
+) -> HTTPException:
+    """A status change claimed only from some statuses did not happen: 404 if the roadmap is
+    gone, else 409 saying `why` (from the roadmap as it is now)."""
+    roadmap = await repositories.get_roadmap(session, roadmap_id)
+    if roadmap is None:
+        return _not_found(roadmap_id)
+    return HTTPException(status.HTTP_409_CONFLICT, why(roadmap))
 
 
 async def _queue_or_fail(
@@ -375,13 +386,13 @@ async def review_roadmap(
         feedback=body.feedback,
     )
     if not claimed:
-        roadmap = await repositories.get_roadmap(session, roadmap_id)
-        if roadmap is None:
-            raise _not_found(roadmap_id)
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"roadmap {roadmap_id} is {roadmap.status.value!r}; only a roadmap in "
-            "'human_review_pending' can be reviewed",
+        raise await _claim_refused(
+            session,
+            roadmap_id,
+            lambda roadmap: (
+                f"roadmap {roadmap_id} is {roadmap.status.value!r}; only a roadmap in "
+                "'human_review_pending' can be reviewed"
+            ),
         )
     await session.commit()
     await events.emit(roadmap_id, "status", status=S.review_submitted.value, error=None)
@@ -480,13 +491,13 @@ async def cancel_roadmap(
         session, roadmap_id, only_from=set(S) - TERMINAL_STATUSES, status=S.cancelled, error=None
     )
     if not claimed:
-        roadmap = await repositories.get_roadmap(session, roadmap_id)
-        if roadmap is None:
-            raise _not_found(roadmap_id)
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"roadmap {roadmap_id} is already {roadmap.status.value!r}; only a roadmap still "
-            "being generated or waiting for a review can be cancelled",
+        raise await _claim_refused(
+            session,
+            roadmap_id,
+            lambda roadmap: (
+                f"roadmap {roadmap_id} is already {roadmap.status.value!r}; only a "
+                "roadmap still being generated or waiting for a review can be cancelled"
+            ),
         )
     await session.commit()
     await events.emit(roadmap_id, "status", status=S.cancelled.value, error=None)
@@ -505,21 +516,20 @@ async def delete_roadmap(roadmap_id: uuid.UUID, session: SessionDep, events: Eve
     running or queued on it: cancel it first."""
     deleted = await repositories.delete_roadmap(session, roadmap_id, only_from=_DELETABLE)
     if not deleted:
-        roadmap = await repositories.get_roadmap(session, roadmap_id)
-        if roadmap is None:
-            raise _not_found(roadmap_id)
-        if roadmap.status is S.cancelled:  # refused, so its job still holds the lease
-            raise HTTPException(
-                status.HTTP_409_CONFLICT,
-                f"roadmap {roadmap_id} is cancelled and its job is still stopping (saving what "
-                "it had finished); try again in a few seconds",
+
+        def why(roadmap: Roadmap) -> str:
+            if roadmap.status is S.cancelled:  # refused, so its job still holds the lease
+                return (
+                    f"roadmap {roadmap_id} is cancelled and its job is still stopping (saving "
+                    "what it had finished); try again in a few seconds"
+                )
+            return (
+                f"roadmap {roadmap_id} is {roadmap.status.value!r}: a job is running or queued "
+                f"on it; cancel it first (POST /api/v1/roadmaps/{roadmap_id}/cancel), then "
+                "delete it once it has stopped"
             )
-        raise HTTPException(
-            status.HTTP_409_CONFLICT,
-            f"roadmap {roadmap_id} is {roadmap.status.value!r}: a job is running or queued on "
-            f"it; cancel it first (POST /api/v1/roadmaps/{roadmap_id}/cancel), then delete it "
-            "once it has stopped",
-        )
+
+        raise await _claim_refused(session, roadmap_id, why)
     await session.commit()
     # Open event streams of this roadmap end on it.
     await events.emit(roadmap_id, "deleted")
