@@ -24,10 +24,7 @@ def publishes(url: str, out: str) -> None:
     pubsub = redis.Redis.from_url(url).pubsub()
     pubsub.psubscribe(f"{PREFIX}*")
     with open(out, "a", buffering=1) as log:  # line-buffered: a kill loses no line
-        while True:
-            message = pubsub.get_message(timeout=None)
-            if message is None:
-                continue
+        for message in pubsub.listen():
             if message["type"] == "psubscribe":
                 log.write("ready\n")
             elif message["type"] == "pmessage":
