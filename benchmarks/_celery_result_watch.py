@@ -24,7 +24,7 @@ def publishes(url: str, out: str) -> None:
     pubsub = redis.Redis.from_url(url).pubsub()
     pubsub.psubscribe(f"{PREFIX}*")
     with open(out, "a", buffering=1) as log:  # line-buffered: a kill loses no line
-        for message in pubsub.listen():
+        for message in pubsub.listen():  # type: ignore[no-untyped-call]  # unannotated in redis-py
             if message["type"] == "psubscribe":
                 log.write("ready\n")
             elif message["type"] == "pmessage":
