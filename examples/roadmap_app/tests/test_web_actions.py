@@ -196,6 +196,12 @@ def test_the_recovering_event_shows_a_banner_until_work_resumes(
         assert page.is_hidden("#recovering-banner")
         channel = settings.channel(roadmap_id)
         with redis.Redis.from_url(redis_url) as client:
+            # The page's event stream must be listening, or the events below reach nobody.
+            wait_for(
+                lambda: client.pubsub_numsub(channel)[0][1] >= 1,
+                timeout=30,
+                what="the page to subscribe to its events",
+            )
             # What the sweeper publishes when it re-queues a job whose worker died.
             event = {"type": "recovering", "roadmap_id": roadmap_id, "status": "designing",
                      "job": "generate_roadmap"}  # fmt: skip
