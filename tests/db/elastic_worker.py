@@ -6,7 +6,8 @@ PLAN is the plan's JSON, POOLER ``transaction`` or ``none``. Modes:
 concurrent sessions of HOLD seconds each and prints the errors as JSON. With SLOTS > 0 each
 session must win one of SLOTS advisory transaction locks (`claim_slot`): more concurrent
 transactions than SLOTS fail, whatever the sampling luck.
-``hold N``: opens N sessions, prints ``held`` and sleeps (to be killed).
+``hold N [SLOTS]``: opens N sessions (each winning one of SLOTS slots, if given), prints ``held``
+and sleeps (to be killed).
 ``queue HOLD``: prints ``asking``, takes one session, prints ``got <time>``, holds it HOLD s.
 """
 
@@ -69,10 +70,12 @@ async def hammer(db: Database, sessions: int, rounds: int, hold: float, slots: i
     return errors
 
 
-async def hold(db: Database, count: int) -> None:
+async def hold(db: Database, count: int, slots: int) -> None:
     sessions = [db.session() for _ in range(count)]
     for session in sessions:
         opened = await session.__aenter__()
+        if slots:
+            await claim_slot(opened, slots)
         await opened.execute(text("SELECT 1"))
     print("held", flush=True)
     await asyncio.sleep(3600)
@@ -97,7 +100,7 @@ async def main(mode: str, plan: str, role: str, url: str, pooler: str, *args: st
             )
             print(json.dumps(await hammer(db, sessions, rounds, seconds, slots)), flush=True)
         elif mode == "hold":
-            await hold(db, int(args[0]))
+            await hold(db, int(args[0]), int(args[1]) if len(args) > 1 else 0)
         elif mode == "queue":
             await queue(db, float(args[0]))
         else:

@@ -319,12 +319,19 @@ async def test_waiting_beyond_pool_timeout_names_the_plan_and_role(
     postgres_url: str, redis_url: str, db_name: str
 ) -> None:
     plan = elastic_plan(redis_url, 1, worker=Role())
+    # A brand-new ledger grants nothing for a lease (3 s) while holders re-register: wait it out
+    # with the default pool_timeout, through the same plan and role.
+    warm = Database(
+        postgres_url, name=f"{db_name}w", budget=plan.budget_for("worker"), pooler="transaction"
+    )
+    async with warm.session():
+        pass
+    await warm.aclose()
     db = Database(
         postgres_url,
         name=db_name,
         budget=plan.budget_for("worker"),
         pooler="transaction",
-        # Above the 0.5 s a brand-new ledger settles for before its first grant.
         engine_options={"pool_timeout": 1.0},
     )
     async with db.session():
@@ -357,7 +364,7 @@ async def test_pool_status_and_the_prometheus_collector_show_the_ledger(
             "mode": "ledger",
             "limit": 5,
             "held": 1,
-            # A brand-new ledger settles for a moment before its first grant (see the docs).
+            # A brand-new ledger settles for a lease before its first grant (see the docs).
             "served_at_once": 0,
             "served_after_wait": 1,
             "fallback_share": 5,  # the only live process of the plan would take it all
