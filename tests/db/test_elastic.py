@@ -191,11 +191,13 @@ async def eventually(check: Callable[[], bool], *, timeout: float = 10.0) -> Non
         await asyncio.sleep(0.02)
 
 
-async def _sessions(db: Database, count: int, hold: float, slots: int = 0) -> list[BaseException]:
+async def _sessions(
+    db: Database, count: int, hold: float, slots: int = 0, scope: str = ""
+) -> list[BaseException]:
     async def one() -> None:
         async with db.session() as session:
             if slots:
-                await claim_slot(session, slots)
+                await claim_slot(session, slots, scope)
             await session.execute(text("SELECT pg_sleep(:s)"), {"s": hold})
 
     outcomes = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
@@ -215,7 +217,7 @@ async def test_behind_a_transaction_pooler_the_role_never_holds_more_than_limit_
         )
     else:  # control: an ordinary pool of 8 goes past 3
         db = Database(postgres_url, name=db_name, engine_options={"pool_size": 8})
-    errors = await _sessions(db, 40, 0.02, slots=3)
+    errors = await _sessions(db, 40, 0.02, slots=3, scope=plan.name)
     await db.aclose()
     if elastic:
         assert errors == []

@@ -216,7 +216,7 @@ async def test_a_redis_restart_falls_back_to_a_share_and_rejoins_without_a_leak(
         async def sessions(db: Database, count: int, slots: int) -> list[BaseException]:
             async def one() -> None:
                 async with db.session() as session:
-                    await claim_slot(session, slots)
+                    await claim_slot(session, slots, server.url)
                     await session.execute(text("SELECT pg_sleep(0.02)"))
 
             outcomes = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
@@ -282,7 +282,8 @@ async def test_a_holder_frozen_across_a_redis_restart_is_never_granted_over(
 
         async def one() -> None:
             async with db.session() as session:
-                await claim_slot(session, 4)  # the holder's two slots are still taken
+                # The holder's two slots are still taken.
+                await claim_slot(session, 4, json.loads(plan)["name"])
                 await session.execute(text("SELECT pg_sleep(0.1)"))
 
         thawing = asyncio.ensure_future(thaw())

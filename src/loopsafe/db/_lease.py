@@ -281,7 +281,11 @@ class LeaseKeeper:
 
     async def _try(self, ticket: str) -> Grant:
         if not self.fallback:
+            # Carried by this ask, so their own sends are skipped; if the ask fails, the
+            # heartbeat's sync drops them from the ledger.
             released = list(self._releasing)
+            for done in released:
+                self._releasing.pop(done, None)
             try:
                 clients = _loop_clients.get()
                 client = clients.client(self.url)
@@ -292,8 +296,6 @@ class LeaseKeeper:
             except _REDIS_FAILURES as error:
                 self._enter_fallback(error)
             else:
-                for done in released:
-                    self._releasing.pop(done, None)
                 return grant
         return self._try_local(ticket)
 
