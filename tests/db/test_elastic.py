@@ -9,8 +9,10 @@ that shows the check biting without the ledger.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -417,3 +419,30 @@ async def test_a_forked_child_takes_its_own_leases_and_never_touches_the_parents
         )
     await eventually(lambda: ledger(db)["in_use"]["worker"] == 0)
     await db.aclose()
+
+
+def _threads() -> set[str]:
+    return {thread.name for thread in threading.enumerate()}
+
+
+@pytest.mark.redis
+async def test_the_ledger_threads_end_once_no_database_uses_the_ledger(
+    postgres_url: str, redis_url: str, db_name: str
+) -> None:
+    """The heartbeat and the wake-up listener of a process outlive no Database of the ledger."""
+    plan = elastic_plan(redis_url, 1, worker=Role())
+    db = Database(
+        postgres_url, name=db_name, budget=plan.budget_for("worker"), pooler="transaction"
+    )
+    heartbeat = f"loopsafe.db ledger {plan.name}/worker"
+    async with db.session() as session:
+        await session.execute(text("SELECT 1"))
+    assert {heartbeat, "loopsafe.db ledger wake-ups"} <= _threads()
+    await db.aclose()
+    del db, session
+
+    def gone() -> bool:
+        gc.collect()
+        return not {heartbeat, "loopsafe.db ledger wake-ups"} & _threads()
+
+    await eventually(gone)
