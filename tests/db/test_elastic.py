@@ -446,3 +446,36 @@ async def test_the_ledger_threads_end_once_no_database_uses_the_ledger(
         return not {heartbeat, "loopsafe.db ledger wake-ups"} & _threads()
 
     await eventually(gone)
+
+
+@pytest.mark.redis
+async def test_a_waiter_cancelled_as_its_turn_comes_leaks_no_lease(
+    postgres_url: str, redis_url: str, db_name: str
+) -> None:
+    """Cancelled just as the connection it waits for is given back (and handed to it): the
+    grant it never takes goes back, so nothing stays in use and the next checkout is served."""
+    plan = elastic_plan(redis_url, 1, worker=Role())
+    db = Database(
+        postgres_url, name=db_name, budget=plan.budget_for("worker"), pooler="transaction"
+    )
+
+    async def one() -> None:
+        async with db.session() as session:
+            await session.execute(text("SELECT 1"))
+
+    for _ in range(5):
+        holding = db.session()
+        session = await holding.__aenter__()
+        await session.execute(text("SELECT 1"))
+        waiter = asyncio.ensure_future(one())
+        await eventually(lambda: ledger(db)["waiting"]["worker"] == 1)
+        waiter.cancel()
+        await holding.__aexit__(None, None, None)
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+    await eventually(
+        lambda: ledger(db)["in_use"]["worker"] == 0 and ledger(db)["waiting"]["worker"] == 0
+    )
+    assert ledger(db)["held"] == 0
+    await asyncio.wait_for(one(), 10)  # the one connection is free again
+    await db.aclose()
