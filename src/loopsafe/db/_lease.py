@@ -194,11 +194,13 @@ class LeaseKeeper:
             self._pending.add(ticket)
         deadline = time.monotonic() + timeout
         wait: int | None = None
+        waited = False
         try:
             grant = await self._try(ticket)
             while not grant.granted:
-                if wait is None and pressure is not None:
+                if not waited and pressure is not None:
                     wait = pressure.wait_started()
+                waited = True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise LeaseTimeout(timeout)
@@ -224,7 +226,7 @@ class LeaseKeeper:
                 self._granted.discard(number)
             if wait is not None and pressure is not None:
                 pressure.wait_ended(wait)
-        if wait is None:
+        if not waited:
             self.at_once += 1
         else:
             self.after_wait += 1
