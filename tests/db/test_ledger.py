@@ -95,8 +95,8 @@ def test_the_ledger_follows_its_rules_step_by_step(redis_url: str, sync_redis: r
             if ticket not in self.queues[role]:
                 self.queues[role].append(ticket)
             self._hand_out(ticket)
-            grant = self._run(self.ledger.acquire(self.client, owner, role, ticket))
-            assert grant.granted == (ticket in self.held), (ticket, self.held, self.queues)
+            granted = self._run(self.ledger.acquire(self.client, owner, role, ticket))
+            assert granted == (ticket in self.held), (ticket, self.held, self.queues)
 
         @rule(owner=st.sampled_from(sorted(OWNERS)))
         def ask(self, owner: str) -> None:

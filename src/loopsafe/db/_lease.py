@@ -40,7 +40,7 @@ from .._registry import LoopLocal
 from ..redis._client import _default_options, _OwnedPool
 from ..redis._deadline import Deadlines
 from ..redis._release import release_without_io
-from ._ledger import Grant, Ledger, LedgerView
+from ._ledger import Ledger, LedgerView
 from ._plan import ElasticBudget
 from ._pressure import PoolPressure
 from ._wake import listener_for
@@ -196,8 +196,8 @@ class LeaseKeeper:
         wait: int | None = None
         waited = False
         try:
-            grant = await self._try(ticket)
-            while not grant.granted:
+            granted = await self._try(ticket)
+            while not granted:
                 if not waited and pressure is not None:
                     wait = pressure.wait_started()
                 waited = True
@@ -209,7 +209,7 @@ class LeaseKeeper:
                 pace = SAFETY * random.uniform(1.0, 2.0)
                 if await self._wait_turn(number, min(pace, remaining)):
                     break  # handed over by a release: the ledger recorded the lease already
-                grant = await self._try(ticket)
+                granted = await self._try(ticket)
             with self._lock:
                 self._pending.discard(ticket)
                 self._held.add(ticket)
@@ -281,7 +281,7 @@ class LeaseKeeper:
 
     # -- one attempt ---------------------------------------------------------------------------
 
-    async def _try(self, ticket: str) -> Grant:
+    async def _try(self, ticket: str) -> bool:
         if not self.fallback:
             # Carried by this ask, so their own sends are skipped; if the ask fails, the
             # heartbeat's sync drops them from the ledger.
@@ -291,17 +291,17 @@ class LeaseKeeper:
             try:
                 clients = _loop_clients.get()
                 client = clients.client(self.url)
-                grant = await clients.deadlines.run(
+                granted = await clients.deadlines.run(
                     self.ledger.acquire(client, self.owner, self.role, ticket, released),
                     REDIS_TIMEOUT,
                 )
             except _REDIS_FAILURES as error:
                 self._enter_fallback(error)
             else:
-                return grant
+                return granted
         return self._try_local(ticket)
 
-    def _try_local(self, ticket: str) -> Grant:
+    def _try_local(self, ticket: str) -> bool:
         """Redis is unreachable: grant from this process's fallback share, first come first served."""
         share = self.fallback_share()
         with self._lock:
@@ -311,8 +311,8 @@ class LeaseKeeper:
             if rank < free:
                 del self._local_line[ticket]
                 self._unregistered.add(ticket)
-                return Grant(True, 0.0, 0)
-        return Grant(False, 0.0, rank - free + 1)
+                return True
+        return False
 
     def fallback_share(self) -> int:
         """Connections this process allows itself while Redis is unreachable.

@@ -40,7 +40,7 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-__all__ = ("WAKE_CHANNEL", "Grant", "Ledger", "LedgerView")
+__all__ = ("WAKE_CHANNEL", "Ledger", "LedgerView")
 
 #: The channel a process listens on for its granted tickets, followed by its process token.
 WAKE_CHANNEL = "loopsafe:ledger:wake:"
@@ -152,7 +152,7 @@ end
 # ARGV[A…]: owner role ticket ttl_ms grace_ms waiter_ttl_ms, then tickets of this owner to give
 # back first (released in this process, their own release maybe still on its way: a process that
 # gives a lease back and asks again at once must not find its own old lease in the way).
-# Returns {granted, ms to wait (settling), place in line}.
+# Returns 1 if granted, 0 if the ticket waits in line.
 _ACQUIRE = (
     _PRELUDE
     + """
@@ -167,15 +167,14 @@ end
 for i = A + 6, #ARGV do
   if drop_lease(ARGV[i]) == 1 then redis.call('SREM', P .. ':own:' .. owner, ARGV[i]) end
 end
-if redis.call('HEXISTS', P .. ':leases', ticket) == 1 then return {1, 0, 0} end
+if redis.call('HEXISTS', P .. ':leases', ticket) == 1 then return 1 end
 local queue = P .. ':q:' .. role
 if not redis.call('ZSCORE', queue, ticket) then
   redis.call('ZADD', queue, redis.call('INCR', P .. ':seq'), ticket)
 end
 redis.call('ZADD', P .. ':alive:' .. role, now + tonumber(ARGV[A + 5]), ticket)
 hand_out(ticket)
-if redis.call('HEXISTS', P .. ':leases', ticket) == 1 then return {1, 0, 0} end
-return {0, math.max(0, redis.call('PTTL', P .. ':settle')), redis.call('ZRANK', queue, ticket) + 1}
+return redis.call('HEXISTS', P .. ':leases', ticket)
 """
 )
 
@@ -278,15 +277,6 @@ _SHAS = {
 
 
 @dataclass(frozen=True)
-class Grant:
-    """What an acquire attempt got: a lease, or how long to wait and how far back in line."""
-
-    granted: bool
-    settling: float
-    behind: int
-
-
-@dataclass(frozen=True)
 class LedgerView:
     """The ledger as a heartbeat last saw it: in use, waiting and live processes, by role."""
 
@@ -338,11 +328,11 @@ class Ledger:
 
     async def acquire(
         self, client: Redis, owner: str, role: str, ticket: str, released: Sequence[str] = ()
-    ) -> Grant:
+    ) -> bool:
+        """Take a lease for `ticket`, or keep its place in its role's line (False)."""
         args = (*self._head, owner, role, ticket, self.lease_ms, self.grace_ms, self.waiter_ms,
                 *released)  # fmt: skip
-        granted, settling, behind = await _run(client, _ACQUIRE, self.prefix, *args)
-        return Grant(bool(granted), int(settling) / 1000, int(behind))
+        return bool(await _run(client, _ACQUIRE, self.prefix, *args))
 
     async def release(self, client: Redis, owner: str, role: str, ticket: str) -> None:
         await _run(client, _RELEASE, self.prefix, *self._head, owner, role, ticket)
