@@ -275,13 +275,13 @@ class Lab:
 
 
 def elastic_plan(redis_url: str, name: str) -> dict[str, Any]:
-    """The elastic plan: the API first, workers everything but 2 connections kept for it."""
+    """The elastic plan: the API first, workers everything but 1 connection kept for it."""
     return {
         "max_connections": LIMIT,
         "reserve": 0,
         "ledger": redis_url,
         "name": name,
-        "roles": {"api": {"priority": 10}, "worker": {"priority": 0, "headroom": 2}},
+        "roles": {"api": {"priority": 10}, "worker": {"priority": 0, "headroom": 1}},
     }
 
 
@@ -493,7 +493,7 @@ def _shares(plan: dict[str, Any] | None, row: str) -> str:
 
     built = BudgetPlan.from_mapping(plan)
     if row.startswith("elastic"):
-        return "elastic: api priority 10, worker priority 0 headroom 2, ledger in Redis"
+        return "elastic: api priority 10, worker priority 0 headroom 1, ledger in Redis"
     return "static: " + ", ".join(
         f"{role} {built.budget_for(role).per_process}/process" for role in built.roles
     )

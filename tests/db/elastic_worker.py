@@ -6,7 +6,8 @@ PLAN is the plan's JSON, POOLER ``transaction`` or ``none``. Modes:
 concurrent sessions of HOLD seconds each and prints the errors as JSON. With SLOTS > 0 each
 session must win one of SLOTS advisory transaction locks (`claim_slot`): more concurrent
 transactions than SLOTS fail, whatever the sampling luck.
-``hold N``: opens N sessions, prints ``held`` and sleeps (to be killed).
+``hold N [SLOTS]``: opens N sessions (each winning one of SLOTS slots, if given), prints ``held``
+and sleeps (to be killed).
 ``queue HOLD``: prints ``asking``, takes one session, prints ``got <time>``, holds it HOLD s.
 """
 
@@ -16,6 +17,7 @@ import asyncio
 import json
 import sys
 import time
+import zlib
 from typing import Any
 
 from sqlalchemy import text
@@ -27,16 +29,18 @@ from loopsafe.db import BudgetPlan, Database
 SLOT_NAMESPACE = 20_020
 
 
-async def claim_slot(session: AsyncSession, slots: int) -> None:
+async def claim_slot(session: AsyncSession, slots: int, scope: str = "") -> None:
     """Take one of `slots` advisory transaction locks; raise if all are taken.
 
     Each concurrent transaction holds one until it ends, so a failure proves that more than
-    `slots` transactions were open at once on the server.
+    `slots` transactions were open at once on the server. A `scope` (the plan's name) gives the
+    locks a namespace of their own: test runs sharing the database do not take each other's.
     """
+    namespace = zlib.crc32(scope.encode()) & 0x7FFFFFFF if scope else SLOT_NAMESPACE
     for slot in range(slots):
         won = await session.scalar(
             text("SELECT pg_try_advisory_xact_lock(:ns, :slot)"),
-            {"ns": SLOT_NAMESPACE, "slot": slot},
+            {"ns": namespace, "slot": slot},
         )
         if won:
             return
@@ -54,11 +58,13 @@ def database(plan: str, role: str, url: str, pooler: str, **options: Any) -> Dat
     )
 
 
-async def hammer(db: Database, sessions: int, rounds: int, hold: float, slots: int) -> list[str]:
+async def hammer(
+    db: Database, sessions: int, rounds: int, hold: float, slots: int, scope: str
+) -> list[str]:
     async def one() -> None:
         async with db.session() as session:
             if slots:
-                await claim_slot(session, slots)
+                await claim_slot(session, slots, scope)
             await session.execute(text("SELECT pg_sleep(:s)"), {"s": hold})
 
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
@@ -69,10 +75,12 @@ async def hammer(db: Database, sessions: int, rounds: int, hold: float, slots: i
     return errors
 
 
-async def hold(db: Database, count: int) -> None:
+async def hold(db: Database, count: int, slots: int, scope: str) -> None:
     sessions = [db.session() for _ in range(count)]
     for session in sessions:
         opened = await session.__aenter__()
+        if slots:
+            await claim_slot(opened, slots, scope)
         await opened.execute(text("SELECT 1"))
     print("held", flush=True)
     await asyncio.sleep(3600)
@@ -87,6 +95,7 @@ async def queue(db: Database, seconds: float) -> None:
 
 async def main(mode: str, plan: str, role: str, url: str, pooler: str, *args: str) -> None:
     db = database(plan, role, url, pooler, pool_timeout=60)
+    scope = json.loads(plan)["name"]  # slots of this plan's own (see `claim_slot`)
     try:
         if mode == "hammer":
             sessions, rounds, seconds, slots = (
@@ -95,9 +104,9 @@ async def main(mode: str, plan: str, role: str, url: str, pooler: str, *args: st
                 float(args[2]),
                 int(args[3]),
             )
-            print(json.dumps(await hammer(db, sessions, rounds, seconds, slots)), flush=True)
+            print(json.dumps(await hammer(db, sessions, rounds, seconds, slots, scope)), flush=True)
         elif mode == "hold":
-            await hold(db, int(args[0]))
+            await hold(db, int(args[0]), int(args[1]) if len(args) > 1 else 0, scope)
         elif mode == "queue":
             await queue(db, float(args[0]))
         else:

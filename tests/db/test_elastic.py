@@ -9,8 +9,10 @@ that shows the check biting without the ledger.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -191,11 +193,13 @@ async def eventually(check: Callable[[], bool], *, timeout: float = 10.0) -> Non
         await asyncio.sleep(0.02)
 
 
-async def _sessions(db: Database, count: int, hold: float, slots: int = 0) -> list[BaseException]:
+async def _sessions(
+    db: Database, count: int, hold: float, slots: int = 0, scope: str = ""
+) -> list[BaseException]:
     async def one() -> None:
         async with db.session() as session:
             if slots:
-                await claim_slot(session, slots)
+                await claim_slot(session, slots, scope)
             await session.execute(text("SELECT pg_sleep(:s)"), {"s": hold})
 
     outcomes = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
@@ -215,7 +219,7 @@ async def test_behind_a_transaction_pooler_the_role_never_holds_more_than_limit_
         )
     else:  # control: an ordinary pool of 8 goes past 3
         db = Database(postgres_url, name=db_name, engine_options={"pool_size": 8})
-    errors = await _sessions(db, 40, 0.02, slots=3)
+    errors = await _sessions(db, 40, 0.02, slots=3, scope=plan.name)
     await db.aclose()
     if elastic:
         assert errors == []
@@ -319,12 +323,19 @@ async def test_waiting_beyond_pool_timeout_names_the_plan_and_role(
     postgres_url: str, redis_url: str, db_name: str
 ) -> None:
     plan = elastic_plan(redis_url, 1, worker=Role())
+    # A brand-new ledger grants nothing for a lease (3 s) while holders re-register: wait it out
+    # with the default pool_timeout, through the same plan and role.
+    warm = Database(
+        postgres_url, name=f"{db_name}w", budget=plan.budget_for("worker"), pooler="transaction"
+    )
+    async with warm.session():
+        pass
+    await warm.aclose()
     db = Database(
         postgres_url,
         name=db_name,
         budget=plan.budget_for("worker"),
         pooler="transaction",
-        # Above the 0.5 s a brand-new ledger settles for before its first grant.
         engine_options={"pool_timeout": 1.0},
     )
     async with db.session():
@@ -357,7 +368,7 @@ async def test_pool_status_and_the_prometheus_collector_show_the_ledger(
             "mode": "ledger",
             "limit": 5,
             "held": 1,
-            # A brand-new ledger settles for a moment before its first grant (see the docs).
+            # A brand-new ledger settles for a lease before its first grant (see the docs).
             "served_at_once": 0,
             "served_after_wait": 1,
             "fallback_share": 5,  # the only live process of the plan would take it all
@@ -407,4 +418,64 @@ async def test_a_forked_child_takes_its_own_leases_and_never_touches_the_parents
             lambda: ledger(db)["in_use"]["worker"] == 1 and ledger(db)["members"]["worker"] >= 1
         )
     await eventually(lambda: ledger(db)["in_use"]["worker"] == 0)
+    await db.aclose()
+
+
+def _threads() -> set[str]:
+    return {thread.name for thread in threading.enumerate()}
+
+
+@pytest.mark.redis
+async def test_the_ledger_threads_end_once_no_database_uses_the_ledger(
+    postgres_url: str, redis_url: str, db_name: str
+) -> None:
+    """The heartbeat and the wake-up listener of a process outlive no Database of the ledger."""
+    plan = elastic_plan(redis_url, 1, worker=Role())
+    db = Database(
+        postgres_url, name=db_name, budget=plan.budget_for("worker"), pooler="transaction"
+    )
+    heartbeat = f"loopsafe.db ledger {plan.name}/worker"
+    async with db.session() as session:
+        await session.execute(text("SELECT 1"))
+    assert {heartbeat, "loopsafe.db ledger wake-ups"} <= _threads()
+    await db.aclose()
+    del db, session
+
+    def gone() -> bool:
+        gc.collect()
+        return not {heartbeat, "loopsafe.db ledger wake-ups"} & _threads()
+
+    await eventually(gone)
+
+
+@pytest.mark.redis
+async def test_a_waiter_cancelled_as_its_turn_comes_leaks_no_lease(
+    postgres_url: str, redis_url: str, db_name: str
+) -> None:
+    """Cancelled just as the connection it waits for is given back (and handed to it): the
+    grant it never takes goes back, so nothing stays in use and the next checkout is served."""
+    plan = elastic_plan(redis_url, 1, worker=Role())
+    db = Database(
+        postgres_url, name=db_name, budget=plan.budget_for("worker"), pooler="transaction"
+    )
+
+    async def one() -> None:
+        async with db.session() as session:
+            await session.execute(text("SELECT 1"))
+
+    for _ in range(5):
+        holding = db.session()
+        session = await holding.__aenter__()
+        await session.execute(text("SELECT 1"))
+        waiter = asyncio.ensure_future(one())
+        await eventually(lambda: ledger(db)["waiting"]["worker"] == 1)
+        waiter.cancel()
+        await holding.__aexit__(None, None, None)
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+    await eventually(
+        lambda: ledger(db)["in_use"]["worker"] == 0 and ledger(db)["waiting"]["worker"] == 0
+    )
+    assert ledger(db)["held"] == 0
+    await asyncio.wait_for(one(), 10)  # the one connection is free again
     await db.aclose()

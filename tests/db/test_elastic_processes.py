@@ -216,7 +216,7 @@ async def test_a_redis_restart_falls_back_to_a_share_and_rejoins_without_a_leak(
         async def sessions(db: Database, count: int, slots: int) -> list[BaseException]:
             async def one() -> None:
                 async with db.session() as session:
-                    await claim_slot(session, slots)
+                    await claim_slot(session, slots, server.url)
                     await session.execute(text("SELECT pg_sleep(0.02)"))
 
             outcomes = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
@@ -251,3 +251,48 @@ async def test_a_redis_restart_falls_back_to_a_share_and_rejoins_without_a_leak(
         await worker.aclose()
         await api.aclose()
         observer.close()
+
+
+async def test_a_holder_frozen_across_a_redis_restart_is_never_granted_over(
+    postgres_url: str, children: Children
+) -> None:
+    """A process holding 2 of 4 connections is frozen (SIGSTOP: its heartbeat starved) while
+    Redis restarts empty, and thawed 1 s later: until it has re-registered its leases the
+    ledger grants nothing, so this process never gets more than the 2 left."""
+    with EmbeddedRedis() as server:
+        plan = plan_json(server.url, 4, {"worker": {}})
+        holder = children.start("hold", plan, "worker", postgres_url, "transaction", "2", "4")
+        assert await readline(holder) == "held"
+        db = Database(
+            postgres_url,
+            name="frozen",
+            budget=BudgetPlan.load(plan).budget_for("worker"),
+            pooler="transaction",
+            engine_options={"pool_timeout": 30},
+        )
+        async with db.session() as session:
+            await session.execute(text("SELECT 1"))
+        holder.send_signal(signal.SIGSTOP)
+        server.stop()
+        server.start()
+
+        async def thaw() -> None:
+            await asyncio.sleep(1.0)  # longer than the 0.5 s the ledger used to settle for
+            holder.send_signal(signal.SIGCONT)
+
+        async def one() -> None:
+            async with db.session() as session:
+                # The holder's two slots are still taken.
+                await claim_slot(session, 4, json.loads(plan)["name"])
+                await session.execute(text("SELECT pg_sleep(0.1)"))
+
+        thawing = asyncio.ensure_future(thaw())
+        errors: list[BaseException] = []
+        until = time.monotonic() + 5.0  # past the settling of the restarted ledger
+        while time.monotonic() < until:
+            outcomes = await asyncio.gather(*(one() for _ in range(6)), return_exceptions=True)
+            errors.extend(o for o in outcomes if isinstance(o, BaseException))
+        await thawing
+        assert errors == [], errors[:3]
+        assert ledger(db)["served_at_once"] + ledger(db)["served_after_wait"] > 7
+        await db.aclose()

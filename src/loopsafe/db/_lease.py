@@ -6,10 +6,11 @@ noticing that Redis is gone (or back) are the job of one heartbeat thread, so no
 sits on a checkout's path nor depends on any event loop being responsive: a loop blocked by
 CPU work for seconds must not let its process's leases expire while its connections are in use.
 
-Waiters poll the ledger (bounded: every 10-100 ms depending on their place in line) rather than
-subscribe: a subscription per loop is a connection per loop held open for nothing most of the
-time, and a missed message would strand a waiter. A lease given back in this process wakes this
-process's oldest waiter at once, so hand-overs within a process cost no polling delay.
+A checkout that finds nothing free stays in the ledger's line: a release anywhere hands the
+connection to the head of the line inside the ledger's own script and publishes the ticket, and
+this process's one listener thread (`_wake`) wakes the waiter, which then holds its lease without
+another round trip. A waiter also asks again every `SAFETY` s, in case a message was lost. A
+lease is given back at once (the hand-over waits on it), from the checkin's own loop.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ from .._registry import LoopLocal
 from ..redis._client import _default_options, _OwnedPool
 from ..redis._deadline import Deadlines
 from ..redis._release import release_without_io
-from ._ledger import Grant, Ledger, LedgerView
+from ._ledger import Ledger, LedgerView
 from ._plan import ElasticBudget
 from ._pressure import PoolPressure
+from ._wake import listener_for
 
 __all__ = ("LeaseKeeper", "LeaseTimeout", "keeper_for")
 
@@ -51,17 +53,16 @@ _log = get_logger("loopsafe.db")
 LEASE = 3.0
 #: How often the heartbeat thread keeps the process's leases and reads the ledger.
 HEARTBEAT = 0.3
-#: After a wiped or long-silent ledger, nothing is granted for this long while holders re-register.
-GRACE = HEARTBEAT + 0.2
+#: After a wiped or long-silent ledger, nothing is granted for this long while holders
+#: re-register: a whole lease, since a holder whose heartbeat is that late still counts as alive.
+GRACE = LEASE
 #: A waiter that stops asking (its process died) loses its place in line after this long.
 WAITER = 2.0
 #: Longest a Redis round trip may take on a checkout before the process falls back.
 REDIS_TIMEOUT = 1.0
-#: A lease given back is sent on its own only if no ask of this process carried it this soon.
-RELEASE_DELAY = 0.01
-#: Polling pace of the first waiter in line; those further back ask less often, up to MAX_POLL.
-POLL = 0.01
-MAX_POLL = 0.1
+#: A waiter asks the ledger again after this long (with jitter up to twice), in case its
+#: wake-up message was lost; the wake-up itself comes with the release.
+SAFETY = 0.25
 _REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 
 
@@ -72,14 +73,12 @@ class LeaseTimeout(TimeoutError):
 class _LoopLedgerClients:
     """One loop's Redis clients for ledgers (one per ledger URL), and its shared deadline timer."""
 
-    __slots__ = ("clients", "closed", "deadlines", "delayed", "releases")
+    __slots__ = ("clients", "closed", "deadlines", "releases")
 
     def __init__(self) -> None:
         self.clients: dict[str, Redis] = {}
         self.deadlines = Deadlines()
         self.releases: set[asyncio.Task[None]] = set()
-        # Releases waiting for RELEASE_DELAY: handed to the heartbeat threads if the loop ends.
-        self.delayed: dict[str, tuple[asyncio.TimerHandle, LeaseKeeper]] = {}
         self.closed = False
 
     def client(self, url: str) -> Redis:
@@ -93,7 +92,6 @@ class _LoopLedgerClients:
 
 async def _aclose_clients(holder: _LoopLedgerClients) -> None:
     holder.closed = True
-    _hand_over_delayed(holder)
     if holder.releases:  # leases given back as the loop ends: let them arrive, briefly
         await asyncio.wait(list(holder.releases), timeout=REDIS_TIMEOUT)
     for client in list(holder.clients.values()):
@@ -104,16 +102,8 @@ async def _aclose_clients(holder: _LoopLedgerClients) -> None:
     holder.clients.clear()
 
 
-def _hand_over_delayed(holder: _LoopLedgerClients) -> None:
-    for ticket, (handle, keeper) in list(holder.delayed.items()):
-        handle.cancel()
-        keeper._send_release(ticket)
-    holder.delayed.clear()
-
-
 def _drop_clients(holder: _LoopLedgerClients) -> None:
     holder.closed = True
-    _hand_over_delayed(holder)
     for client in holder.clients.values():
         release_without_io(client)
     holder.clients.clear()
@@ -139,10 +129,13 @@ class LeaseKeeper:
         self.roles = tuple(name for name, role in plan.roles.items() if role.elastic)
         self.weights = {name: Fraction(plan.roles[name].weight) for name in self.roles}
         self.headrooms = {name: plan.roles[name].headroom for name in self.roles}
+        ranks = [(name, plan.roles[name].priority, self.headrooms[name]) for name in self.roles]
         self.ledger = Ledger.for_plan(
-            plan.name, self.limit, lease=LEASE, grace=GRACE, waiter=WAITER
+            plan.name, self.limit, ranks, lease=LEASE, grace=GRACE, waiter=WAITER
         )
-        self.owner = uuid.uuid4().hex
+        self._listener = listener_for(self.url)
+        # The ledger publishes this owner's grants to the process token's channel.
+        self.owner = f"{self._listener.token}.{uuid.uuid4().hex}"
         self.pid = os.getpid()
         self.fallback = False
         self.view: LedgerView | None = None
@@ -156,9 +149,11 @@ class LeaseKeeper:
         self._unregistered: set[str] = set()
         # Given back here, not yet confirmed by Redis: the next acquire drops them first.
         self._releasing: dict[str, None] = {}
-        # Waiters napping between polls, by ticket number: the lowest arrived first, so it is the
-        # one first in line (the ledger serves each role first come, first served).
+        # Waiters between asks, by ticket number: the lowest arrived first, so it is the one
+        # first in line (the fallback share serves first come, first served).
         self._sleepers: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = {}
+        # Waiting tickets the ledger granted (by number), heard from the listener.
+        self._granted: set[int] = set()
         self._pressure: weakref.WeakSet[Any] = weakref.WeakSet()
         # The Databases using this keeper: once none is left and nothing is held, it leaves.
         self._users: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -189,7 +184,7 @@ class LeaseKeeper:
 
         A wait (not a lease granted on the first ask) is reported to `pressure`, so
         ``pool_status()["waiting"]`` and the wait histogram include checkouts waiting in line.
-        Raises `LeaseTimeout` after `timeout`.
+        Raises `LeaseTimeout` after `timeout`; a lease granted to it meanwhile goes back.
         """
         self._start()
         with self._lock:
@@ -198,45 +193,44 @@ class LeaseKeeper:
             ticket = f"{self.owner}:{number}"
             self._pending.add(ticket)
         deadline = time.monotonic() + timeout
-        first = True
         wait: int | None = None
+        waited = False
         try:
-            while True:
-                grant = await self._try(ticket)
-                if grant.granted:
-                    with self._lock:
-                        self._pending.discard(ticket)
-                        self._held.add(ticket)
-                    if first:
-                        self.at_once += 1
-                    else:
-                        self.after_wait += 1
-                    return ticket
-                if first and pressure is not None:
+            granted = await self._try(ticket)
+            while not granted:
+                if not waited and pressure is not None:
                     wait = pressure.wait_started()
-                first = False
+                waited = True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise LeaseTimeout(timeout)
-                if grant.settling:
-                    pace = grant.settling
-                else:
-                    # Jitter keeps the waiters of many processes from asking in lockstep.
-                    pace = POLL * min(max(grant.behind, 1), 10) * random.uniform(0.75, 1.25)
-                await self._nap(
-                    number, min(pace, MAX_POLL if not grant.settling else pace, remaining)
-                )
+                # Jitter keeps the safety asks of many waiters from coming in lockstep; each ask
+                # keeps the waiter's place in line (WAITER), settling ledger or not.
+                pace = SAFETY * random.uniform(1.0, 2.0)
+                if await self._wait_turn(number, min(pace, remaining)):
+                    break  # handed over by a release: the ledger recorded the lease already
+                granted = await self._try(ticket)
+            with self._lock:
+                self._pending.discard(ticket)
+                self._held.add(ticket)
         except BaseException:
             with self._lock:
                 self._pending.discard(ticket)
                 self._local_line.pop(ticket, None)
-            # Its place in line (or a grant whose reply was lost) goes back through the heartbeat
+            # Its place in line (or a grant it did not take) goes back through the heartbeat
             # thread: this task may be cancelled, and the loop may be about to close.
             self._send_release(ticket)
             raise
         finally:
+            with self._lock:
+                self._granted.discard(number)
             if wait is not None and pressure is not None:
                 pressure.wait_ended(wait)
+        if not waited:
+            self.at_once += 1
+        else:
+            self.after_wait += 1
+        return ticket
 
     def release(self, ticket: str) -> None:
         """Give a lease back; callable from any thread, inside a loop or not (no I/O here)."""
@@ -253,26 +247,15 @@ class LeaseKeeper:
         if holder is None or holder.closed or holder.clients.get(self.url) is None:
             self._send_release(ticket)  # not on a loop that talks to the ledger: the thread sends
             return
-        # The next ask of this process carries the release along (see `_try`): a waiter here is
-        # woken to make it now, and a checkout that follows at once makes it too. Only if no ask
-        # comes within RELEASE_DELAY is the release sent on its own, from this loop.
-        self._wake_one()
-        loop = asyncio.get_running_loop()
-        handle = loop.call_later(RELEASE_DELAY, self._release_later, holder, ticket)
-        holder.delayed[ticket] = (handle, self)
-
-    def _release_later(self, holder: _LoopLedgerClients, ticket: str) -> None:
-        holder.delayed.pop(ticket, None)
-        if ticket not in self._releasing:
-            return  # an ask carried it
-        if holder.closed or self.url not in holder.clients:
-            self._send_release(ticket)
-            return
+        # Sent now: the ledger hands the connection to the next waiter as it gets the release.
+        # An ask of this process that overtakes it carries it along (see `_try`).
         task = asyncio.get_running_loop().create_task(self._release_here(holder, ticket))
         holder.releases.add(task)
         task.add_done_callback(holder.releases.discard)
 
     async def _release_here(self, holder: _LoopLedgerClients, ticket: str) -> None:
+        if ticket not in self._releasing:
+            return  # an ask carried it
         try:
             await holder.deadlines.run(
                 self.ledger.release(holder.clients[self.url], self.owner, self.role, ticket),
@@ -282,31 +265,43 @@ class LeaseKeeper:
             self._send_release(ticket)  # the thread tries again, and notices if Redis is gone
             return
         self._releasing.pop(ticket, None)
-        self._wake_one()
+
+    def granted(self, ticket: str) -> None:
+        """The listener heard that the ledger granted `ticket`: wake its waiter (any thread)."""
+        with self._lock:
+            if ticket not in self._pending:
+                return  # it gave up meanwhile: its release drops the grant
+            number = int(ticket.rpartition(":")[2])
+            self._granted.add(number)
+            sleeper = self._sleepers.pop(number, None)
+        if sleeper is not None:
+            loop, waker = sleeper
+            with contextlib.suppress(RuntimeError):  # its loop closed: the waiter is gone
+                loop.call_soon_threadsafe(_set_done, waker)
 
     # -- one attempt ---------------------------------------------------------------------------
 
-    async def _try(self, ticket: str) -> Grant:
+    async def _try(self, ticket: str) -> bool:
         if not self.fallback:
+            # Carried by this ask, so their own sends are skipped; if the ask fails, the
+            # heartbeat's sync drops them from the ledger.
             released = list(self._releasing)
+            for done in released:
+                self._releasing.pop(done, None)
             try:
                 clients = _loop_clients.get()
                 client = clients.client(self.url)
-                grant = await clients.deadlines.run(
-                    self.ledger.acquire(
-                        client, self.owner, self.role, ticket, self.headroom, self.higher, released
-                    ),
+                granted = await clients.deadlines.run(
+                    self.ledger.acquire(client, self.owner, self.role, ticket, released),
                     REDIS_TIMEOUT,
                 )
             except _REDIS_FAILURES as error:
                 self._enter_fallback(error)
             else:
-                for done in released:
-                    self._releasing.pop(done, None)
-                return grant
+                return granted
         return self._try_local(ticket)
 
-    def _try_local(self, ticket: str) -> Grant:
+    def _try_local(self, ticket: str) -> bool:
         """Redis is unreachable: grant from this process's fallback share, first come first served."""
         share = self.fallback_share()
         with self._lock:
@@ -316,8 +311,8 @@ class LeaseKeeper:
             if rank < free:
                 del self._local_line[ticket]
                 self._unregistered.add(ticket)
-                return Grant(True, 0.0, 0)
-        return Grant(False, 0.0, rank - free + 1)
+                return True
+        return False
 
     def fallback_share(self) -> int:
         """Connections this process allows itself while Redis is unreachable.
@@ -336,20 +331,24 @@ class LeaseKeeper:
                       for name, count in members.items() if name in self.weights)  # fmt: skip
         return int(Fraction(self.limit) * self.weights[self.role] / weights)
 
-    async def _nap(self, number: int, seconds: float) -> None:
-        """Sleep up to `seconds`, or until a lease comes back in this process."""
+    async def _wait_turn(self, number: int, seconds: float) -> bool:
+        """Wait up to `seconds` for the ledger to hand this waiter a lease (True), or for a lease
+        given back in this process while Redis is unreachable (False: ask again)."""
         loop = asyncio.get_running_loop()
         waker: asyncio.Future[None] = loop.create_future()
         with self._lock:
+            if number in self._granted:
+                return True
             self._sleepers[number] = (loop, waker)
         try:
             await asyncio.wait((waker,), timeout=seconds)
         finally:
             with self._lock:
                 self._sleepers.pop(number, None)
+        return number in self._granted
 
     def _wake_one(self) -> None:
-        """Wake this process's earliest waiter: a lease just came back, it may be its turn."""
+        """Wake this process's earliest waiter: a lease of the fallback share just came back."""
         with self._lock:
             while self._sleepers:
                 loop, waker = self._sleepers.pop(min(self._sleepers))
@@ -408,6 +407,7 @@ class LeaseKeeper:
             self._thread = threading.Thread(
                 target=self._run, name=f"loopsafe.db ledger {self.plan}/{self.role}", daemon=True
             )
+        self._listener.join(self)
         self._thread.start()
 
     def _run(self) -> None:
@@ -436,6 +436,7 @@ class LeaseKeeper:
                 with contextlib.suppress(*_REDIS_FAILURES):
                     self.ledger.leave(client, self.owner)
         finally:
+            self._listener.leave(self)
             client.close()
 
     def _unused(self) -> bool:
@@ -450,8 +451,7 @@ class LeaseKeeper:
         return True
 
     def _flush(self, client: SyncRedis) -> None:
-        """Send the releases queued by checkins, then wake as many local waiters."""
-        sent = 0
+        """Send the releases queued by checkins and given-up waits (the ledger hands them out)."""
         while self._outbox and not self.fallback:
             ticket = self._outbox.popleft()
             try:
@@ -460,13 +460,11 @@ class LeaseKeeper:
                 # The heartbeat's sync drops it from the ledger once Redis answers again.
                 self._enter_fallback(error)
             self._releasing.pop(ticket, None)
-            sent += 1
         if self.fallback:
-            sent += len(self._outbox)
+            for _ in range(len(self._outbox)):  # the fallback share has room again
+                self._wake_one()
             self._outbox.clear()
             self._releasing.clear()  # the heartbeat's sync drops them once Redis is back
-        for _ in range(sent):
-            self._wake_one()
 
     def _beat(self, client: SyncRedis) -> None:
         with self._lock:
@@ -476,9 +474,7 @@ class LeaseKeeper:
             self._unregistered &= self._held
             new = list(self._unregistered)
         try:
-            view = self.ledger.heartbeat(
-                client, self.owner, self.role, issued, keep, held, new, self.roles
-            )
+            view = self.ledger.heartbeat(client, self.owner, self.role, issued, keep, held, new)
         except _REDIS_FAILURES as error:
             self._enter_fallback(error)
             return
