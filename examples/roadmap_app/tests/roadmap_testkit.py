@@ -177,6 +177,8 @@ class Stack:
 
     def stop(self) -> None:
         for worker in self.workers.values():
+            worker.terminate()  # all at once: the warm shutdowns run in parallel
+        for worker in self.workers.values():
             worker.stop(timeout=10)
         if self.api is not None:
             self.api.stop(timeout=10)
