@@ -9,7 +9,12 @@ import sys
 
 import pytest
 
-from loopsafe._asyncio_compat import asyncgens_shut_down, get_running_loop_or_none, take_socket
+from loopsafe._asyncio_compat import (
+    asyncgens_shut_down,
+    get_running_loop_or_none,
+    settled_within,
+    take_socket,
+)
 
 from .conftest import LOOP_FACTORIES
 
@@ -75,3 +80,32 @@ def test_take_socket_empties_asyncio_transports_and_leaves_others_alone(name: st
         ours.close()
     else:
         assert taken is None
+
+
+def test_settled_within_raises_a_cancellation_that_arrives_as_the_future_settles() -> None:
+    # asyncio.wait_for(asyncio.shield(future)) returned the result here before 3.12, and the
+    # cancelled caller went on waiting (a Celery result waiter cancelled as its SUBSCRIBE was
+    # confirmed waited out its whole timeout).
+    async def main() -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = asyncio.create_task(settled_within(future, 10))
+        await asyncio.sleep(0)
+        future.set_result(None)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+
+    asyncio.run(main())
+
+
+def test_settled_within_tells_settled_from_timed_out_and_leaves_the_future_alone() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Future[int] = loop.create_future()
+        assert not await settled_within(pending, 0.01)
+        assert not pending.done()
+        loop.call_soon(pending.set_result, 7)
+        assert await settled_within(pending, 10)
+        assert pending.result() == 7
+
+    asyncio.run(main())

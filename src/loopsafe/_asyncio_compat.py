@@ -13,7 +13,13 @@ import socket
 from asyncio.events import _get_running_loop
 from typing import Any
 
-__all__ = ("asyncgens_shut_down", "get_running_loop_or_none", "loop_of", "take_socket")
+__all__ = (
+    "asyncgens_shut_down",
+    "get_running_loop_or_none",
+    "loop_of",
+    "settled_within",
+    "take_socket",
+)
 
 #: The running loop or None, without the exception `asyncio.get_running_loop()` raises: the C
 #: function behind it costs a quarter of a raising call, and lookups run on every `get()`.
@@ -26,6 +32,17 @@ def asyncgens_shut_down(loop: asyncio.AbstractEventLoop) -> bool:
     uvloop does not expose the flag; there the answer is False.
     """
     return bool(getattr(loop, "_asyncgens_shutdown_called", False))
+
+
+async def settled_within(future: asyncio.Future[Any], timeout: float) -> bool:
+    """Wait up to `timeout` seconds for `future` to settle, leaving it as it is; True if it did.
+
+    Not ``asyncio.wait_for(asyncio.shield(future), timeout)``: before 3.12, a cancellation that
+    arrives in the loop iteration where `future` settles is swallowed there (CPython gh-86296),
+    and the cancelled caller goes on waiting. ``asyncio.wait`` always raises the cancellation.
+    """
+    done, _ = await asyncio.wait((future,), timeout=timeout)
+    return bool(done)
 
 
 def loop_of(transport: Any) -> asyncio.AbstractEventLoop | None:

@@ -18,6 +18,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+from .._asyncio_compat import settled_within
 from .._errors import ResultTimeoutError
 from .._log import get_logger
 from .._registry import LoopLocal
@@ -73,8 +74,7 @@ class _Hub:
                 # The caller reads the stored outcome next, on another connection: only once the
                 # server confirmed the subscription is an outcome stored after that read certain
                 # to be published to us. (A lost confirmation is covered by the periodic re-read.)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(confirmed), _CONFIRM_TIMEOUT)
+                await settled_within(confirmed, _CONFIRM_TIMEOUT)
             except BaseException:
                 await self.leave(channel, future)
                 raise
@@ -84,10 +84,7 @@ class _Hub:
         elif (
             channel in self.confirmations
         ):  # joined while the first waiter's SUBSCRIBE is in flight
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(
-                    asyncio.shield(self.confirmations[channel]), _CONFIRM_TIMEOUT
-                )
+            await settled_within(self.confirmations[channel], _CONFIRM_TIMEOUT)
         return future
 
     def renew(
@@ -263,10 +260,8 @@ async def _wait_notified(async_result: Any, url: str, deadline: float) -> dict[s
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise TimeoutError
-            try:
-                # A notification carries the outcome itself; None means "re-read the key".
-                await asyncio.wait_for(asyncio.shield(future), min(remaining, _RECHECK_INTERVAL))
-            except asyncio.TimeoutError:
+            # A notification carries the outcome itself; None means "re-read the key".
+            if not await settled_within(future, min(remaining, _RECHECK_INTERVAL)):
                 continue
             notified = future.result()
             if notified is not None:

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from .._asyncio_compat import settled_within
 from .._errors import BrokerUnavailableError
 from .._log import get_logger, redact_dsn
 from .._registry import LoopLocal
@@ -218,9 +219,8 @@ async def send(task: Any, /, *args: Any, **kwargs: Any) -> Any:
     loop = asyncio.get_running_loop()
     publish: Callable[[], str] = lambda: sender.publish(signature, extra)  # noqa: E731
     future = loop.run_in_executor(sender.executor, publish)
-    try:
-        task_id = await asyncio.wait_for(future, timeout)
-    except asyncio.TimeoutError as exc:
+    if not await settled_within(future, timeout):
+        future.cancel()  # a publish still queued never starts; one under way may still land
         _log.warning("loopsafe.celery_send_timeout", task=signature.task, timeout=timeout)
         raise BrokerUnavailableError(
             f"Celery task {signature.task!r} was not handed to the broker "
@@ -228,7 +228,9 @@ async def send(task: Any, /, *args: Any, **kwargs: Any) -> Any:
             "is down or not answering, or this loop queued more sends than its "
             f"{SENDER_THREADS} publishing threads could hand over in time. Check the broker is "
             "running and reachable, or raise send_timeout (send(task.s(...).set(send_timeout=30)))."
-        ) from exc
+        )
+    try:
+        task_id = future.result()
     except (OSError, OperationalError) as exc:
         raise BrokerUnavailableError(
             f"Celery task {signature.task!r} could not be sent: the broker "
