@@ -8,7 +8,7 @@ import time
 
 import httpx
 import pytest
-from roadmap_testkit import Stack, query, wait_for, wait_for_status
+from roadmap_testkit import FULL_TIER, SLOW_TIER_REASON, Stack, query, wait_for, wait_for_status
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.celery, pytest.mark.slow]
 
@@ -40,6 +40,7 @@ def _generating(client: httpx.Client, database_url: str) -> str:
     return roadmap_id
 
 
+@pytest.mark.skipif(not FULL_TIER, reason=SLOW_TIER_REASON)
 def test_cancel_during_generation_stops_the_job_loses_nothing_and_resume_completes_it(
     slow_stack: Stack, database_url: str
 ) -> None:

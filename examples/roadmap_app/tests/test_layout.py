@@ -128,6 +128,7 @@ def test_a_layout_too_big_for_the_limit_is_refused() -> None:
 @pytest.mark.redis
 @pytest.mark.celery
 @pytest.mark.slow
+@pytest.mark.skipif(not FULL_TIER, reason=SLOW_TIER_REASON)
 def test_serve_runs_the_whole_layout_with_role_budgets_and_stops_cleanly(
     database_url: str, redis_url: str, tmp_path: Path
 ) -> None:

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from roadmap_testkit import Stack, delete_keys, fake_openai, make_env, wait_for_status
+from roadmap_testkit import (
+    FULL_TIER,
+    SLOW_TIER_REASON,
+    Stack,
+    delete_keys,
+    fake_openai,
+    make_env,
+    wait_for_status,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.celery, pytest.mark.slow]
 
@@ -24,6 +32,7 @@ def capped_provider(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
+@pytest.mark.skipif(not FULL_TIER, reason=SLOW_TIER_REASON)
 def test_workers_share_llm_concurrency_and_no_concept_meets_a_429(
     capped_provider: str, database_url: str, redis_url: str, tmp_path: Path
 ) -> None:

@@ -120,6 +120,7 @@ def test_submit_a_goal_watch_progress_reach_100_and_open_a_tutorial(
         assert (ARTIFACTS / name).stat().st_size > 10_000
 
 
+@pytest.mark.skipif(not FULL_TIER, reason=SLOW_TIER_REASON)
 def test_review_is_approved_from_the_page(stack: Stack, browser: object) -> None:
     page = browser.new_page(viewport={"width": 1360, "height": 900})  # type: ignore[attr-defined]
     try:

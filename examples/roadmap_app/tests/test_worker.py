@@ -227,6 +227,7 @@ def test_review_reject_regenerates_the_curriculum_from_feedback(
     assert ("review", "approved") in steps
 
 
+@pytest.mark.skipif(not FULL_TIER, reason=SLOW_TIER_REASON)
 def test_crash_of_the_content_worker_is_recovered_without_a_human_and_without_duplicates(
     stack: Stack, database_url: str
 ) -> None:
@@ -272,6 +273,7 @@ def test_crash_of_the_content_worker_is_recovered_without_a_human_and_without_du
     print(f"recovered {roadmap_id} {recovered_after:.1f} s after SIGKILL")
 
 
+@pytest.mark.skipif(not FULL_TIER, reason=SLOW_TIER_REASON)
 def test_llm_failing_every_call_marks_the_roadmap_failed_with_the_reason_then_resume_recovers(
     stack: Stack, database_url: str
 ) -> None:
@@ -302,6 +304,7 @@ def test_llm_failing_every_call_marks_the_roadmap_failed_with_the_reason_then_re
     assert done["error"] is None
 
 
+@pytest.mark.skipif(not FULL_TIER, reason=SLOW_TIER_REASON)
 def test_roadmap_completes_when_redis_stops_during_generation(
     database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
