@@ -222,9 +222,15 @@ def test_review_reject_regenerates_the_curriculum_from_feedback(
     assert done["status"] == "completed"
     saved = {row[0] for row in _content_rows(database_url, roadmap_id)}
     assert saved == new_ids
-    steps = [(s, st) for s, st, _ in _log_steps(database_url, roadmap_id)]
-    assert ("review", "rejected") in steps
-    assert ("review", "approved") in steps
+    # Execution logs travel through the logs queue: wait for them rather than read them once.
+    wait_for(
+        lambda: (
+            {("review", "rejected"), ("review", "approved")}
+            <= {(s, st) for s, st, _ in _log_steps(database_url, roadmap_id)}
+        ),
+        timeout=15,
+        what="both reviews' execution logs",
+    )
 
 
 @pytest.mark.skipif(not FULL_TIER, reason=SLOW_TIER_REASON)
@@ -263,11 +269,16 @@ def test_crash_of_the_content_worker_is_recovered_without_a_human_and_without_du
     assert query(
         database_url, "SELECT lease_owner FROM roadmaps WHERE id = %(r)s", {"r": roadmap_id}
     ) == [(None,)]
-    finished = [
-        d
-        for s, st, d in _log_steps(database_url, roadmap_id)
-        if s in ("content", "resume") and st == "succeeded"
-    ]
+
+    def finished_jobs() -> list[dict[str, Any]]:
+        return [
+            d
+            for s, st, d in _log_steps(database_url, roadmap_id)
+            if s in ("content", "resume") and st == "succeeded"
+        ]
+
+    # The job's execution log may land after `completed` is read, as above.
+    finished = wait_for(finished_jobs, timeout=15, what="the finished job's execution log")
     assert len(finished) == 1  # exactly one job completed the roadmap
     assert finished[0]["skipped"] >= len(before)
     print(f"recovered {roadmap_id} {recovered_after:.1f} s after SIGKILL")
