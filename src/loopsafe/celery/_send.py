@@ -1,8 +1,9 @@
 """`send`: publish a Celery task from async code without blocking the event loop.
 
-How: each event loop gets a small sender per Celery app (a `LoopLocal`): a pool of kombu
-producers over the app's broker connection, and a few threads that own them. `send` hands the
-publish to one of those threads and awaits it, so the loop only ever pays a thread hand-off.
+How: each event loop gets a small sender per Celery app (a `LoopLocal`): up to
+`SENDER_THREADS` publishing threads, each with its own kombu producer and broker connection.
+`send` queues the publish for those threads and awaits it, so the loop only ever pays a thread
+hand-off.
 The thread runs Celery's own ``apply_async`` with our producer, which makes the message exactly
 what ``apply_async`` sends (routing, headers, ``before_task_publish``/``after_task_publish``
 signals included): there is no second implementation of Celery's wire format to drift from it.
@@ -17,12 +18,14 @@ costs the loop, and the throughput against ``.delay()``, are measured by
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import os
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .._asyncio_compat import settled_within
 from .._errors import BrokerUnavailableError
 from .._log import get_logger, redact_dsn
 from .._registry import LoopLocal
@@ -33,7 +36,7 @@ _log = get_logger("loopsafe.celery")
 
 #: Seconds `send` waits for the broker before raising `BrokerUnavailableError`.
 DEFAULT_SEND_TIMEOUT = 10.0
-#: Publishing threads (and pooled broker connections) per event loop and Celery app, started only
+#: Publishing threads (each with its broker connection) per event loop and Celery app, started only
 #: as concurrent sends need them. A publish to Redis is two round trips: with a broker 20 ms
 #: away, 16 keep up with 400 sends/s (8 did not keep up with 200/s in the benchmark).
 SENDER_THREADS = 16
@@ -55,7 +58,7 @@ def _skip_result_subscription(app: Any) -> None:
     ``result_backend_thread_safe`` shares one), so only publishes from this thread change; the
     message does not. A shared backend is left as it is. Done before each publish rather than once
     per thread: a backend that cannot be created then fails that send, as in ``apply_async``,
-    instead of breaking the thread pool (an executor whose initializer raised refuses all work).
+    and the next send tries again.
     """
     from celery.backends.redis import RedisBackend
 
@@ -68,52 +71,166 @@ def _no_subscription(producer: Any, task_id: str) -> None:
     """``on_task_call`` of a sender thread's Redis result backend: nothing to subscribe to."""
 
 
+class _Job:
+    """One publish: handed to a sender thread, its outcome handed back to the loop."""
+
+    __slots__ = ("abandoned", "error", "future", "options", "signature", "task_id")
+
+    def __init__(
+        self, signature: Any, options: dict[str, Any], future: asyncio.Future[str]
+    ) -> None:
+        self.signature = signature
+        self.options = options
+        self.future = future
+        self.task_id = ""
+        self.error: BaseException | None = None
+        #: Set by the loop when nobody waits any more (timed out, cancelled): not started then.
+        self.abandoned = False
+
+
 class _Sender:
-    """One loop's publishing threads and producer pool for one Celery app."""
+    """One loop's publishing threads for one Celery app, each with its own producer.
 
-    def __init__(self, app: Any) -> None:
-        import kombu.pools
+    Built for bulk as much as for single sends, where a ``ThreadPoolExecutor`` with a kombu
+    producer pool cost each send about twice ``.delay()``'s CPU (a future chained across threads,
+    a loop wake-up per send, a producer revived from the pool): here a job is one queue put, a
+    thread keeps its producer and connection for its life, and outcomes go back to the loop in
+    batches (one wake-up for all the publishes that finished while the loop was busy).
+    """
 
-        pools: Any = kombu.pools  # untyped: keep mypy from checking calls into it
+    def __init__(self, app: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.app = app
-        self.executor = ThreadPoolExecutor(
-            SENDER_THREADS, thread_name_prefix=f"loopsafe-send-{app.main or 'celery'}"
-        )
-        self.connections = app.connection_for_write().Pool(limit=SENDER_THREADS)
-        self.producers: Any = pools.ProducerPool(
-            self.connections, limit=SENDER_THREADS, Producer=app.amqp.Producer
-        )
+        self.loop = loop
         self.pid = os.getpid()
+        self.name = f"loopsafe-send-{app.main or 'celery'}"
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.finished: collections.deque[_Job] = collections.deque()
+        self.delivery_pending = False
+        self.lock = threading.Lock()  # guards the two counts
+        self.threads = 0
+        self.idle = 0
+        self.connections: list[Any] = []  # each thread's: kept for a forked child, see drop()
+        self.stopped: asyncio.Future[None] | None = None
 
-    def publish(self, signature: Any, options: dict[str, Any]) -> str:
-        """In a sender thread: ``apply_async`` through a pooled producer; returns the task id."""
-        _skip_result_subscription(self.app)
-        with self.producers.acquire(block=True) as producer:
-            result = signature.apply_async(producer=producer, **options)
-        task_id: str = result.id
-        # Release Celery's result object here, in this thread: with a notifying result backend its
-        # finaliser unsubscribes from the pub/sub connection this thread's backend opened, which
-        # must not happen later from another thread (celery/celery#10477).
-        del result
-        return task_id
+    def submit(self, job: _Job) -> None:
+        """On the loop: queue `job`, starting a thread if none is free and the limit allows."""
+        self.jobs.put(job)
+        with self.lock:
+            start = self.idle == 0 and self.threads < SENDER_THREADS
+            if start:
+                self.threads += 1
+        if start:
+            try:
+                threading.Thread(target=self._serve, name=self.name, daemon=True).start()
+            except BaseException:
+                with self.lock:
+                    self.threads -= 1
+                job.abandoned = True
+                raise
 
-    def close_sync(self) -> None:
-        self.producers.force_close_all()
-        self.connections.force_close_all()
+    def _serve(self) -> None:
+        """A sender thread: publish jobs with this thread's producer until told to stop."""
+        connection = producer = None
+        try:
+            while (job := self._next_job()) is not None:
+                if job.abandoned:
+                    continue
+                try:
+                    if producer is None:
+                        connection = self.app.connection_for_write()
+                        self.connections.append(connection)
+                        producer = self.app.amqp.Producer(connection)
+                    _skip_result_subscription(self.app)
+                    result = job.signature.apply_async(producer=producer, **job.options)
+                    job.task_id = result.id
+                    # Released here, in this thread: with a notifying result backend its
+                    # finaliser unsubscribes from this thread's backend (celery/celery#10477).
+                    del result
+                except Exception as exc:  # handed to the caller, as apply_async would raise it
+                    job.error = exc
+                self._hand_back(job)
+        finally:
+            if connection is not None and self.pid == os.getpid():
+                connection.close()
+            self._thread_ended()
+
+    def _next_job(self) -> _Job | None:
+        try:
+            return self.jobs.get_nowait()
+        except queue.Empty:
+            pass
+        with self.lock:
+            self.idle += 1
+        try:
+            return self.jobs.get()
+        finally:
+            with self.lock:
+                self.idle -= 1
+
+    def _hand_back(self, job: _Job) -> None:
+        """In a sender thread: queue the outcome; wake the loop unless a wake-up is pending."""
+        self.finished.append(job)
+        if not self.delivery_pending:
+            self.delivery_pending = True
+            self._call_in_loop(self._deliver)
+
+    def _deliver(self) -> None:
+        """On the loop: settle the futures of every publish finished since the last wake-up."""
+        self.delivery_pending = False  # first: a publish finishing from here on wakes us again
+        finished = self.finished
+        while finished:
+            job = finished.popleft()
+            if job.future.done():  # timed out or cancelled meanwhile
+                continue
+            if job.error is not None:
+                job.future.set_exception(job.error)
+            else:
+                job.future.set_result(job.task_id)
+
+    def _thread_ended(self) -> None:
+        with self.lock:
+            self.threads -= 1
+            last = self.threads == 0
+        if last and self.stopped is not None:
+            self._call_in_loop(self._mark_stopped)
+
+    def _mark_stopped(self) -> None:
+        if self.stopped is not None and not self.stopped.done():
+            self.stopped.set_result(None)
+
+    def _call_in_loop(self, callback: Callable[[], None]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is left to tell
+            self.loop.call_soon_threadsafe(callback)
+
+    def _stop_threads(self) -> None:
+        for _ in range(SENDER_THREADS):  # one each for every thread there may be
+            self.jobs.put(None)
 
     async def aclose(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self.executor, self.close_sync)
-        finally:
-            # The threads are idle now (the close ran behind every publish): they exit at once.
-            self.executor.shutdown(wait=False)
+        """Stop the threads once their queued publishes are done; each closes its connection."""
+        self.stopped = self.loop.create_future()
+        with self.lock:
+            running = self.threads
+        self._stop_threads()
+        if running:
+            await self.stopped
 
     def drop(self) -> None:
-        """Let go without I/O: a forked child (the parent's sockets), or a loop closed early."""
-        self.executor.shutdown(wait=False)  # wakes idle threads to exit; none exist in a child
+        """Let go without I/O on the loop: a forked child (the parent's sockets: kept, never
+        closed), or a loop closed early (the threads close their own connections and end)."""
         if self.pid != os.getpid():
-            _inherited.append(self)
+            _inherited.append(self)  # no threads here; the connections are the parent's
+            return
+        self._stop_threads()
+
+
+class _SendTimedOut(Exception):
+    """Set on a send's future when its timeout passes; `send` turns it into its error."""
+
+
+def _time_out(future: asyncio.Future[str]) -> None:
+    if not future.done():
+        future.set_exception(_SendTimedOut())
 
 
 async def _aclose_senders(senders: dict[Any, _Sender]) -> None:
@@ -133,11 +250,11 @@ _senders: LoopLocal[dict[Any, _Sender]] = LoopLocal(
 )
 
 
-def _sender_for(app: Any) -> _Sender:
+def _sender_for(app: Any, loop: asyncio.AbstractEventLoop) -> _Sender:
     senders = _senders.get()
     sender = senders.get(app)
     if sender is None:
-        sender = senders[app] = _Sender(app)  # only this loop's thread reaches its dict
+        sender = senders[app] = _Sender(app, loop)  # only this loop's thread reaches its dict
         _log.debug(
             "loopsafe.celery_sender_created",
             app=app.main,
@@ -187,9 +304,10 @@ async def send(task: Any, /, *args: Any, **kwargs: Any) -> Any:
 
     `task` is a Celery task, or a signature (``add.s(2).set(queue="q", countdown=5)``) to pass
     ``apply_async`` options; `args`/`kwargs` then merge with the signature's as
-    ``Signature.delay`` merges them (partial arguments first). The message is the one ``apply_async`` would publish (it is built
-    and sent by ``apply_async``, in a publishing thread of this loop, with a producer pooled for
-    this loop). Returns the task's ``AsyncResult``; await it with `loopsafe.celery.result`.
+    ``Signature.delay`` merges them (partial arguments first). The message is the one
+    ``apply_async`` would publish (it is built and sent by ``apply_async``, in a publishing thread
+    of this loop, with that thread's producer). Returns the task's ``AsyncResult``; await it with
+    `loopsafe.celery.result`.
 
     The option ``send_timeout`` (seconds, default 10) bounds the whole publish, broker
     connection and Celery's publish retries included.
@@ -215,12 +333,14 @@ async def send(task: Any, /, *args: Any, **kwargs: Any) -> Any:
     extra = {
         key: value for key, value in _caller_options(app, parent).items() if key not in options
     }
-    sender = _sender_for(app)
     loop = asyncio.get_running_loop()
-    publish: Callable[[], str] = lambda: sender.publish(signature, extra)  # noqa: E731
-    future = loop.run_in_executor(sender.executor, publish)
-    if not await settled_within(future, timeout):
-        future.cancel()  # a publish still queued never starts; one under way may still land
+    sender = _sender_for(app, loop)
+    job = _Job(signature, extra, loop.create_future())
+    sender.submit(job)
+    timer = loop.call_later(timeout, _time_out, job.future)
+    try:
+        task_id = await job.future
+    except _SendTimedOut:
         _log.warning("loopsafe.celery_send_timeout", task=signature.task, timeout=timeout)
         raise BrokerUnavailableError(
             f"Celery task {signature.task!r} was not handed to the broker "
@@ -228,15 +348,17 @@ async def send(task: Any, /, *args: Any, **kwargs: Any) -> Any:
             "is down or not answering, or this loop queued more sends than its "
             f"{SENDER_THREADS} publishing threads could hand over in time. Check the broker is "
             "running and reachable, or raise send_timeout (send(task.s(...).set(send_timeout=30)))."
-        )
-    try:
-        task_id = future.result()
+        ) from None
     except (OSError, OperationalError) as exc:
         raise BrokerUnavailableError(
             f"Celery task {signature.task!r} could not be sent: the broker "
             f"{redact_dsn(str(app.conf.broker_url or ''))!r} is unreachable ({exc}). Check it is "
             "running and reachable."
         ) from exc
+    finally:
+        timer.cancel()
+        # Still queued (timed out, cancelled): it never starts. One under way may still land.
+        job.abandoned = True
     async_result = app.AsyncResult(task_id)
     if parent is not None and options.get("add_to_parent", True):
         parent.add_trail(async_result)
