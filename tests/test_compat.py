@@ -11,6 +11,7 @@ import pytest
 
 from loopsafe._asyncio_compat import (
     asyncgens_shut_down,
+    cancellation_kept,
     get_running_loop_or_none,
     settled_within,
     take_socket,
@@ -107,5 +108,64 @@ def test_settled_within_tells_settled_from_timed_out_and_leaves_the_future_alone
         loop.call_soon(pending.set_result, 7)
         assert await settled_within(pending, 10)
         assert pending.result() == 7
+
+    asyncio.run(main())
+
+
+async def _like_a_redis_command(written: asyncio.Future[None]) -> str:
+    # redis-py's socket write: the drain awaited under asyncio.wait_for (its socket_timeout).
+    await asyncio.wait_for(written, 5)
+    return "reply"
+
+
+def test_cancellation_kept_raises_a_cancellation_wait_for_swallowed() -> None:
+    # Before 3.12 a cancellation arriving as the write finished was lost inside wait_for, and a
+    # cancelled Celery result waiter went on waiting for its whole timeout (1 in ~200 in a loop).
+    async def main() -> None:
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        caller = asyncio.create_task(cancellation_kept(_like_a_redis_command(written)))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the command's task is now inside wait_for
+        written.set_result(None)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+
+    asyncio.run(main())
+
+
+def test_cancellation_kept_returns_the_reply_and_raises_the_error() -> None:
+    async def fails() -> None:
+        raise ConnectionError("down")
+
+    async def main() -> None:
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        written.set_result(None)
+        assert await cancellation_kept(_like_a_redis_command(written)) == "reply"
+        with pytest.raises(ConnectionError, match="down"):
+            await cancellation_kept(fails())
+
+    asyncio.run(main())
+
+
+def test_cancellation_kept_ends_the_command_before_raising() -> None:
+    """A lock held around the call is released only once the command has ended."""
+
+    async def main() -> None:
+        ended = asyncio.Event()
+
+        async def command() -> None:
+            try:
+                await asyncio.sleep(10)
+            finally:
+                await asyncio.sleep(0.01)  # its clean-up takes a moment
+                ended.set()
+
+        caller = asyncio.create_task(cancellation_kept(command()))
+        await asyncio.sleep(0.01)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        assert ended.is_set()
 
     asyncio.run(main())

@@ -9,12 +9,16 @@ release moves any of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import sys
 from asyncio.events import _get_running_loop
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 __all__ = (
     "asyncgens_shut_down",
+    "cancellation_kept",
     "get_running_loop_or_none",
     "loop_of",
     "settled_within",
@@ -43,6 +47,36 @@ async def settled_within(future: asyncio.Future[Any], timeout: float) -> bool:
     """
     done, _ = await asyncio.wait((future,), timeout=timeout)
     return bool(done)
+
+
+_T = TypeVar("_T")
+
+
+async def cancellation_kept(awaitable: Awaitable[_T]) -> _T:
+    """Await `awaitable` so that a cancellation of the caller always raises here.
+
+    Before 3.12, ``asyncio.wait_for`` swallows a cancellation that arrives in the loop iteration
+    where what it waits for finishes (CPython gh-86296), and redis-py wraps every socket write in
+    ``wait_for`` (its default ``socket_timeout`` is 5 s): a task cancelled during a Redis command
+    could go on as if it had never been cancelled. There `awaitable` runs in a task of its own
+    and the caller waits with ``asyncio.wait``, which always raises the cancellation; the inner
+    task is then cancelled and waited for, so a lock held around the call is released only once
+    the command has ended (a further cancellation meanwhile is folded into the one raised).
+    """
+    if sys.version_info >= (3, 12):
+        return await awaitable
+    task = asyncio.ensure_future(awaitable)
+    try:
+        await asyncio.wait((task,))
+    except asyncio.CancelledError:
+        task.cancel()
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait((task,))
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller is cancelled, not failed
+        raise
+    return task.result()
 
 
 def loop_of(transport: Any) -> asyncio.AbstractEventLoop | None:

@@ -18,7 +18,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
-from .._asyncio_compat import settled_within
+from .._asyncio_compat import cancellation_kept, settled_within
 from .._errors import ResultTimeoutError
 from .._log import get_logger
 from .._registry import LoopLocal
@@ -68,7 +68,7 @@ class _Hub:
             confirmed = self.confirmations.setdefault(channel, loop.create_future())
             try:
                 async with self.lock:
-                    await self.pubsub.subscribe(channel)
+                    await cancellation_kept(self.pubsub.subscribe(channel))
                 if self.reader is None or self.reader.done():
                     self.reader = asyncio.create_task(self._read(), name="loopsafe-celery-results")
                 # The caller reads the stored outcome next, on another connection: only once the
@@ -113,7 +113,7 @@ class _Hub:
         try:
             async with self.lock:
                 if channel not in self.waiters:  # nobody re-joined meanwhile
-                    await self.pubsub.unsubscribe(channel)
+                    await cancellation_kept(self.pubsub.unsubscribe(channel))
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             # A broken connection holds no subscription; forget the channel so that restoring
             # the connection does not subscribe it again.
@@ -284,7 +284,7 @@ async def _read_key(hub: _Hub, key: bytes, deadline: float) -> bytes | None:
     delay = 0.05
     while True:
         try:
-            value: Any = await hub.client.get(key)
+            value: Any = await cancellation_kept(hub.client.get(key))
             return cast("bytes | None", value)
         except (RedisConnectionError, RedisTimeoutError, OSError):
             if loop.time() + delay >= deadline:
