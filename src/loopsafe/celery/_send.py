@@ -24,6 +24,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable
+from time import monotonic
 from typing import Any
 
 from .._errors import BrokerUnavailableError
@@ -36,10 +37,16 @@ _log = get_logger("loopsafe.celery")
 
 #: Seconds `send` waits for the broker before raising `BrokerUnavailableError`.
 DEFAULT_SEND_TIMEOUT = 10.0
-#: Publishing threads (each with its broker connection) per event loop and Celery app, started only
-#: as concurrent sends need them. A publish to Redis is two round trips: with a broker 20 ms
-#: away, 16 keep up with 400 sends/s (8 did not keep up with 200/s in the benchmark).
+#: Publishing threads (each with its broker connection) at most, per event loop and Celery app. A
+#: publish to Redis waits for the broker's reply: with a broker 20 ms away, 16 keep up with 400
+#: sends/s (8 did not keep up with 200/s in the benchmark).
 SENDER_THREADS = 16
+#: A publish slower than this (seconds; its connection already open) waited on the broker: when
+#: publishes are queued behind it, another thread starts. A broker nearby answers in a fraction
+#: of a millisecond, and a thread waiting for the GIL gets it within 5 ms, so only the broker's
+#: distance makes a publish this slow. Threads that never wait would only fight over the GIL:
+#: 16 of them sent 0.66x of .delay()'s rate to a local RabbitMQ, one sends as many.
+_SLOW_PUBLISH = 0.010
 
 # Inherited senders after a fork: their threads did not survive, and their sockets are the
 # parent's (closing an AMQP connection here would send Connection.Close on the parent's socket,
@@ -95,7 +102,8 @@ class _Sender:
     producer pool cost each send about twice ``.delay()``'s CPU (a future chained across threads,
     a loop wake-up per send, a producer revived from the pool): here a job is one queue put, a
     thread keeps its producer and connection for its life, and outcomes go back to the loop in
-    batches (one wake-up for all the publishes that finished while the loop was busy).
+    batches (one wake-up for all the publishes that finished while the loop was busy). One thread
+    serves a broker nearby best; more start only while publishes wait on a distant broker.
     """
 
     def __init__(self, app: Any, loop: asyncio.AbstractEventLoop) -> None:
@@ -113,10 +121,17 @@ class _Sender:
         self.stopped: asyncio.Future[None] | None = None
 
     def submit(self, job: _Job) -> None:
-        """On the loop: queue `job`, starting a thread if none is free and the limit allows."""
+        """On the loop: queue `job`, starting the first thread (more start as publishes wait)."""
         self.jobs.put(job)
+        try:
+            self._add_thread_if(self.threads == 0)
+        except BaseException:
+            job.abandoned = True
+            raise
+
+    def _add_thread_if(self, needed: bool) -> None:
         with self.lock:
-            start = self.idle == 0 and self.threads < SENDER_THREADS
+            start = needed and self.idle == 0 and self.threads < SENDER_THREADS
             if start:
                 self.threads += 1
         if start:
@@ -125,7 +140,6 @@ class _Sender:
             except BaseException:
                 with self.lock:
                     self.threads -= 1
-                job.abandoned = True
                 raise
 
     def _serve(self) -> None:
@@ -135,6 +149,8 @@ class _Sender:
             while (job := self._next_job()) is not None:
                 if job.abandoned:
                     continue
+                started = monotonic()
+                connected = producer is not None
                 try:
                     if producer is None:
                         connection = self.app.connection_for_write()
@@ -149,6 +165,10 @@ class _Sender:
                 except Exception as exc:  # handed to the caller, as apply_async would raise it
                     job.error = exc
                 self._hand_back(job)
+                if connected and monotonic() - started > _SLOW_PUBLISH and not self.jobs.empty():
+                    # A broker far away: publishes queued behind this one get a thread too.
+                    with contextlib.suppress(RuntimeError):  # no more threads: go on with these
+                        self._add_thread_if(True)
         finally:
             if connection is not None and self.pid == os.getpid():
                 connection.close()
