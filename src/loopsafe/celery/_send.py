@@ -106,9 +106,10 @@ class _Sender:
     serves a broker nearby best; more start only while publishes wait on a distant broker.
     """
 
-    def __init__(self, app: Any, loop: asyncio.AbstractEventLoop) -> None:
+    # No reference to the loop (it lives in the loop's own loopsafe state): the loop is reached
+    # through the futures of the jobs in flight, and through `stopped` while closing.
+    def __init__(self, app: Any) -> None:
         self.app = app
-        self.loop = loop
         self.pid = os.getpid()
         self.name = f"loopsafe-send-{app.main or 'celery'}"
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -192,7 +193,7 @@ class _Sender:
         self.finished.append(job)
         if not self.delivery_pending:
             self.delivery_pending = True
-            self._call_in_loop(self._deliver)
+            _call_in_loop(job.future.get_loop(), self._deliver)
 
     def _deliver(self) -> None:
         """On the loop: settle the futures of every publish finished since the last wake-up."""
@@ -211,16 +212,14 @@ class _Sender:
         with self.lock:
             self.threads -= 1
             last = self.threads == 0
-        if last and self.stopped is not None:
-            self._call_in_loop(self._mark_stopped)
+        stopped = self.stopped
+        if last and stopped is not None:
+            _call_in_loop(stopped.get_loop(), self._mark_stopped)
 
     def _mark_stopped(self) -> None:
-        if self.stopped is not None and not self.stopped.done():
-            self.stopped.set_result(None)
-
-    def _call_in_loop(self, callback: Callable[[], None]) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is left to tell
-            self.loop.call_soon_threadsafe(callback)
+        stopped, self.stopped = self.stopped, None
+        if stopped is not None and not stopped.done():
+            stopped.set_result(None)
 
     def _stop_threads(self) -> None:
         for _ in range(SENDER_THREADS):  # one each for every thread there may be
@@ -228,12 +227,12 @@ class _Sender:
 
     async def aclose(self) -> None:
         """Stop the threads once their queued publishes are done; each closes its connection."""
-        self.stopped = self.loop.create_future()
+        stopped = self.stopped = asyncio.get_running_loop().create_future()
         with self.lock:
             running = self.threads
         self._stop_threads()
         if running:
-            await self.stopped
+            await stopped
 
     def drop(self) -> None:
         """Let go without I/O on the loop: a forked child (the parent's sockets: kept, never
@@ -242,6 +241,11 @@ class _Sender:
             _inherited.append(self)  # no threads here; the connections are the parent's
             return
         self._stop_threads()
+
+
+def _call_in_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop closed: nobody is left to tell
+        loop.call_soon_threadsafe(callback)
 
 
 class _SendTimedOut(Exception):
@@ -270,11 +274,11 @@ _senders: LoopLocal[dict[Any, _Sender]] = LoopLocal(
 )
 
 
-def _sender_for(app: Any, loop: asyncio.AbstractEventLoop) -> _Sender:
+def _sender_for(app: Any) -> _Sender:
     senders = _senders.get()
     sender = senders.get(app)
     if sender is None:
-        sender = senders[app] = _Sender(app, loop)  # only this loop's thread reaches its dict
+        sender = senders[app] = _Sender(app)  # only this loop's thread reaches its dict
         _log.debug(
             "loopsafe.celery_sender_created",
             app=app.main,
@@ -354,7 +358,7 @@ async def send(task: Any, /, *args: Any, **kwargs: Any) -> Any:
         key: value for key, value in _caller_options(app, parent).items() if key not in options
     }
     loop = asyncio.get_running_loop()
-    sender = _sender_for(app, loop)
+    sender = _sender_for(app)
     job = _Job(signature, extra, loop.create_future())
     sender.submit(job)
     timer = loop.call_later(timeout, _time_out, job.future)
