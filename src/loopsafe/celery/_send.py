@@ -90,7 +90,7 @@ class _Job:
         self.options = options
         self.future = future
         self.task_id = ""
-        self.error: BaseException | None = None
+        self.error: Exception | None = None
         #: Set by the loop when nobody waits any more (timed out, cancelled): not started then.
         self.abandoned = False
 
@@ -153,7 +153,7 @@ class _Sender:
                 started = monotonic()
                 connected = producer is not None
                 try:
-                    if producer is None:
+                    if not connected:
                         connection = self.app.connection_for_write()
                         self.connections.append(connection)
                         producer = self.app.amqp.Producer(connection)
@@ -227,12 +227,13 @@ class _Sender:
 
     async def aclose(self) -> None:
         """Stop the threads once their queued publishes are done; each closes its connection."""
-        stopped = self.stopped = asyncio.get_running_loop().create_future()
         with self.lock:
             running = self.threads
+        if not running:  # no thread ever started: nothing to stop, no future left behind
+            return
+        stopped = self.stopped = asyncio.get_running_loop().create_future()
         self._stop_threads()
-        if running:
-            await stopped
+        await stopped
 
     def drop(self) -> None:
         """Let go without I/O on the loop: a forked child (the parent's sockets: kept, never
